@@ -1,0 +1,1 @@
+"""invaudit's command line (installed as ``invaudit.cli``). One module per command."""

@@ -1,0 +1,21 @@
+"""``invaudit info MODEL``: what invaudit sees in a model file and which answers are exact."""
+
+from __future__ import annotations
+
+from invaudit.models.capabilities import capabilities
+from invaudit.render import Format
+
+from ._common import FormatOpt, JsonOut, ModelArg, Run, Sha256, Trust
+
+
+def info(model: ModelArg, trust: Trust = False, sha256: Sha256 = None,
+         format: FormatOpt = Format.table, json: JsonOut = None) -> None:
+    """Say what the model is, which form invaudit reads it as, and which answers are exact."""
+    run = Run("info", model, trust=trust, sha256=sha256)
+    results = [c.as_dict() for c in capabilities(run.form)]
+    run.emit(params={"trust": trust}, results=results,
+             summary={"form": run.form.kind, "trusted": run.loaded.trusted}, fmt=format, json_path=json)
+
+
+def register(app) -> None:
+    app.command("info")(info)

@@ -1,0 +1,1 @@
+"""The YAML audit suite (issue 9)."""

@@ -1,0 +1,366 @@
+"""Data files: CSV (header row), NPY (2-D features, labels from a second NPY), NPZ (``X``, ``y``).
+
+One loader for every command. Everything that can be wrong with a data file becomes an
+:class:`~invaudit.errors.InputError` whose message names the file, and where it applies the row
+and column, in one sentence.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ..errors import InputError
+
+DATA_SUFFIXES = (".csv", ".npy", ".npz")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Features (float64, ``(n, D)``, columns in the model's order) and optional labels.
+
+    ``y`` holds the labels as the model names them (values of ``classes``) and ``y_index`` their
+    positions in ``classes``; both are ``None`` when the file carries no labels.
+    ``columns`` are the file's feature names in model order (``None`` for NPY/NPZ).
+    """
+
+    path: str
+    sha256: str
+    X: np.ndarray
+    y: Optional[np.ndarray]
+    y_index: Optional[np.ndarray]
+    columns: Optional[list]
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.X.shape[0])
+
+    def describe(self) -> dict:
+        return {"path": self.path, "sha256": self.sha256, "n_rows": self.n_rows}
+
+
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_data(
+    path,
+    *,
+    n_features: Optional[int] = None,
+    feature_names: Optional[Sequence[str]] = None,
+    classes: Optional[np.ndarray] = None,
+    label_column: Optional[str] = None,
+    labels_path=None,
+    require_labels: bool = False,
+) -> Dataset:
+    """Read a data file and check it against the model.
+
+    Parameters
+    ----------
+    path : the CSV, NPY or NPZ file.
+    n_features : the model's feature count; a different count is an error.
+    feature_names : the model's ``feature_names_in_``; CSV columns are then matched by name.
+    classes : the model's ``classes_``; labels are checked against them.
+    label_column : CSV only: the column holding the labels.
+    labels_path : NPY only: a 1-D array of labels.
+    require_labels : raise if the file yields no labels.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"data file {p} does not exist or is not a file.")
+    suffix = p.suffix.lower()
+    if suffix not in DATA_SUFFIXES:
+        raise InputError(f"data file {p} must end in .csv, .npy or .npz, not '{p.suffix}'.")
+    if label_column is not None and suffix != ".csv":
+        raise InputError(f"--label-column applies to CSV files; {p} is {suffix[1:].upper()}.")
+    if labels_path is not None and suffix != ".npy":
+        raise InputError(f"--labels applies to NPY files; {p} is {suffix[1:].upper()}.")
+
+    try:
+        digest = file_sha256(p)
+        if suffix == ".csv":
+            X, y_raw, columns = _read_csv(p, label_column, feature_names)
+        elif suffix == ".npy":
+            X, y_raw, columns = _read_npy(p, labels_path), None, None
+            if labels_path is not None:
+                y_raw = _read_labels_npy(Path(labels_path), X.shape[0])
+        else:
+            X, y_raw = _read_npz(p)
+            columns = None
+    except OSError as exc:
+        raise InputError(f"cannot read data file {p}: {exc.strerror or exc}.") from None
+
+    if X.shape[0] == 0:
+        raise InputError(f"data file {p} has no rows.")
+    if n_features is not None and X.shape[1] != n_features:
+        raise InputError(
+            f"data file {p} has {X.shape[1]} feature columns but the model expects {n_features}."
+        )
+    _check_finite(X, p, columns)
+
+    y = y_index = None
+    if y_raw is not None:
+        y, y_index = _match_labels(y_raw, classes, p)
+    elif require_labels:
+        how = {".csv": "pass --label-column NAME", ".npy": "pass --labels FILE.npy",
+               ".npz": "store them as array 'y'"}[suffix]
+        raise InputError(f"data file {p} has no labels; {how}.")
+    return Dataset(path=str(p), sha256=digest, X=X, y=y, y_index=y_index, columns=columns)
+
+
+# --- CSV ---------------------------------------------------------------------------------------
+
+def _read_csv(p: Path, label_column, feature_names):
+    with open(p, newline="") as fh:
+        reader = csv.reader(fh)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise InputError(f"data file {p} is empty.") from None
+        except csv.Error as exc:
+            raise InputError(f"data file {p} is not valid CSV: {exc}.") from None
+        try:
+            rows = list(reader)
+        except csv.Error as exc:
+            raise InputError(f"data file {p} is not valid CSV at line {reader.line_num}: {exc}.") from None
+    header = [h.strip() for h in header]
+    rows = [r for r in rows if r]  # a trailing blank line is not a row
+    width = len(header)
+    for i, r in enumerate(rows):
+        if len(r) != width:
+            raise InputError(
+                f"data file {p}, line {i + 2}: {len(r)} cells where the header has {width}."
+            )
+    dup = sorted({h for h in header if header.count(h) > 1})
+    if dup:
+        raise InputError(f"data file {p} repeats the column name '{dup[0]}'.")
+
+    if label_column is not None and label_column not in header:
+        raise InputError(f"data file {p} has no column '{label_column}' (--label-column).")
+    feature_cols = [h for h in header if h != label_column]
+
+    if feature_names is not None:
+        names = [str(n) for n in feature_names]
+        missing = [n for n in names if n not in feature_cols]
+        extra = [h for h in feature_cols if h not in names]
+        if missing:
+            raise InputError(
+                f"data file {p} lacks the model's feature column '{missing[0]}'"
+                + (f" (and {len(missing) - 1} more)." if len(missing) > 1 else ".")
+            )
+        if extra:
+            hint = " (pass --label-column if it holds the labels)" if label_column is None else ""
+            raise InputError(f"data file {p} has a column '{extra[0]}' the model does not know{hint}.")
+        feature_cols = names  # model order
+
+    col_pos = {h: j for j, h in enumerate(header)}
+    idx = [col_pos[h] for h in feature_cols]
+    cells = np.array(rows, dtype=object).reshape(len(rows), width) if rows else np.empty((0, width), object)
+    X = _to_float(cells[:, idx] if rows else np.empty((0, len(idx))), p, feature_cols)
+    y_raw = cells[:, col_pos[label_column]] if label_column is not None else None
+    return X, y_raw, list(feature_cols)
+
+
+def _to_float(cells: np.ndarray, p: Path, columns) -> np.ndarray:
+    if cells.size == 0:
+        return np.zeros(cells.shape, dtype=np.float64)
+    try:
+        return cells.astype(np.float64)
+    except ValueError:
+        pass
+    # Find the first offending cell for the message (only on the error path).
+    flat = cells.ravel()
+    for k, v in enumerate(flat):
+        try:
+            float(v)
+        except ValueError:
+            i, j = divmod(k, cells.shape[1])
+            shown = v if len(str(v)) <= 30 else str(v)[:27] + "..."
+            raise InputError(
+                f"data file {p}, line {i + 2}, column '{columns[j]}': '{shown}' is not a number."
+            ) from None
+    raise InputError(f"data file {p} holds cells that are not numbers.")
+
+
+# --- NPY / NPZ ----------------------------------------------------------------------------------
+
+def _numeric_2d(arr, p: Path, what: str) -> np.ndarray:
+    if arr.dtype.kind not in "biuf":
+        raise InputError(f"{what} in {p} has dtype {arr.dtype}; invaudit needs numbers.")
+    if arr.ndim != 2:
+        raise InputError(f"{what} in {p} is {arr.ndim}-D; invaudit needs a 2-D array (rows x features).")
+    return arr
+
+
+def _read_npy(p: Path, labels_path) -> np.ndarray:
+    try:
+        # Memory-mapped: a large file is not copied into memory up front.
+        arr = np.load(p, mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:
+        raise InputError(f"data file {p} is not a plain numeric NPY array ({exc}).") from None
+    arr = _numeric_2d(arr, p, "the array")
+    if arr.dtype != np.float64:
+        arr = np.asarray(arr, dtype=np.float64)
+    return arr
+
+
+def _read_labels_npy(p: Path, n: int) -> np.ndarray:
+    if not p.is_file():
+        raise InputError(f"labels file {p} does not exist.")
+    if p.suffix.lower() != ".npy":
+        raise InputError(f"labels file {p} must be an .npy file.")
+    try:
+        y = np.load(p, allow_pickle=False)
+    except ValueError as exc:
+        raise InputError(f"labels file {p} is not a plain NPY array ({exc}).") from None
+    y = np.ravel(y)
+    if y.shape[0] != n:
+        raise InputError(f"labels file {p} has {y.shape[0]} labels for {n} rows.")
+    return y
+
+
+def _read_npz(p: Path):
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            if "X" not in z.files:
+                raise InputError(f"data file {p} has no array 'X' (it has: {', '.join(z.files) or 'none'}).")
+            X = _numeric_2d(z["X"], p, "array 'X'").astype(np.float64, copy=False)
+            y = np.ravel(z["y"]) if "y" in z.files else None
+    except (ValueError, OSError) as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(f"data file {p} is not a readable NPZ archive ({exc}).") from None
+    if y is not None and y.shape[0] != X.shape[0]:
+        raise InputError(f"data file {p} has {y.shape[0]} labels in 'y' for {X.shape[0]} rows in 'X'.")
+    return X, y
+
+
+# --- checks ------------------------------------------------------------------------------------
+
+def _check_finite(X: np.ndarray, p: Path, columns) -> None:
+    finite = np.isfinite(X)
+    if finite.all():
+        return
+    i, j = np.argwhere(~finite)[0]
+    where = f"column '{columns[j]}'" if columns else f"column {j}"
+    line = f", line {i + 2}" if columns else ""
+    raise InputError(f"data file {p}, row {i}{line}, {where}: {X[i, j]} (NaN or infinity is not allowed).")
+
+
+def _match_labels(y_raw, classes, p: Path):
+    """Labels as the model's own class values, and their indices in ``classes``."""
+    y_raw = np.asarray(y_raw)
+    if classes is None:
+        return y_raw, None
+    classes = np.asarray(classes)
+    y = y_raw
+    if classes.dtype.kind in "biuf":
+        if y_raw.dtype.kind in "OUS":
+            try:
+                yf = np.array([float(str(v).strip()) for v in y_raw], dtype=np.float64)
+            except ValueError:
+                bad = next(v for v in y_raw if not _is_number(v))
+                raise InputError(f"data file {p}: label '{bad}' is not a class of the model "
+                                 f"(classes: {_show(classes)}).") from None
+        else:
+            yf = y_raw.astype(np.float64)
+        if classes.dtype.kind in "biu":
+            if not np.all(np.isfinite(yf)) or np.any(yf != np.round(yf)):
+                bad = yf[~np.isfinite(yf) | (yf != np.round(yf))][0]
+                raise InputError(f"data file {p}: label {bad} is not a class of the model (classes: {_show(classes)}).")
+            y = yf.astype(classes.dtype)
+        else:
+            y = yf
+    else:
+        y = np.array([str(v).strip() if not isinstance(v, (bytes, np.bytes_)) else v.decode() for v in y_raw],
+                     dtype=object)
+        classes = np.array([str(c) for c in classes], dtype=object)
+    known = np.isin(y, classes)
+    if not known.all():
+        i = int(np.argmax(~known))
+        bad = y[i].item() if isinstance(y[i], np.generic) else y[i]
+        raise InputError(f"data file {p}, row {i}: label {bad!r} is not a class of the model "
+                         f"(classes: {_show(classes)}).")
+    order = np.argsort(classes, kind="stable")
+    idx = order[np.searchsorted(classes[order], y)]
+    # Report labels in the model's own dtype.
+    return np.asarray(classes)[idx] if classes.dtype.kind == "O" else y, idx.astype(np.intp)
+
+
+def _is_number(v) -> bool:
+    try:
+        float(str(v))
+        return True
+    except ValueError:
+        return False
+
+
+def _show(classes) -> str:
+    vals = [str(c) for c in classes[:10]]
+    return ", ".join(vals) + (", ..." if len(classes) > 10 else "")
+
+
+# --- row and column selections ------------------------------------------------------------------
+
+def parse_rows(spec: Optional[str], n: int, *, what: str = "--rows") -> np.ndarray:
+    """``"0,3,7-9"`` -> ``array([0, 3, 7, 8, 9])``; ``None``/``"all"`` -> every row."""
+    if spec is None or spec.strip().lower() in ("", "all"):
+        return np.arange(n)
+    out: list[int] = []
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            if "-" in part[1:]:
+                a, b = part.split("-", 1)
+                lo, hi = int(a), int(b)
+                if hi < lo:
+                    raise InputError(f"{what} '{part}': the range ends before it starts.")
+                out.extend(range(lo, hi + 1))
+            else:
+                out.append(int(part))
+        except ValueError:
+            raise InputError(f"{what} '{spec}': '{part}' is not a row number or range like 7-9.") from None
+    if not out:
+        raise InputError(f"{what} '{spec}' selects no rows.")
+    arr = np.array(out, dtype=np.intp)
+    bad = arr[(arr < 0) | (arr >= n)]
+    if bad.size:
+        raise InputError(f"{what}: row {bad[0]} is out of range (the data has {n} rows, 0-{n - 1}).")
+    _, first = np.unique(arr, return_index=True)
+    return arr[np.sort(first)]
+
+
+def parse_columns(spec: Optional[str], feature_names: Optional[Sequence[str]], n_features: int,
+                  *, what: str) -> np.ndarray:
+    """Feature names or indices (``"age,3,income"``) -> boolean mask ``(D,)``."""
+    mask = np.zeros(n_features, dtype=bool)
+    if spec is None or not spec.strip():
+        return mask
+    names = [str(n) for n in feature_names] if feature_names is not None else None
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if names is not None and part in names:
+            mask[names.index(part)] = True
+            continue
+        try:
+            j = int(part)
+        except ValueError:
+            known = f" (features: {', '.join(names[:6])}{', ...' if len(names) > 6 else ''})" if names else ""
+            raise InputError(f"{what}: '{part}' is not a feature name or index{known}.") from None
+        if not 0 <= j < n_features:
+            raise InputError(f"{what}: feature index {j} is out of range (0-{n_features - 1}).")
+        mask[j] = True
+    return mask

@@ -1,0 +1,1 @@
+"""Adversarial margins (issue 5)."""

@@ -1,0 +1,56 @@
+"""Which answers invaudit can give for a form, and whether they are exact (``info``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+COMMANDS = ("counterfactual", "margin", "influence", "mislabel", "explain")
+
+
+@dataclass(frozen=True)
+class Capability:
+    command: str
+    available: str  # "yes" | "no" | "not yet"
+    exact: str      # "yes" | "no" | "partly" | "-"
+    method: str
+
+    def as_dict(self) -> dict:
+        return {"command": self.command, "available": self.available, "exact": self.exact,
+                "method": self.method}
+
+
+def _probabilistic_loss(form) -> bool:
+    """True when the final estimator minimises a twice-differentiable log loss we model."""
+    if form.kind == "differentiable":
+        return True
+    final = getattr(form, "final_estimator", None) or getattr(getattr(form, "linear", None), "final_estimator", None)
+    return type(final).__name__ == "LogisticRegression"
+
+
+def capabilities(form) -> list:
+    """One :class:`Capability` per command for ``form`` (what this version implements)."""
+    k = form.kind
+    caps = []
+    if k == "linear":
+        caps.append(Capability("counterfactual", "yes", "yes",
+                               "closed form (sigmoid), Newton in the K-1 subspace (softmax), QP dual / LP"))
+        caps.append(Capability("margin", "not yet", "yes", "exact distance to the nearest other-class region"))
+    else:
+        caps.append(Capability("counterfactual", "not yet", "yes" if k == "trees" else "no", {
+            "invertible-linear": "boundary projection through the inverse map, refined in input space",
+            "differentiable": "constrained search with exact gradients, verified",
+            "trees": "nearest leaf box (single trees); MILP or bounded search (ensembles)",
+            "black-box": "segment search and bisection, verified",
+        }[k]))
+        caps.append(Capability("margin", "not yet", "partly" if k == "trees" else "no",
+                               "upper bound from a verified perturbation, lower bound where the form allows"))
+    if _probabilistic_loss(form):
+        exact = "yes" if k in ("linear", "invertible-linear") else "no"
+        caps.append(Capability("influence", "yes", exact,
+                               "Koh & Liang influence with a leverage correction, one solve per test row"))
+        caps.append(Capability("mislabel", "yes", exact, "self-influence, loss and out-of-sample confidence"))
+    else:
+        caps.append(Capability("influence", "no", "-", "needs a twice-differentiable loss (LogisticRegression, MLPClassifier)"))
+        caps.append(Capability("mislabel", "yes", "-", "loss and out-of-sample confidence only (no twice-differentiable loss)"))
+    caps.append(Capability("explain", "yes", "no", "causal responsibility and multiple sufficient explanations (MultiReX); sufficiency verified"))
+    return caps

@@ -1,0 +1,185 @@
+"""What each command's report shows to a person: a title, summary lines, one table of results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+
+def fmt_num(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if v == 0:
+            return "0"
+        if abs(v) >= 1e5 or abs(v) < 1e-3:
+            return f"{v:.{digits - 1}e}"
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
+def fmt_list(v: Any, limit: int = 6) -> str:
+    if v is None:
+        return "-"
+    items = [str(x) for x in v]
+    more = f" +{len(items) - limit}" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more if items else "none"
+
+
+@dataclass(frozen=True)
+class Column:
+    header: str
+    get: Callable[[dict], Any]
+    justify: str = "right"
+
+
+@dataclass(frozen=True)
+class View:
+    title: Callable[[dict], str]
+    columns: list
+    summary: Callable[[dict], list] = lambda report: []
+    rows: Callable[[dict], list] = lambda report: report.get("results", [])
+    max_rows: Optional[int] = 200
+    extras: list = field(default_factory=list)  # callables report -> list of (heading, text) blocks
+
+
+def _model_line(report: dict) -> str:
+    m = report.get("model") or {}
+    return f"{m.get('estimator', '?')} ({m.get('form', '?')} form)"
+
+
+def _summary_items(report: dict, keys=None) -> list:
+    s = report.get("summary") or {}
+    items = []
+    for k, v in s.items():
+        if keys is not None and k not in keys:
+            continue
+        if isinstance(v, dict):
+            v = ", ".join(f"{kk}: {fmt_num(vv)}" for kk, vv in v.items())
+        elif isinstance(v, list):
+            v = fmt_list(v)
+        else:
+            v = fmt_num(v)
+        items.append((k.replace("_", " "), v))
+    return items
+
+
+INFO = View(
+    title=lambda r: f"{r['model']['path']}: {_model_line(r)}",
+    summary=lambda r: [
+        ("classes", fmt_list(r["model"]["classes"], 12)),
+        ("features", f"{r['model']['n_features']}"
+         + (f" ({fmt_list(r['model']['feature_names'], 8)})" if r["model"].get("feature_names") else " (unnamed)")),
+        ("preprocessing", fmt_list(r["model"].get("preprocessing")) if r["model"].get("preprocessing") else "none"),
+        ("sha256", r["model"]["sha256"]),
+    ],
+    columns=[
+        Column("command", lambda x: x["command"], "left"),
+        Column("available", lambda x: x["available"], "left"),
+        Column("exact", lambda x: x["exact"], "left"),
+        Column("how", lambda x: x["method"], "left"),
+    ],
+)
+
+COUNTERFACTUAL = View(
+    title=lambda r: f"counterfactuals: {_model_line(r)}, target {r['params'].get('target')}"
+    + (f", p >= {r['params']['confidence']}" if r["params"].get("confidence") is not None else ""),
+    summary=lambda r: _summary_items(r),
+    columns=[
+        Column("row", lambda x: x["row"]),
+        Column("from", lambda x: x["original_class"]),
+        Column("to", lambda x: x["target_class"]),
+        Column("status", lambda x: x["status"], "left"),
+        Column("distance", lambda x: x["distance"]),
+        Column("p(target)", lambda x: x["target_probability"]),
+        Column("exact", lambda x: x["exact"], "left"),
+        Column("changed", lambda x: fmt_list(x["changed_features"], 4), "left"),
+    ],
+)
+
+MARGIN = View(
+    title=lambda r: f"margins ({r['params'].get('norm')}): {_model_line(r)}",
+    summary=lambda r: _summary_items(r),
+    rows=lambda r: sorted(r["results"], key=lambda x: (x["margin"] is None, x["margin"] or 0.0)),
+    max_rows=20,
+    columns=[
+        Column("row", lambda x: x["row"]),
+        Column("label", lambda x: x.get("label")),
+        Column("predicted", lambda x: x["predicted_class"]),
+        Column("margin", lambda x: x["margin"]),
+        Column("lower bound", lambda x: x["lower_bound"]),
+        Column("nearest", lambda x: x["nearest_class"]),
+        Column("exact", lambda x: x["exact"], "left"),
+    ],
+)
+
+INFLUENCE = View(
+    title=lambda r: f"influence: {_model_line(r)}",
+    summary=lambda r: _summary_items(r),
+    rows=lambda r: [
+        {"test_row": x["test_row"], "kind": kind, **t}
+        for x in r["results"] for kind in ("helpful", "harmful") for t in x[kind]
+    ],
+    columns=[
+        Column("test row", lambda x: x["test_row"]),
+        Column("", lambda x: x["kind"], "left"),
+        Column("train row", lambda x: x["train_row"]),
+        Column("loss change if removed", lambda x: x["loss_change_if_removed"]),
+    ],
+)
+
+MISLABEL = View(
+    title=lambda r: f"suspect labels ({r['params'].get('method')}): {_model_line(r)}",
+    summary=lambda r: _summary_items(r),
+    max_rows=50,
+    columns=[
+        Column("rank", lambda x: x.get("rank")),
+        Column("train row", lambda x: x["train_row"]),
+        Column("score", lambda x: x["score"]),
+        Column("given", lambda x: x["given_label"]),
+        Column("suggested", lambda x: x["suggested_label"]),
+    ],
+)
+
+EXPLAIN = View(
+    title=lambda r: f"explanations: {_model_line(r)}",
+    summary=lambda r: _summary_items(r),
+    rows=lambda r: [
+        {"row": x["row"], "predicted_class": x["predicted_class"], "k": k, **e}
+        for x in r["results"] for k, e in enumerate(x["explanations"])
+    ],
+    columns=[
+        Column("row", lambda x: x["row"]),
+        Column("class", lambda x: x["predicted_class"]),
+        Column("#", lambda x: x["k"] + 1),
+        Column("size", lambda x: x["size"]),
+        Column("confidence", lambda x: x["confidence"]),
+        Column("sufficient", lambda x: x["sufficient"], "left"),
+        Column("features", lambda x: fmt_list(x["features"], 10), "left"),
+    ],
+)
+
+AUDIT = View(
+    title=lambda r: f"audit {r['params'].get('suite')}: {_model_line(r)}",
+    summary=lambda r: _summary_items(r),
+    columns=[
+        Column("check", lambda x: x["name"], "left"),
+        Column("kind", lambda x: x.get("kind"), "left"),
+        Column("passed", lambda x: {True: "PASS", False: "FAIL", None: "not run"}[x["passed"]], "left"),
+        Column("value", lambda x: x["value"]),
+        Column("threshold", lambda x: x["threshold"], "left"),
+    ],
+)
+
+VIEWS = {
+    "info": INFO, "counterfactual": COUNTERFACTUAL, "margin": MARGIN, "influence": INFLUENCE,
+    "mislabel": MISLABEL, "explain": EXPLAIN, "audit": AUDIT,
+}
+
+
+def view_for(report: dict) -> View:
+    return VIEWS[report["command"]]
