@@ -17,6 +17,8 @@ inside solvers; labels only at the edges.
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -33,10 +35,12 @@ class ModelForm:
 
     # --- the estimator's own answers (used to verify every result) ---------------------
     def predict(self, X: np.ndarray) -> np.ndarray:
-        return self.estimator.predict(np.asarray(X, dtype=np.float64))
+        with _no_feature_name_warning():
+            return self.estimator.predict(np.asarray(X, dtype=np.float64))
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        return self.estimator.predict_proba(np.asarray(X, dtype=np.float64))
+        with _no_feature_name_warning():
+            return self.estimator.predict_proba(np.asarray(X, dtype=np.float64))
 
     @property
     def has_proba(self) -> bool:
@@ -210,8 +214,9 @@ class DifferentiableForm(ModelForm):
 @dataclass(eq=False)
 class TreeBoxes:
     """One tree as leaf boxes. A point ``x`` is in leaf ``l`` iff for every feature ``f``:
-    ``lower[l, f] < x[f] <= upper[l, f]`` (scikit-learn sends ``x[f] <= threshold`` left, so a
-    box is open below and closed above; bounds are +-inf where a feature is unconstrained).
+    ``lower[l, f] < x[f] <= upper[l, f]`` (open below, closed above; +-inf where a feature is
+    unconstrained). The bounds are the exact float64 cut-offs, which are not always the stored
+    thresholds: scikit-learn's trees compare in float32 (see ``invaudit.models.trees``).
     ``value[l]``: ``(V,)`` what the leaf contributes (class fractions for forests, a raw score
     per output for boosting; see ``TreesForm.aggregate``)."""
 
@@ -263,6 +268,15 @@ class BlackBoxForm(ModelForm):
 
 
 # --- helpers shared by forms and solvers ----------------------------------------------------
+
+@contextlib.contextmanager
+def _no_feature_name_warning():
+    """Forms feed arrays with columns already matched by name (invaudit.io), so scikit-learn's
+    warning that an array has no feature names is noise here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="X does not have valid feature names")
+        yield
+
 
 def _sigmoid(s: np.ndarray) -> np.ndarray:
     out = np.empty_like(s, dtype=np.float64)
