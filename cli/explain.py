@@ -1,16 +1,79 @@
-"""``invaudit explain``: not available yet (issue 8)."""
+"""``invaudit explain``: which parts of an input alone are enough for the prediction (MultiReX)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated, Optional
+
+import numpy as np
 import typer
 
-from ._common import not_yet
+from invaudit.errors import InputError
+from invaudit.explain import DEFAULT_ITERATIONS, DEFAULT_MAX_EXPLANATIONS
+from invaudit.io import parse_rows, write_atomic
+from invaudit.render import Format
+
+from ._common import FormatOpt, JsonOut, LabelColumn, Labels, ModelArg, Rows, Run, Seed, Sha256, Trust, progress
 
 
-def explain(ctx: typer.Context) -> None:
-    """Not available in this version yet (issue 8); exits 4."""
-    not_yet("explain", "issue 8")
+def explain(
+    model: ModelArg,
+    data: Annotated[Path, typer.Argument(help="Rows to explain (.csv, .npy, .npz).", show_default=False)],
+    rows: Rows = None,
+    shape: Annotated[Optional[str], typer.Option("--shape", metavar="HxW", help="Treat rows as HxW images (spatial windows, heat maps).")] = None,
+    baseline: Annotated[str, typer.Option("--baseline", help="Value for features outside an explanation: zero, mean (of --train) or a number.")] = "zero",
+    train: Annotated[Optional[Path], typer.Option("--train", metavar="TRAIN", help="Training data (for --baseline mean).")] = None,
+    confidence: Annotated[Optional[float], typer.Option("--confidence", min=0.0, max=1.0, help="Sufficient also needs p(label) >= P.")] = None,
+    max_explanations: Annotated[int, typer.Option("--max-explanations", min=1, help="At most N explanations per row.")] = DEFAULT_MAX_EXPLANATIONS,
+    overlap: Annotated[float, typer.Option("--overlap", min=0.0, max=1.0, help="Largest pairwise Dice overlap kept (0: disjoint).")] = 0.0,
+    iterations: Annotated[int, typer.Option("--iterations", min=1, help="Random partitions for the responsibility map.")] = DEFAULT_ITERATIONS,
+    seed: Seed = 0,
+    png: Annotated[Optional[Path], typer.Option("--png", metavar="DIR", help="Write heat maps and explanations as PNG images (needs --shape).")] = None,
+    label_column: LabelColumn = None,
+    labels: Labels = None,
+    trust: Trust = False,
+    sha256: Sha256 = None,
+    format: FormatOpt = Format.table,
+    json: JsonOut = None,
+) -> None:
+    """Find several minimal sufficient explanations per row and a causal responsibility map."""
+    from invaudit.explain import explain_rows, parse_shape, records, resolve_baseline, summary
+
+    run = Run("explain", model, trust=trust, sha256=sha256)
+    form = run.form
+    ds = run.data(data, label_column=label_column, labels=labels)
+    row_ids = parse_rows(rows, ds.n_rows)
+    X = np.asarray(ds.X[row_ids], dtype=np.float64)
+    hw = parse_shape(shape, form.n_features)
+    if png is not None and hw is None:
+        raise InputError("--png draws images and needs --shape HxW.")
+    X_train = run.data(train, label_column=label_column, primary=False).X if train is not None else None
+    base = resolve_baseline(baseline, form.n_features, X_train=X_train)
+    with progress("explaining", len(row_ids)) as update:
+        res = explain_rows(form, X, rows=row_ids, baseline=base, shape=hw, confidence=confidence,
+                           max_explanations=max_explanations, overlap=overlap, iterations=iterations, seed=seed,
+                           progress=lambda done: update(done))
+    if png is not None:
+        _write_pngs(png, res, X, hw)
+    params = {"baseline": base.tolist(),
+              "baseline_spec": baseline, "shape": None if hw is None else list(hw), "confidence": confidence,
+              "max_explanations": max_explanations, "overlap": overlap, "iterations": iterations, "seed": seed,
+              "rows": rows}
+    run.emit(params=params, results=records(res, form.classes), summary=summary(res), fmt=format, json_path=json)
+
+
+def _write_pngs(folder: Path, res, X, hw) -> None:
+    from invaudit.explain.png import explanation_png, responsibility_png
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for r, x in zip(res, X):
+            write_atomic(folder / f"row{r.row}_responsibility.png", responsibility_png(r.responsibility, hw))
+            for k, e in enumerate(r.explanations, 1):
+                write_atomic(folder / f"row{r.row}_explanation{k}.png", explanation_png(x, e.features, hw))
+    except OSError as exc:
+        raise InputError(f"cannot write PNG images to {folder}: {exc.strerror or exc}.") from None
 
 
 def register(app) -> None:
-    app.command("explain", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(explain)
+    app.command("explain")(explain)

@@ -145,6 +145,34 @@ MISLABEL = View(
     ],
 )
 
+SHADES = "·░▒▓█"
+
+
+def _grid(values, shape, chars) -> str:
+    h, w = shape
+    return "\n".join("".join(chars(values[r * w + c]) * 2 for c in range(w)) for r in range(h))
+
+
+def explain_images(report: dict, limit: int = 4) -> list:
+    """For image rows (``--shape``): the responsibility heat map and each explanation as grids."""
+    shape = report["params"].get("shape")
+    if not shape:
+        return []
+    blocks = []
+    for res in report["results"][:limit]:
+        resp = res["responsibility"]
+        top = max(resp) or 1.0
+        heat = _grid(resp, shape, lambda v: SHADES[min(4, int(round(4 * v / top)))])
+        grids = [heat]
+        for e in res["explanations"]:
+            keep = set(e["features"])
+            grids.append(_grid([i in keep for i in range(len(resp))], shape, lambda v: "█" if v else "·"))
+        lines = [g.split("\n") for g in grids]
+        joined = "\n".join("   ".join(parts) for parts in zip(*lines))
+        blocks.append((f"row {res['row']}: responsibility, then {len(res['explanations'])} explanation(s)", joined))
+    return blocks
+
+
 EXPLAIN = View(
     title=lambda r: f"explanations: {_model_line(r)}",
     summary=lambda r: _summary_items(r),
@@ -161,6 +189,7 @@ EXPLAIN = View(
         Column("sufficient", lambda x: x["sufficient"], "left"),
         Column("features", lambda x: fmt_list(x["features"], 10), "left"),
     ],
+    extras=[explain_images],
 )
 
 AUDIT = View(
