@@ -20,6 +20,8 @@ def is_affine_step(step) -> bool:
         return False
     if name == "PCA":
         return step.components_.shape[0] == step.components_.shape[1]
+    if name == "MinMaxScaler" and getattr(step, "clip", False):
+        return False  # clipping makes it piecewise, not affine
     return True
 
 

@@ -138,8 +138,9 @@ class LinearForm(ModelForm):
         if self.link == "softmax":
             return _softmax(s)
         if self.link == "ovr":
-            p = _sigmoid(s)
-            return p / p.sum(axis=1, keepdims=True)
+            # p_k = sigmoid(s_k) / sum_j sigmoid(s_j) = softmax(log sigmoid(s)); exact where every
+            # sigmoid underflows to 0 (scores below about -745), where the naive ratio is 0/0.
+            return _softmax(-np.logaddexp(0.0, -s))
         raise ValueError("this linear model has no probability link")
 
     def preprocess(self, X: np.ndarray) -> np.ndarray:

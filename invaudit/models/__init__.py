@@ -1,0 +1,84 @@
+"""What a fitted estimator is, mathematically: ``adapt(estimator)`` returns the most exact
+model form available (DESIGN.md, "Model forms").
+
+Forms are tried in order of exactness: linear, invertible-linear, differentiable, trees,
+black-box. Each lives in its own module exposing ``from_estimator(est) -> form | None``.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from ..errors import UnsupportedModelError
+from .base import (
+    FORM_KINDS,
+    LINKS,
+    BlackBoxForm,
+    DifferentiableForm,
+    InvertibleLinearForm,
+    LinearForm,
+    ModelForm,
+    TreeBoxes,
+    TreesForm,
+    class_indices,
+    estimator_name,
+    sigmoid,
+    softmax,
+)
+
+__all__ = [
+    "adapt",
+    "ModelForm",
+    "LinearForm",
+    "InvertibleLinearForm",
+    "DifferentiableForm",
+    "TreesForm",
+    "TreeBoxes",
+    "BlackBoxForm",
+    "FORM_KINDS",
+    "LINKS",
+    "class_indices",
+    "estimator_name",
+    "sigmoid",
+    "softmax",
+]
+
+# Most exact first. Modules are imported when reached, so adapting a linear model never
+# imports the tree or network code.
+_FORM_MODULES = ("linear", "invertible", "differentiable", "trees", "blackbox")
+
+
+def adapt(estimator) -> ModelForm:
+    """The most exact form of a fitted estimator.
+
+    Parameters
+    ----------
+    estimator : object
+        A fitted scikit-learn classifier or Pipeline.
+
+    Returns
+    -------
+    ModelForm
+        A :class:`LinearForm`, :class:`InvertibleLinearForm`, :class:`DifferentiableForm`,
+        :class:`TreesForm` or :class:`BlackBoxForm` (the first whose module accepts it).
+
+    Raises
+    ------
+    UnsupportedModelError
+        When no form applies: the object cannot be queried for class scores, or it is not a
+        fitted classifier.
+    """
+    for name in _FORM_MODULES:
+        module = importlib.import_module(f".{name}", __name__)
+        form = module.from_estimator(estimator)
+        if form is not None:
+            return form
+    kind = type(estimator).__name__
+    queryable = hasattr(estimator, "predict_proba") or hasattr(estimator, "decision_function")
+    if queryable and getattr(estimator, "classes_", None) is None:
+        raise UnsupportedModelError(
+            f"{kind} is not a fitted classifier (it has no classes_); invaudit cannot query it"
+        )
+    raise UnsupportedModelError(
+        f"{kind} has neither predict_proba nor decision_function; invaudit cannot query it"
+    )
