@@ -1,16 +1,100 @@
-"""``invaudit counterfactual``: not available yet (issue 3)."""
+"""``invaudit counterfactual``: the smallest change to a row that gets the label you want.
+
+Also model inversion: ``--from zeros|mean`` starts from a reference point instead of data rows and
+gives the closest input the model puts in ``--target`` with confidence ``--confidence``.
+"""
 
 from __future__ import annotations
 
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import numpy as np
 import typer
 
-from ._common import not_yet
+from invaudit.errors import InputError
+from invaudit.io import parse_rows
+from invaudit.render import Format
+
+from ._common import (Bounds, ConstraintOpts, FormatOpt, JsonOut, LabelColumn, Labels, ModelArg, Norm,
+                      Rows, Run, Scale, Sha256, Trust, build_constraints, resolve_labels)
 
 
-def counterfactual(ctx: typer.Context) -> None:
-    """Not available in this version yet (issue 3); exits 4."""
-    not_yet("counterfactual", "issue 3")
+class Start(str, Enum):
+    zeros = "zeros"
+    mean = "mean"
+
+
+def counterfactual(
+    model: ModelArg,
+    data: Annotated[Optional[Path], typer.Argument(help="Rows to explain (.csv, .npy, .npz); not needed with --from.", show_default=False)] = None,
+    target: Annotated[str, typer.Option("--target", help="Class label to reach, or 'other' (the closest other class).")] = "other",
+    confidence: Annotated[Optional[float], typer.Option("--confidence", min=0.0, max=1.0, help="Require p(target | x) >= P.")] = None,
+    norm: Annotated[Norm, typer.Option("--norm", help="Distance norm.")] = Norm.l2,
+    scale: ConstraintOpts.Scale = Scale.none,
+    immutable: ConstraintOpts.Immutable = None,
+    increase_only: ConstraintOpts.IncreaseOnly = None,
+    decrease_only: ConstraintOpts.DecreaseOnly = None,
+    bounds: ConstraintOpts.Bounds = Bounds.none,
+    train: ConstraintOpts.Train = None,
+    start: Annotated[Optional[Start], typer.Option("--from", help="Model inversion: start from zeros or the mean of --train instead of data rows.")] = None,
+    rows: Rows = None,
+    label_column: LabelColumn = None,
+    labels: Labels = None,
+    trust: Trust = False,
+    sha256: Sha256 = None,
+    format: FormatOpt = Format.table,
+    json: JsonOut = None,
+) -> None:
+    """Find the closest point the model assigns to --target (exact for linear models)."""
+    from invaudit.counterfactual import counterfactuals
+
+    run = Run("counterfactual", model, trust=trust, sha256=sha256)
+    form = run.form
+    train_ds = run.data(train, label_column=label_column, primary=False) if train is not None else None
+    if start is not None:
+        if data is not None:
+            raise InputError("give either DATA or --from, not both.")
+        if start is Start.mean and train_ds is None:
+            raise InputError("--from mean needs --train TRAIN (the mean is taken over it).")
+        X = np.zeros((1, form.n_features)) if start is Start.zeros else train_ds.X.mean(axis=0, keepdims=True)
+        row_ids = np.array([0])
+    else:
+        if data is None:
+            raise InputError("name a DATA file, or use --from zeros|mean for model inversion.")
+        ds = run.data(data, label_column=label_column, labels=labels)
+        row_ids = parse_rows(rows, ds.n_rows)
+        X = np.asarray(ds.X[row_ids], dtype=np.float64)
+
+    if target.strip().lower() == "other":
+        tgt = "other"
+    else:
+        tgt = np.full(X.shape[0], resolve_labels(form, target, "--target"), dtype=np.intp)
+    cons = build_constraints(form, X, train_ds, scale=scale, immutable=immutable, increase_only=increase_only,
+                             decrease_only=decrease_only, bounds=bounds)
+    batch = counterfactuals(form, X, target=tgt, confidence=confidence, norm=norm.value, constraints=cons)
+    results = batch.records(form.classes, row_ids, feature_names=form.feature_names)
+    status = [r["status"] for r in results]
+    found = [r for r in results if r["status"] == "found"]
+    dist = [r["distance"] for r in found]
+    summary = {
+        "rows": len(results),
+        "found": status.count("found"),
+        "already_target": status.count("already-target"),
+        "infeasible": status.count("infeasible"),
+        "failed": status.count("failed"),
+        "exact": sum(bool(r["exact"]) for r in found),
+        "median_distance": float(np.median(dist)) if dist else None,
+    }
+    params = {"target": target, "confidence": confidence, "norm": norm.value, "scale": scale.value,
+              "immutable": immutable, "increase_only": increase_only, "decrease_only": decrease_only,
+              "bounds": bounds.value, "train": None if train is None else str(train),
+              "from": None if start is None else start.value, "rows": rows}
+    if start is not None:
+        run.data_info = None
+    run.emit(params=params, results=results, summary=summary, fmt=format, json_path=json)
 
 
 def register(app) -> None:
-    app.command("counterfactual", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(counterfactual)
+    app.command("counterfactual")(counterfactual)

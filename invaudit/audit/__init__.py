@@ -1,1 +1,10 @@
-"""The YAML audit suite (issue 9)."""
+"""The YAML audit suite: a registry of checks with thresholds, run by ``invaudit audit``."""
+
+from . import checks  # noqa: F401  (registers every check kind)
+from .config import Suite, load_suite
+from .registry import REGISTRY, Check, CheckResult, register
+from .runner import Context, run_suite, summarize, to_junit
+from .starter import starter_suite
+
+__all__ = ["Suite", "load_suite", "REGISTRY", "Check", "CheckResult", "register", "Context", "run_suite",
+           "summarize", "to_junit", "starter_suite"]
