@@ -8,7 +8,6 @@ and column, in one sentence.
 from __future__ import annotations
 
 import csv
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -16,6 +15,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..errors import InputError
+from .model_file import file_sha256
 
 DATA_SUFFIXES = (".csv", ".npy", ".npz")
 
@@ -42,14 +42,6 @@ class Dataset:
 
     def describe(self) -> dict:
         return {"path": self.path, "sha256": self.sha256, "n_rows": self.n_rows}
-
-
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_data(
