@@ -1,16 +1,102 @@
-"""``invaudit influence``: not available yet (issue 6)."""
+"""``invaudit influence``: which training rows are responsible for a prediction (Koh & Liang)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated, Optional
+
+import numpy as np
 import typer
 
-from ._common import not_yet
+from invaudit.errors import InputError
+from invaudit.io import parse_rows
+from invaudit.render import Format
+
+from ._common import FormatOpt, JsonOut, LabelColumn, Labels, ModelArg, Run, Sha256, Trust, note, progress
 
 
-def influence(ctx: typer.Context) -> None:
-    """Not available in this version yet (issue 6); exits 4."""
-    not_yet("influence", "issue 6")
+def parse_group(spec: str, ds) -> np.ndarray:
+    """``--group``: a row spec (``0-9,15``) or ``COLUMN=VALUE`` (rows whose feature equals VALUE)."""
+    if "=" in spec:
+        col, _, value = spec.partition("=")
+        col = col.strip()
+        names = ds.columns
+        if names is not None and col in names:
+            j = names.index(col)
+        else:
+            try:
+                j = int(col)
+            except ValueError:
+                raise InputError(f"--group '{spec}': '{col}' is not a feature name or index.") from None
+            if not 0 <= j < ds.X.shape[1]:
+                raise InputError(f"--group '{spec}': feature index {j} is out of range.")
+        try:
+            v = float(value)
+        except ValueError:
+            raise InputError(f"--group '{spec}': '{value}' is not a number.") from None
+        rows = np.flatnonzero(np.asarray(ds.X[:, j]) == v)
+        if rows.size == 0:
+            raise InputError(f"--group '{spec}': no training row has {col} = {value}.")
+        return rows
+    return parse_rows(spec, ds.n_rows, what="--group")
+
+
+def influence(
+    model: ModelArg,
+    train: Annotated[Path, typer.Argument(help="The training data the model was fitted on (with labels).", show_default=False)],
+    test: Annotated[Path, typer.Argument(help="The rows whose predictions to explain.", show_default=False)],
+    test_rows: Annotated[Optional[str], typer.Option("--test-rows", "--rows", metavar="SPEC", help="Test rows to explain, e.g. 0-4 (default: all).")] = None,
+    top: Annotated[int, typer.Option("--top", min=1, help="Helpful and harmful training rows listed per test row.")] = 10,
+    verify_loo: Annotated[int, typer.Option("--verify-loo", min=0, metavar="N", help="Refit without each of the top N rows and compare.")] = 0,
+    features: Annotated[bool, typer.Option("--features", help="Also give each listed row's per-feature gradient (I_pert,loss).")] = False,
+    group: Annotated[Optional[str], typer.Option("--group", metavar="SPEC", help="Predict the effect of removing a set of training rows: a row spec or COLUMN=VALUE.")] = None,
+    estimate: Annotated[str, typer.Option("--estimate", help="auto, first-order or leverage-corrected.")] = "auto",
+    label_column: LabelColumn = None,
+    labels: Labels = None,
+    trust: Trust = False,
+    sha256: Sha256 = None,
+    format: FormatOpt = Format.table,
+    json: JsonOut = None,
+) -> None:
+    """Rank training rows by how much each test row's loss would change without them."""
+    from invaudit.influence import build_objective
+    from invaudit.influence import influence as solve
+    from invaudit.influence import group_influence
+    from invaudit.influence import verify_loo as refit_check
+
+    run = Run("influence", model, trust=trust, sha256=sha256)
+    form = run.form
+    tr = run.data(train, label_column=label_column, labels=labels, require_labels=True, primary=False)
+    te = run.data(test, label_column=label_column)  # --labels belongs to an NPY TRAIN
+    rows = parse_rows(test_rows, te.n_rows, what="--test-rows")
+    Xt = np.asarray(te.X[rows], dtype=np.float64)
+    yt = None if te.y_index is None else te.y_index[rows]
+    obj = build_objective(form, np.asarray(tr.X, dtype=np.float64), tr.y_index)
+    for n in obj.notes:
+        note(n)
+    res = solve(obj, Xt, yt, top=max(top, verify_loo), estimate=estimate, features=features, test_row_ids=rows)
+    results = res.records()
+    for r in results:  # --top N listed; more may have been computed for --verify-loo
+        r["helpful"], r["harmful"] = r["helpful"][:top], r["harmful"][:top]
+    summary = res.summary()
+    summary["train"] = {"path": tr.path, "sha256": tr.sha256, "n_rows": tr.n_rows}
+    if verify_loo:
+        if yt is None:
+            raise InputError(f"--verify-loo needs labels for the test rows ({te.path}).")
+        chosen = res.top_rows(verify_loo)
+        with progress("refitting", len(chosen)) as update:
+            check = refit_check(obj, Xt, yt, chosen, estimate=estimate, test_row_ids=rows, progress=update)
+        summary["verification"] = check.summary()
+    if group is not None:
+        g_rows = parse_group(group, tr)
+        if yt is None:
+            raise InputError(f"--group needs labels for the test rows ({te.path}).")
+        g = group_influence(obj, Xt, yt, g_rows, test_row_ids=rows, refit=bool(verify_loo))
+        summary["group"] = {"spec": group, **g.summary(), "per_test_row": g.records()}
+    params = {"top": top, "verify_loo": verify_loo, "features": features, "group": group, "estimate": estimate,
+              "test_rows": test_rows, "train": str(train), "preprocessing_fixed": bool(form.preprocessing)}
+    run.emit(params=params, results=results, summary=summary, fmt=format, json_path=json)
 
 
 def register(app) -> None:
-    app.command("influence", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(influence)
+    app.command("influence")(influence)

@@ -1,16 +1,159 @@
-"""``invaudit mislabel``: not available yet (issue 7)."""
+"""``invaudit mislabel``: which training labels are probably wrong, most suspect first."""
 
 from __future__ import annotations
 
+import csv
+import io
+from pathlib import Path
+from typing import Annotated, Optional
+
+import numpy as np
 import typer
 
-from ._common import not_yet
+from invaudit.errors import InputError
+from invaudit.io import write_atomic
+from invaudit.render import Format
+
+from ._common import FormatOpt, JsonOut, LabelColumn, Labels, ModelArg, Run, Seed, Sha256, Trust, note, progress
 
 
-def mislabel(ctx: typer.Context) -> None:
-    """Not available in this version yet (issue 7); exits 4."""
-    not_yet("mislabel", "issue 7")
+def read_truth(path: Path, n: int) -> np.ndarray:
+    """``--truth``: the rows known to be wrong (NPY of row indices or a boolean mask, or a text file
+    with one row index per line) -> boolean mask of length ``n``."""
+    if not path.is_file():
+        raise InputError(f"--truth file {path} does not exist.")
+    try:
+        if path.suffix.lower() == ".npy":
+            arr = np.ravel(np.load(path, allow_pickle=False))
+        else:
+            text = path.read_text(encoding="utf-8")
+            arr = np.array([int(t) for t in text.split() if t.strip()], dtype=np.int64)
+    except (ValueError, OSError) as exc:
+        raise InputError(f"--truth file {path} must hold row indices, one per line, or an NPY array ({exc}).") from None
+    if arr.dtype == bool:
+        if arr.size != n:
+            raise InputError(f"--truth mask in {path} has {arr.size} entries for {n} training rows.")
+        return arr
+    if arr.dtype.kind not in "iu":
+        raise InputError(f"--truth file {path} must hold integer row indices.")
+    bad = arr[(arr < 0) | (arr >= n)]
+    if bad.size:
+        raise InputError(f"--truth file {path}: row {bad[0]} is out of range (0-{n - 1}).")
+    mask = np.zeros(n, dtype=bool)
+    mask[arr] = True
+    return mask
+
+
+def write_fixed(src: Path, out: Path, label_column: Optional[str], labels_src: Optional[Path], new_labels) -> None:
+    """A copy of the training data with relabelled rows, in the input's own format."""
+    if out.resolve() in {src.resolve()} | ({labels_src.resolve()} if labels_src else set()):
+        raise InputError(f"--out {out} would overwrite the input; choose another path.")
+    suffix = src.suffix.lower()
+    if suffix == ".csv":
+        if out.suffix.lower() != ".csv":
+            raise InputError("--out must be a .csv file for a CSV training file.")
+        with open(src, newline="", encoding="utf-8") as fh:
+            table = [r for r in csv.reader(fh) if r]
+        j = table[0].index(label_column)
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(table[0])
+        for row, lab in zip(table[1:], new_labels):
+            row = list(row)
+            row[j] = str(lab)
+            w.writerow(row)
+        write_atomic(out, buf.getvalue())
+    elif suffix == ".npz":
+        if out.suffix.lower() != ".npz":
+            raise InputError("--out must be a .npz file for an NPZ training file.")
+        with np.load(src, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        arrays["y"] = np.asarray(new_labels).astype(arrays["y"].dtype, copy=False)
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        write_atomic(out, buf.getvalue())
+    else:  # NPY features: the labels live in their own file, so --out is the new labels file
+        if out.suffix.lower() != ".npy":
+            raise InputError("--out must be a .npy labels file for an NPY training file.")
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(new_labels))
+        write_atomic(out, buf.getvalue())
+
+
+def curve_plot(curve: np.ndarray, width: int = 50, height: int = 10) -> str:
+    """The found-vs-checked curve drawn with text: x = share of rows checked, y = share found."""
+    n = curve.size - 1
+    xs = np.linspace(0, 1, width)
+    ys = curve[np.round(xs * n).astype(int)]
+    grid = [[" "] * width for _ in range(height)]
+    for c, y in enumerate(ys):
+        r = height - 1 - min(height - 1, int(y * (height - 1) + 0.5))
+        grid[r][c] = "•"
+        diag = height - 1 - min(height - 1, int(xs[c] * (height - 1) + 0.5))
+        if grid[diag][c] == " ":
+            grid[diag][c] = "·"
+    lines = [("100% │" if i == 0 else "  0% │" if i == height - 1 else "     │") + "".join(row)
+             for i, row in enumerate(grid)]
+    lines.append("     └" + "─" * width)
+    lines.append("      0% checked" + " " * (width - 19) + "100%   (• invaudit, · random)")
+    return "\n".join(lines)
+
+
+def mislabel(
+    model: ModelArg,
+    train: Annotated[Path, typer.Argument(help="The training data with its (possibly wrong) labels.", show_default=False)],
+    method: Annotated[str, typer.Option("--method", help="auto (the benchmark's best), pruned-loo-loss, loo-loss, self-influence, loss, confidence.")] = "auto",
+    top: Annotated[str, typer.Option("--top", metavar="N|all", help="How many suspects to list.")] = "20",
+    truth: Annotated[Optional[Path], typer.Option("--truth", metavar="FILE", help="Rows known to be wrong (NPY, or one index per line): report how many the ranking finds.")] = None,
+    fix: Annotated[Optional[int], typer.Option("--fix", min=0, metavar="N", help="Relabel the top N suspects to their suggested labels (needs --out).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", metavar="PATH", help="Where --fix writes the relabelled copy (never the input).")] = None,
+    folds: Annotated[int, typer.Option("--folds", min=2, help="Folds for out-of-sample probabilities.")] = 5,
+    seed: Seed = 0,
+    label_column: LabelColumn = None,
+    labels: Labels = None,
+    trust: Trust = False,
+    sha256: Sha256 = None,
+    format: FormatOpt = Format.table,
+    json: JsonOut = None,
+) -> None:
+    """Rank training rows by how likely their label is wrong."""
+    from invaudit.triage import found_curve, rank_mislabels
+
+    if (fix is None) != (out is None):
+        raise InputError("--fix N and --out PATH go together.")
+    if top.strip().lower() == "all":
+        n_top = None
+    else:
+        try:
+            n_top = int(top)
+        except ValueError:
+            raise InputError(f"--top '{top}': expected a number or 'all'.") from None
+        if n_top < 1:
+            raise InputError("--top must be at least 1.")
+    run = Run("mislabel", model, trust=trust, sha256=sha256)
+    ds = run.data(train, label_column=label_column, labels=labels, require_labels=True)
+    mask = read_truth(truth, ds.n_rows) if truth is not None else None
+    with progress("ranking", folds) as update:
+        ranking = rank_mislabels(run.form, np.asarray(ds.X, dtype=np.float64), ds.y_index, method=method,
+                                 n_folds=folds, seed=seed, progress=update)
+    for n in ranking.notes:
+        note(n)
+    results = ranking.records(top=n_top)
+    for k, r in enumerate(results, 1):
+        r["rank"] = k
+    summary = ranking.summary(mask)
+    if mask is not None:
+        curve = found_curve(ranking.order, mask)
+        note("found vs checked:\n" + curve_plot(curve))
+    if fix:
+        new = np.asarray(run.form.classes)[ranking.fixed_labels(fix)]
+        write_fixed(Path(train), out, label_column, labels, new)
+        summary["fixed"] = {"rows": int(fix), "out": str(out)}
+        note(f"wrote {out} with the top {fix} labels replaced by their suggestions")
+    params = {"method": ranking.method, "top": top, "truth": None if truth is None else str(truth),
+              "fix": fix, "out": None if out is None else str(out), "folds": folds, "seed": seed}
+    run.emit(params=params, results=results, summary=summary, fmt=format, json_path=json)
 
 
 def register(app) -> None:
-    app.command("mislabel", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(mislabel)
+    app.command("mislabel")(mislabel)

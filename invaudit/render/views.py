@@ -52,14 +52,29 @@ def _model_line(report: dict) -> str:
     return f"{m.get('estimator', '?')} ({m.get('form', '?')} form)"
 
 
+def _scalar(v) -> bool:
+    return v is None or isinstance(v, (int, float, str, bool))
+
+
+def _fmt_value(v) -> str:
+    if isinstance(v, dict):
+        return "[" + ", ".join(f"{k} {fmt_num(x)}" for k, x in v.items() if _scalar(x)) + "]"
+    return fmt_num(v)
+
+
 def _summary_items(report: dict, keys=None) -> list:
+    """Scalar summary entries, and dicts of scalars flattened one level. Lists of records and
+    notes (already printed on stderr) stay in the JSON report."""
     s = report.get("summary") or {}
     items = []
     for k, v in s.items():
-        if keys is not None and k not in keys:
+        if (keys is not None and k not in keys) or k == "notes":
+            continue
+        if isinstance(v, list) and v and isinstance(v[0], dict):
             continue
         if isinstance(v, dict):
-            v = ", ".join(f"{kk}: {fmt_num(vv)}" for kk, vv in v.items())
+            v = ", ".join(f"{kk}: {_fmt_value(vv)}" for kk, vv in v.items()
+                          if _scalar(vv) or isinstance(vv, dict))
         elif isinstance(v, list):
             v = fmt_list(v)
         else:

@@ -1,0 +1,1103 @@
+"""The training objective of a fitted model, built once per run and shared by influence and triage.
+
+An :class:`Objective` holds what every influence question needs: the features the final
+estimator sees, the per-row loss terms at the fitted parameters, the Hessian of the estimator's
+*own* training objective and its factorisation (or a conjugate-gradient solver), and a way to
+refit a clone without some rows (the independent reference the estimates are checked against).
+
+Two objectives are modelled:
+
+- :class:`LogisticObjective` for scikit-learn's ``LogisticRegression`` (binary and multinomial;
+  L2 penalty or none; ``C``; ``fit_intercept``; ``class_weight`` including ``"balanced"``), alone
+  or at the end of a Pipeline whose preprocessing stays fixed. scikit-learn minimises (every
+  solver, ``sklearn/linear_model/_logistic.py``)::
+
+      F(theta) = sum_i s_i * l_i(theta) + (lam / 2) * sum_{k, d} R_d * Theta[k, d] ** 2
+
+  with ``s_i`` the class weight of row ``i``, ``lam = 1 / C`` (0 without a penalty), ``l_i`` the
+  log loss, ``Theta`` the ``(M, D + 1)`` matrix ``[coef_, intercept_]`` (``M = 1`` binary with a
+  sigmoid, ``M = K`` multinomial with a softmax) and ``R_d = 1`` on coefficients, ``0`` on the
+  intercept (liblinear penalises its synthetic intercept feature: ``R = 1 / intercept_scaling**2``).
+  This is ``C * sum_i s_i l_i + 1/2 ||w||^2`` divided by ``C``, so it has the same minimiser.
+  The softmax is over-parametrised: adding one vector to every class row of ``Theta`` leaves the
+  probabilities unchanged, so along every unpenalised column (the intercept; every column without
+  a penalty) the Hessian is singular. Every gradient of a log loss is orthogonal to those
+  directions, so adding ``c * N N^T`` (``N``: the orthonormal null directions) gives a positive
+  definite ``H_hat`` with ``H_hat^-1 g = H^+ g`` for every gradient ``g`` — the pseudo-inverse on
+  the identifiable subspace — and a Cholesky factorisation can be used.
+
+- :class:`NetworkObjective` for ``MLPClassifier`` (through :class:`~invaudit.models.base.
+  DifferentiableForm`): ``F = sum_i l_i + (alpha / 2) ||coefs||^2`` (scikit-learn's mean loss
+  times ``n``), Hessian-vector products from the form, damping ``damping * n * I``, and conjugate
+  gradients. Non-convex: every answer is ``exact = False``.
+
+References
+----------
+Koh & Liang (2017), "Understanding black-box predictions via influence functions", ICML,
+eq. (2) (``H^-1`` of the empirical risk) and section 3 (conjugate gradients, damping).
+Cook & Weisberg (1982), "Residuals and influence in regression" (leave-one-out via a rank-one
+update); Sherman & Morrison (1950); Woodbury (1950).
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Callable, Optional
+
+import numpy as np
+from scipy import linalg
+from scipy.special import log_softmax, logsumexp
+
+from invaudit.errors import InputError, SolverError, UnsupportedModelError
+from invaudit.models.affine import fold_affine, is_affine_step
+from invaudit.models.base import DifferentiableForm, ModelForm
+
+__all__ = ["Objective", "LogisticObjective", "NetworkObjective", "build_objective",
+           "SUPPORTED_MESSAGE", "ESTIMATES"]
+
+SUPPORTED_MESSAGE = ("influence needs LogisticRegression or MLPClassifier (optionally after "
+                     "preprocessing)")
+ESTIMATES = ("first-order", "leverage-corrected")
+#: Largest parameter count for which the Hessian is formed and factorised (P x P doubles).
+MAX_DIRECT_PARAMS = 4000
+#: A fitted model whose objective gradient (mean scale, like scikit-learn's ``tol``) exceeds
+#: this is not at its optimum; influence is then not exact.
+STATIONARY_TOL = 1e-4
+PRE_FIXED_NOTE = "the preprocessing ({}) stays fixed; influence is for the final estimator's parameters"
+
+
+def _final_and_pre(estimator):
+    steps = getattr(estimator, "steps", None)
+    if steps:
+        return steps[-1][1], estimator[:-1]
+    return estimator, None
+
+
+def _check_rows(X, y, n_features, what):
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2:
+        raise InputError(f"{what} must be a 2-D array of features, got shape {X.shape}.")
+    if X.shape[1] != n_features:
+        raise InputError(f"{what} has {X.shape[1]} features but the model expects {n_features}.")
+    if not np.all(np.isfinite(X)):
+        raise InputError(f"{what} contains NaN or infinite values.")
+    if y is not None:
+        y = np.asarray(y)
+        if y.shape != (X.shape[0],):
+            raise InputError(f"{what} has {X.shape[0]} rows but {y.shape[0] if y.ndim else 0} labels.")
+        if not np.issubdtype(y.dtype, np.integer):
+            if np.all(np.mod(y, 1) == 0):
+                y = y.astype(np.intp)
+            else:
+                raise InputError(f"the labels of {what} must be class indices (0..K-1).")
+        y = y.astype(np.intp)
+    return X, y
+
+
+class Objective:
+    """Interface shared by the two objectives (see the module docstring).
+
+    Attributes
+    ----------
+    kind : ``"logistic"`` or ``"network"``.
+    form : the model form it was built from.
+    X, y : the training rows (input units) and their class indices.
+    n_rows, n_params : sizes.
+    convex : whether the objective is convex (influence is then well defined globally).
+    exact : True when the Hessian solve is a Cholesky factorisation at a stationary point of a
+        convex objective, so ``H^-1 g`` is exact to rounding.
+    method : ``"cholesky"`` or ``"conjugate-gradient"``.
+    stationarity : max-abs gradient of the objective at the fitted parameters, divided by the
+        summed row weights (scikit-learn's ``tol`` scale).
+    estimates : the estimates this objective can give; ``default_estimate`` is the best of them.
+    notes : sentences every report built on this objective must carry.
+    """
+
+    kind: str
+    form: ModelForm
+    X: np.ndarray
+    y: np.ndarray
+    n_rows: int
+    n_params: int
+    convex: bool
+    exact: bool
+    method: str
+    stationarity: float
+    estimates: tuple
+    notes: tuple
+
+    @property
+    def default_estimate(self) -> str:
+        return self.estimates[-1]
+
+    def resolve_estimate(self, estimate: str) -> str:
+        if estimate == "auto":
+            return self.default_estimate
+        if estimate not in self.estimates:
+            raise InputError(
+                f"estimate {estimate!r} is not available for this model; choose one of "
+                f"{', '.join(self.estimates)} or auto."
+            )
+        return estimate
+
+    # --- implemented by subclasses -------------------------------------------------------
+    def check_test(self, X_test, y_test):  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def losses(self, X, y) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def predicted_index(self, X) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def test_gradients(self, X, y) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def solve(self, G: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def loss_changes(self, X_test, y_test, estimate, rows=None, U=None) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+    def feature_gradients(self, u, rows) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def refit_without(self, rows, *, tol=1e-10, max_iter=None):  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def refit_losses(self, fitted, X, y) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def group_prediction(self, rows, X_test, y_test) -> tuple:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+def build_objective(form: ModelForm, X_train, y_train, *, damping: float = 0.01,
+                    max_direct_params: int = MAX_DIRECT_PARAMS, cg_tol: float = 1e-10,
+                    cg_max_iter: Optional[int] = None) -> Objective:
+    """The training objective of ``form``'s estimator on ``(X_train, y_train)``, ready for
+    influence questions.
+
+    Parameters
+    ----------
+    form : ModelForm
+        Any form; what matters is the estimator it holds. Supported: ``LogisticRegression``
+        (L2 or no penalty), alone or at the end of a Pipeline, and ``MLPClassifier`` through a
+        :class:`~invaudit.models.base.DifferentiableForm`.
+    X_train : (n, D) array in *input* units (before any preprocessing).
+    y_train : (n,) class indices (positions in ``form.classes``).
+    damping : float
+        Networks only: ``damping * n`` is added to the Hessian's diagonal (Koh & Liang, sec. 3,
+        used 0.01 on the mean Hessian); multiplied by 10 whenever conjugate gradients meet
+        negative curvature.
+    max_direct_params : int
+        Above this parameter count the Hessian is not formed; conjugate gradients on exact
+        Hessian-vector products are used instead (and only the first-order estimate is offered).
+    cg_tol, cg_max_iter : conjugate-gradient relative residual and iteration cap.
+
+    Raises
+    ------
+    UnsupportedModelError
+        The model has no twice-differentiable loss invaudit models (trees, black boxes, hinge
+        losses, L1 penalties).
+    InputError
+        Shapes or labels that do not match the model.
+    """
+    estimator = getattr(form, "estimator", None)
+    final, _pre = _final_and_pre(estimator)
+    if isinstance(form, DifferentiableForm) or type(final).__name__ == "MLPClassifier":
+        if not isinstance(form, DifferentiableForm):
+            raise UnsupportedModelError(
+                f"{SUPPORTED_MESSAGE}; this MLPClassifier's preprocessing has no differentiable form."
+            )
+        return NetworkObjective(form, X_train, y_train, damping=damping, cg_tol=cg_tol,
+                                cg_max_iter=cg_max_iter)
+    if type(final).__name__ == "LogisticRegression":
+        return LogisticObjective(form, X_train, y_train, max_direct_params=max_direct_params,
+                                 cg_tol=cg_tol, cg_max_iter=cg_max_iter)
+    name = type(final).__name__ if final is not None else type(form).__name__
+    smooth = form.kind not in ("trees",) and hasattr(final, "predict_proba")
+    reason = "is not one of them" if smooth else "has no twice-differentiable loss"
+    raise UnsupportedModelError(f"{SUPPORTED_MESSAGE}; {name} {reason}.")
+
+
+# =============================================================================================
+# Logistic regression
+# =============================================================================================
+
+def _penalty(est) -> tuple[float, str]:
+    """``(lam, name)``: ``lam = 1/C`` for an L2 penalty, 0 for none; refuse L1 / elastic-net."""
+    pen = getattr(est, "penalty", "deprecated")
+    l1_ratio = getattr(est, "l1_ratio", None)
+    C = float(est.C)
+    if pen == "deprecated":  # scikit-learn >= 1.8: l1_ratio and C say it
+        if l1_ratio not in (None, 0, 0.0):
+            name = "l1" if l1_ratio == 1 else "elasticnet"
+        else:
+            name = "l2"
+        if np.isinf(C):
+            name = "none"
+    elif pen is None or pen == "none":
+        name = "none"
+    elif pen == "elasticnet" and (l1_ratio in (None, 0, 0.0)):
+        name = "l2"
+    else:
+        name = pen
+    if name in ("l1", "elasticnet"):
+        raise UnsupportedModelError(
+            f"{SUPPORTED_MESSAGE} with an L2 penalty or none; this LogisticRegression uses an "
+            f"{name} penalty, which is not twice differentiable."
+        )
+    if name == "none" or np.isinf(C):
+        return 0.0, "none"
+    return 1.0 / C, "l2"
+
+
+def _row_weights(est, y: np.ndarray, K: int, classes) -> tuple[np.ndarray, bool]:
+    """Per-row class weights as scikit-learn computes them from these labels."""
+    cw = getattr(est, "class_weight", None)
+    counts = np.bincount(y, minlength=K)
+    if cw is None:
+        return np.ones(y.shape[0]), False
+    if isinstance(cw, str) and cw == "balanced":
+        if np.any(counts == 0):
+            raise InputError("the training labels do not contain every class the model knows, "
+                             "so its balanced class weights cannot be recomputed.")
+        per_class = y.shape[0] / (K * counts)
+        return per_class[y], True
+    if isinstance(cw, dict):
+        per_class = np.array([float(cw.get(c, cw.get(_plain(c), 1.0))) for c in classes])
+        return per_class[y], False
+    raise UnsupportedModelError(f"{SUPPORTED_MESSAGE}; class_weight={cw!r} is not understood.")
+
+
+def _plain(c):
+    return c.item() if isinstance(c, np.generic) else c
+
+
+class LogisticObjective(Objective):
+    """scikit-learn's LogisticRegression objective at its fitted parameters.
+
+    Per row ``i`` with features ``z_i`` (what the final estimator sees) and ``zt_i = [z_i, 1]``
+    (``z_i`` alone without an intercept), scores ``eta_i = Theta zt_i`` (``M`` of them),
+    probabilities ``p_i``, the loss gradient w.r.t. the scores ``r_i = p_i - onehot(y_i)``
+    (binary: ``p_i - y_i``) and its Hessian ``A_i = diag(p_i) - p_i p_i^T`` (binary:
+    ``p_i (1 - p_i)``). With ``Z_i = I_M (x) zt_i`` (``P x M``, ``P = M (D + 1)``) the row's
+    parameter gradient is ``g_i = Z_i r_i`` and its Hessian ``Z_i A_i Z_i^T``, so
+
+        H = sum_i s_i Z_i A_i Z_i^T + lam * diag(R)        (+ c N N^T for the softmax)
+
+    Parameters are ``Theta`` flattened row by row (class-major): entry ``(k, d)`` at
+    ``k * (D + 1) + d``.
+    """
+
+    kind = "logistic"
+
+    def __init__(self, form, X_train, y_train, *, max_direct_params=MAX_DIRECT_PARAMS,
+                 cg_tol=1e-10, cg_max_iter=None, final=None):
+        self.form = form
+        est = form.estimator
+        final_, pre = _final_and_pre(est)
+        # ``final``: a refitted copy of the final estimator to use instead (same preprocessing)
+        final = final_ if final is None else final
+        self.estimator = final
+        self.pre = pre
+        if not hasattr(final, "coef_"):
+            raise InputError("the LogisticRegression in this model is not fitted.")
+        self.classes = np.asarray(final.classes_)
+        K = len(self.classes)
+        self.K = K
+        X, y = _check_rows(X_train, y_train, int(form.n_features), "the training data")
+        if y is None:
+            raise InputError("influence needs the training labels.")
+        if y.size and (y.min() < 0 or y.max() >= K):
+            raise InputError(f"training labels must be class indices in 0..{K - 1}.")
+        self.X, self.y = X, y
+        self.n_rows = X.shape[0]
+        if self.n_rows < 2:
+            raise InputError("influence needs at least two training rows.")
+
+        coef = np.asarray(final.coef_, dtype=np.float64)
+        intercept = np.asarray(final.intercept_, dtype=np.float64).reshape(-1)
+        self.M = coef.shape[0]
+        if (K == 2) != (self.M == 1) or (K > 2 and self.M != K):
+            raise UnsupportedModelError(
+                f"{SUPPORTED_MESSAGE}; this LogisticRegression is one-vs-rest, whose objective "
+                "is not the log loss of its probabilities."
+            )
+        self.link = "sigmoid" if self.M == 1 else "softmax"
+        self.fit_intercept = bool(final.fit_intercept)
+        self.D = coef.shape[1]
+        self.D1 = self.D + int(self.fit_intercept)
+        self.n_params = self.M * self.D1
+        self.Theta = np.column_stack([coef, intercept]) if self.fit_intercept else coef.copy()
+
+        self.lam, self.penalty = _penalty(final)
+        R = np.ones(self.D1)
+        if self.fit_intercept:
+            if getattr(final, "solver", "lbfgs") == "liblinear":
+                R[-1] = 1.0 / float(final.intercept_scaling) ** 2
+            else:
+                R[-1] = 0.0
+        self.Rcol = R
+        self.s, self.balanced = _row_weights(final, y, K, self.classes)
+
+        self.Z = self.features(X)
+        if self.Z.shape[1] != self.D:
+            raise InputError(f"the preprocessing gives {self.Z.shape[1]} features but the "
+                             f"classifier expects {self.D}.")
+        self.Zt = self._aug(self.Z)
+        self.eta = self.Zt @ self.Theta.T
+        self.p, self.r, self.A = self._terms(self.eta, y)
+
+        notes = []
+        if pre is not None:
+            names = ", ".join(type(s).__name__ for _, s in pre.steps) or "none"
+            notes.append(PRE_FIXED_NOTE.format(names))
+        if self.balanced:
+            notes.append("class_weight='balanced' is recomputed from the training labels, and a "
+                         "removal's effect on those weights is included")
+
+        # null directions of the over-parametrised softmax (unpenalised columns)
+        self.null_cols = np.flatnonzero(self.lam * self.Rcol == 0) if self.M > 1 else np.array([], int)
+
+        grad = self._objective_gradient(self.s, self.r, self.Zt, self.Theta)
+        self.stationarity = float(np.max(np.abs(grad)) / self.s.sum())
+
+        self.convex = True
+        self.cg_tol = cg_tol
+        self.cg_max_iter = cg_max_iter
+        if self.n_params <= max_direct_params:
+            self.method = "cholesky"
+            H = self.hessian(self.s, self.A, self.Zt)
+            self.Hinv, self.rank_deficient = _inverse(H)
+            self.estimates = ESTIMATES
+            if self.rank_deficient:
+                notes.append("the Hessian is singular (linearly dependent features without a "
+                             "penalty): its pseudo-inverse on the directions the data determine "
+                             "is used")
+        else:
+            self.method = "conjugate-gradient"
+            self.Hinv = None
+            self.rank_deficient = False
+            self.estimates = ("first-order",)
+            notes.append(f"{self.n_params} parameters: Hessian solves by conjugate gradients, "
+                         "first-order estimate only")
+        self.exact = self.method == "cholesky" and self.stationarity <= STATIONARY_TOL
+        if self.stationarity > STATIONARY_TOL:
+            notes.append(f"the model is not at its optimum (objective gradient {self.stationarity:.1e} "
+                         "on scikit-learn's tol scale); influence assumes it is")
+        self.notes = tuple(notes)
+        self._Q = None
+        self._class_shift = None
+        self._steps = None
+        self._shifts = {}
+
+    # --- per-row terms ---------------------------------------------------------------------
+    def features(self, X) -> np.ndarray:
+        """What the final estimator sees: ``pre.transform(X)`` (or ``X``), float64."""
+        X = np.asarray(X, dtype=np.float64)
+        if self.pre is None:
+            return X
+        return np.asarray(self.pre.transform(X), dtype=np.float64)
+
+    def _aug(self, Z):
+        return np.column_stack([Z, np.ones(Z.shape[0])]) if self.fit_intercept else Z
+
+    def _terms(self, eta, y):
+        n = eta.shape[0]
+        if self.M == 1:
+            p1 = _sigmoid(eta[:, 0])
+            p = np.column_stack([1.0 - p1, p1])
+            r = (p1 - (y == 1))[:, None]
+            A = (p1 * (1.0 - p1))[:, None, None]
+        else:
+            p = np.exp(log_softmax(eta, axis=1))
+            r = p.copy()
+            r[np.arange(n), y] -= 1.0
+            A = -p[:, :, None] * p[:, None, :]
+            idx = np.arange(self.M)
+            A[:, idx, idx] += p
+        return p, r, A
+
+    def _loss_from_scores(self, eta, y):
+        if self.M == 1:
+            sign = np.where(y == 1, 1.0, -1.0)
+            return np.logaddexp(0.0, -sign * eta[:, 0])
+        return logsumexp(eta, axis=1) - eta[np.arange(eta.shape[0]), y]
+
+    def check_test(self, X_test, y_test):
+        X, y = _check_rows(X_test, y_test, int(self.form.n_features), "the test data")
+        if y is not None and y.size and (y.min() < 0 or y.max() >= self.K):
+            raise InputError(f"test labels must be class indices in 0..{self.K - 1}.")
+        return X, y
+
+    def losses(self, X, y) -> np.ndarray:
+        """Log loss of each row at the fitted parameters."""
+        eta = self._aug(self.features(X)) @ self.Theta.T
+        return self._loss_from_scores(eta, np.asarray(y))
+
+    def predicted_index(self, X) -> np.ndarray:
+        eta = self._aug(self.features(X)) @ self.Theta.T
+        return (eta[:, 0] > 0).astype(np.intp) if self.M == 1 else np.argmax(eta, axis=1)
+
+    def proba(self, X) -> np.ndarray:
+        """``(T, K)`` probabilities at the fitted parameters."""
+        eta = self._aug(self.features(X)) @ self.Theta.T
+        return self._terms(eta, np.zeros(eta.shape[0], dtype=np.intp))[0]
+
+    @property
+    def train_losses(self) -> np.ndarray:
+        return self._loss_from_scores(self.eta, self.y)
+
+    @property
+    def train_proba(self) -> np.ndarray:
+        return self.p
+
+    # --- objective, Hessian, solves ----------------------------------------------------------
+    def _objective_gradient(self, s, r, Zt, Theta):
+        G = (s[:, None] * r).T @ Zt  # (M, D1)
+        return G + self.lam * Theta * self.Rcol
+
+    def hessian(self, s, A, Zt, augment: bool = True) -> np.ndarray:
+        """``H_hat`` (P x P): the Hessian of the objective (row weights ``s``) plus, with
+        ``augment``, ``c N N^T`` on the softmax's null directions (a loop over class pairs;
+        each block is one BLAS product over rows)."""
+        M, D1 = self.M, self.D1
+        H = np.zeros((M, D1, M, D1))
+        for k in range(M):
+            for l in range(k, M):
+                w = s * A[:, k, l]
+                blk = (Zt * w[:, None]).T @ Zt
+                H[k, :, l, :] = blk
+                if l != k:
+                    H[l, :, k, :] = blk.T
+        H = H.reshape(self.n_params, self.n_params)
+        H[np.diag_indices_from(H)] += self.lam * np.tile(self.Rcol, M)
+        if augment and self.null_cols.size:
+            c = max(float(np.trace(H)) / self.n_params, 1e-12)
+            H4 = H.reshape(M, D1, M, D1)
+            for d in self.null_cols:
+                H4[:, d, :, d] += c / M
+        return H
+
+
+    def _hvp(self, v):
+        V = v.reshape(self.M, self.D1)
+        eta_v = self.Zt @ V.T  # (n, M)
+        w = np.einsum("ikl,il->ik", self.A, eta_v) * self.s[:, None]
+        out = w.T @ self.Zt + self.lam * V * self.Rcol
+        if self.null_cols.size:
+            out[:, self.null_cols] += self._null_scale * V[:, self.null_cols].mean(axis=0)
+        return out.ravel()
+
+    @property
+    def _null_scale(self) -> float:
+        """``c`` of ``c N N^T`` for the matrix-free path: the Hessian's mean diagonal."""
+        if getattr(self, "_null_c", None) is None:
+            tr = np.sum(self.s * np.trace(self.A, axis1=1, axis2=2)
+                        * np.einsum("id,id->i", self.Zt, self.Zt))
+            self._null_c = max(float(tr + self.lam * self.Rcol.sum() * self.M) / self.n_params, 1e-12)
+        return self._null_c
+
+    def solve(self, G: np.ndarray) -> np.ndarray:
+        """``H_hat^-1 g`` for each row ``g`` of ``G`` (``(T, P)`` in, ``(T, P)`` out)."""
+        G = np.atleast_2d(np.asarray(G, dtype=np.float64))
+        if self.Hinv is not None:
+            return G @ self.Hinv
+        return np.vstack([_cg(self._hvp, g, self.cg_tol, self.cg_max_iter or 10 * self.n_params)[0]
+                          for g in G])
+
+    # --- gradients -------------------------------------------------------------------------
+    @staticmethod
+    def _outer(a, Zt):
+        return (a[:, :, None] * Zt[:, None, :]).reshape(a.shape[0], -1)
+
+    def test_gradients(self, X, y) -> np.ndarray:
+        """Per-row log-loss gradients ``(T, P)`` at the fitted parameters."""
+        Zt = self._aug(self.features(X))
+        _, r, _ = self._terms(Zt @ self.Theta.T, np.asarray(y))
+        return self._outer(r, Zt)
+
+    @property
+    def train_gradients(self) -> np.ndarray:
+        return self._outer(self.r, self.Zt)
+
+    def leverage_blocks(self) -> np.ndarray:
+        """``Q_i = Z_i^T H_hat^-1 Z_i`` for every training row, ``(n, M, M)``."""
+        if self._Q is None:
+            if self.Hinv is None:
+                raise SolverError("the leverage correction needs the factorised Hessian.")
+            M, D1, n = self.M, self.D1, self.n_rows
+            Hb = self.Hinv.reshape(M, D1, M, D1).transpose(1, 0, 2, 3).reshape(D1, M * M * D1)
+            Q = np.empty((n, M, M))
+            step = max(1, int(4_000_000 // max(1, M * M * D1)))
+            for a in range(0, n, step):
+                Zc = self.Zt[a:a + step]
+                T = (Zc @ Hb).reshape(-1, M, M, D1)
+                Q[a:a + step] = np.einsum("ikle,ie->ikl", T, Zc)
+            self._Q = 0.5 * (Q + Q.transpose(0, 2, 1))
+        return self._Q
+
+    def _balance_shift(self):
+        """For ``class_weight='balanced'``: removing a row of class ``c`` changes every class
+        weight by ``delta[c, k]``; the objective's gradient at the fitted parameters then moves
+        by ``v_c = sum_k delta[c, k] * G_k`` (``G_k``: the summed gradients of class ``k``).
+        Returns ``(delta (K, K), V (K, P), Y = H_hat^-1 V (K, P))``."""
+        if self._class_shift is None:
+            K, n = self.K, self.n_rows
+            counts = np.bincount(self.y, minlength=K).astype(float)
+            w = n / (K * counts)
+            delta = np.zeros((K, K))
+            for c in range(K):  # loop over classes
+                cnt = counts.copy()
+                cnt[c] -= 1
+                with np.errstate(divide="ignore"):
+                    w_new = (n - 1) / (K * cnt)
+                delta[c] = np.where(np.isfinite(w_new), w_new - w, 0.0)
+            onehot = np.eye(K)[self.y]
+            Gk = self._outer_sum(onehot)  # (K, P)
+            V = delta @ Gk
+            self._class_shift = (delta, V, self.solve(V))
+        return self._class_shift
+
+    def _outer_sum(self, weights):
+        """``sum_i weights[i, k] * g_i`` for each column k: ``(K, P)`` (one BLAS product)."""
+        n, K = weights.shape
+        WR = (weights[:, :, None] * self.r[:, None, :]).reshape(n, K * self.M)
+        return (WR.T @ self.Zt).reshape(K, -1)
+
+    def removal_terms(self, estimate: str, rows=None):
+        """What removing each training row does, in score space.
+
+        Returns ``(e, cls)`` with ``e`` ``(m, M)``: removing row ``i`` moves the parameters by
+        ``delta_theta_i = H_hat^-1 Z_i e_i - Y[cls_i]`` (``Y`` from the balanced-weight shift,
+        zero otherwise). First order (Koh & Liang eq. 2 with weight ``s_i``):
+        ``e_i = alpha_i r_i``. Leverage-corrected: the Newton step on the objective without
+        row ``i``, whose Hessian ``H - s_i Z_i A_i Z_i^T`` is inverted by the Woodbury identity
+        (rank 1 binary, rank K multinomial)::
+
+            (H - Z M Z^T)^-1 = H^-1 + H^-1 Z (I - M Q)^-1 M Z^T H^-1,   M = s_i A_i, Q = Q_i
+            e_i = alpha_i r_i + (I - M Q)^-1 M (alpha_i Q r_i - Z_i^T Y[cls_i])
+
+        with ``alpha_i = s_i`` (plus the row's own balanced-weight change).
+        """
+        rows = np.arange(self.n_rows) if rows is None else np.asarray(rows, dtype=np.intp)
+        s, r = self.s[rows], self.r[rows]
+        alpha = s.copy()
+        if self.balanced:
+            delta, _, Y = self._balance_shift()
+            cls = self.y[rows]
+            alpha = alpha + delta[cls, cls]
+            yv = np.einsum("imd,id->im", Y[cls].reshape(-1, self.M, self.D1), self.Zt[rows])
+        else:
+            cls = None
+            yv = None
+        e = alpha[:, None] * r
+        if estimate == "leverage-corrected":
+            Q = self.leverage_blocks()[rows]
+            Mi = s[:, None, None] * self.A[rows]
+            rhs = alpha[:, None] * np.einsum("ikl,il->ik", Q, r)
+            if yv is not None:
+                rhs = rhs - yv
+            rhs = np.einsum("ikl,il->ik", Mi, rhs)
+            I_MQ = np.eye(self.M)[None] - Mi @ Q
+            if self.M == 1:
+                e = e + rhs / I_MQ[:, :, 0]
+            else:
+                e = e + np.linalg.solve(I_MQ, rhs[:, :, None])[:, :, 0]
+        return e, cls
+
+    def removal_steps(self, estimate: str, rows=None) -> np.ndarray:
+        """``(m, P)``: the predicted parameter change ``delta_theta_i`` for removing each row
+        (see :meth:`removal_terms`), one product with the explicit ``H_hat^-1``."""
+        rows = None if rows is None else np.asarray(rows, dtype=np.intp)
+        cached = rows is None and self._steps is not None and self._steps[0] == estimate
+        if cached:
+            return self._steps[1]
+        idx = np.arange(self.n_rows) if rows is None else rows
+        e, cls = self.removal_terms(estimate, idx)
+        steps = self.solve(self._outer(e, self.Zt[idx]))
+        if cls is not None:
+            _, _, Y = self._balance_shift()
+            steps -= Y[cls]
+        if rows is None and steps.size <= 25_000_000:
+            self._steps = (estimate, steps)
+        return steps
+
+    def loss_changes(self, X_test, y_test, estimate, rows=None, U=None) -> np.ndarray:
+        """``(T, m)``: predicted change of each test row's log loss if each training row were
+        removed.
+
+        ``first-order``: Koh & Liang's linearisation ``g_t^T delta_theta_i`` (``U``, if given,
+        is ``H_hat^-1 G_test``). ``leverage-corrected``: the test loss evaluated exactly at the
+        Newton-step parameters, ``l_t(eta_t + J_t delta_theta_i) - l_t(eta_t)`` — the scores move
+        linearly in the parameters, so this is one ``(T x D1) @ (D1 x m)`` product per class.
+        """
+        Zt = self._aug(self.features(X_test))
+        y_test = np.asarray(y_test, dtype=np.intp)
+        eta = Zt @ self.Theta.T
+        if estimate == "first-order":
+            rows_ = np.arange(self.n_rows) if rows is None else np.asarray(rows, dtype=np.intp)
+            if U is None:
+                _, r, _ = self._terms(eta, y_test)
+                U = self.solve(self._outer(r, Zt))
+            e, cls = self.removal_terms(estimate, rows_)
+            out = U @ self._outer(e, self.Zt[rows_]).T
+            if cls is not None:
+                _, V, _ = self._balance_shift()
+                out -= (U @ V.T)[:, cls]
+            return out
+        steps = self.removal_steps(estimate, rows).reshape(-1, self.M, self.D1)
+        base = self._loss_from_scores(eta, y_test)
+        if self.M == 1:
+            d = Zt @ steps[:, 0, :].T  # (T, m)
+            sign = np.where(y_test == 1, 1.0, -1.0)[:, None]
+            return np.logaddexp(0.0, -sign * (eta[:, :1] + d)) - base[:, None]
+        # new scores of class k for every (test row, removed row): one product per class
+        d = [Zt @ steps[:, k, :].T + eta[:, k:k + 1] for k in range(self.M)]  # M x (T, m)
+        mx = d[0].copy()
+        for dk in d[1:]:
+            np.maximum(mx, dk, out=mx)
+        acc = np.zeros_like(mx)
+        picked = np.zeros_like(mx)
+        for k, dk in enumerate(d):
+            acc += np.exp(dk - mx)
+            rows_k = y_test == k
+            picked[rows_k] = dk[rows_k]
+        out = np.log(acc)
+        out += mx
+        out -= picked
+        out -= base[:, None]
+        return out
+
+    def ranking_scores(self, X_test, y_test, estimate, U=None):
+        """``(S, values)``: ``S`` ``(T, n)`` orders the training rows exactly as the loss
+        changes do, row by row, and ``values(j, idx)`` gives the loss changes of test row ``j``
+        for training rows ``idx``. For a binary model's leverage-corrected estimate the loss
+        change is a monotone function of the linear score shift ``J_t delta_theta_i``, so the
+        ranking needs only that product and the exact log losses are evaluated for the rows
+        kept."""
+        y_test = np.asarray(y_test, dtype=np.intp)
+        if estimate == "first-order" or self.M > 1:
+            S = self.loss_changes(X_test, y_test, estimate, U=U)
+            return S, lambda j, idx: S[j, idx]
+        Zt = self._aug(self.features(X_test))
+        eta = (Zt @ self.Theta.T)[:, 0]
+        sign = np.where(y_test == 1, 1.0, -1.0)
+        steps = self.removal_steps(estimate)[:, :]  # (n, P) with M == 1
+        S = Zt @ steps.T
+        S *= -sign[:, None]  # loss change increases with -sign * shift
+        base = np.logaddexp(0.0, -sign * eta)
+
+        def values(j, idx):
+            return np.logaddexp(0.0, -sign[j] * eta[j] + S[j, idx]) - base[j]
+
+        return S, values
+
+    def score_shifts(self, estimate: str) -> np.ndarray:
+        """``(n, M)``: each training row's own score change if it were removed,
+        ``Z_i^T delta_theta_i`` (approximate leave-one-out scores: ``eta_i + shift_i``)."""
+        if estimate in self._shifts:
+            return self._shifts[estimate]
+        e, cls = self.removal_terms(estimate)
+        if self.Hinv is not None:
+            Q = self.leverage_blocks()
+            shift = np.einsum("ikl,il->ik", Q, e)
+        else:
+            E = self.solve(self._outer(e, self.Zt))
+            shift = np.einsum("imd,id->im", E.reshape(-1, self.M, self.D1), self.Zt)
+        if cls is not None:
+            _, _, Y = self._balance_shift()
+            shift -= np.einsum("imd,id->im", Y[cls].reshape(-1, self.M, self.D1), self.Zt)
+        self._shifts[estimate] = shift
+        return shift
+
+    def loo_proba(self, estimate: str = "leverage-corrected") -> np.ndarray:
+        """Approximate leave-one-out probabilities ``(n, K)`` of every training row."""
+        eta = self.eta + self.score_shifts(estimate)
+        p, _, _ = self._terms(eta, self.y)
+        return p
+
+    def loo_losses(self, estimate: str = "leverage-corrected") -> np.ndarray:
+        """Approximate leave-one-out log loss of every training row (the loss evaluated at
+        the shifted score, not linearised)."""
+        return self._loss_from_scores(self.eta + self.score_shifts(estimate), self.y)
+
+    def self_influence(self, estimate: str = "first-order") -> np.ndarray:
+        """Predicted change of each training row's own loss if it were removed,
+        ``s_i g_i^T H^-1 g_i`` to first order (Koh & Liang, sec. 5.4)."""
+        return np.einsum("im,im->i", self.r, self.score_shifts(estimate))
+
+    # --- I_pert,loss ------------------------------------------------------------------------
+    def _input_jacobian_t(self, rows, grad_z):
+        """``grad_z @ dz/dx`` for the given training rows (chain rule through fixed
+        preprocessing)."""
+        if self.pre is None:
+            return grad_z
+        steps = [s for _, s in self.pre.steps]
+        if all(is_affine_step(s) for s in steps):
+            A, _ = fold_affine(steps, self.X.shape[1])
+            return grad_z @ A
+        vjp = getattr(self.form, "vjp", None)
+        if vjp is not None:
+            return np.asarray(vjp(self.X[rows], grad_z), dtype=np.float64)
+        raise UnsupportedModelError(
+            "feature gradients need preprocessing with a known derivative (affine steps or an "
+            "invertible-linear form); this pipeline has neither."
+        )
+
+    def feature_gradients(self, u, rows) -> np.ndarray:
+        """``(m, D)``: derivative of the test loss w.r.t. each listed training row's features
+        (Koh & Liang eq. 4, ``I_pert,loss = -g_test^T H^-1 d/dx grad_theta l(z_i)``):
+        ``-s_i * J_i^T (W^T A_i (U zt_i) + U_w^T r_i)`` with ``U = H^-1 g_test`` as ``(M, D1)``."""
+        rows = np.asarray(rows, dtype=np.intp)
+        U = np.asarray(u, dtype=np.float64).reshape(self.M, self.D1)
+        W = self.Theta[:, :self.D]
+        Zt = self.Zt[rows]
+        v = Zt @ U.T  # (m, M)
+        av = np.einsum("ikl,il->ik", self.A[rows], v)
+        grad_z = av @ W + self.r[rows] @ U[:, :self.D]
+        grad_z *= -self.s[rows][:, None]
+        return self._input_jacobian_t(rows, grad_z)
+
+    # --- refits (the independent reference) -----------------------------------------------
+    def refitted(self, rows, *, tol: float = 1e-8) -> "LogisticObjective":
+        """The objective of the model refitted without ``rows`` (preprocessing fixed), on the
+        remaining training rows (renumbered ``0..n-m-1`` in their original order)."""
+        fitted = self.refit_without(rows, tol=tol)
+        keep = np.ones(self.n_rows, dtype=bool)
+        keep[np.asarray(rows, dtype=np.intp)] = False
+        return LogisticObjective(self.form, self.X[keep], self.y[keep], final=fitted)
+
+    def refit_without(self, rows, *, tol: float = 1e-10, max_iter: Optional[int] = None,
+                      X_override=None):
+        """A clone of the final estimator refitted on the training features without ``rows``
+        (warm-started from the fitted coefficients, tight tolerance). The preprocessing stays
+        fixed. Newton-Cholesky is used (same objective, converges to machine precision) except
+        for liblinear, whose objective penalises the intercept and is refitted with its own
+        solver. ``X_override`` replaces the training rows (input units) for perturbation tests.
+        """
+        from sklearn.base import clone
+
+        keep = np.ones(self.n_rows, dtype=bool)
+        keep[np.asarray(rows, dtype=np.intp)] = False
+        Z = self.Z if X_override is None else self.features(X_override)
+        est = clone(self.estimator)
+        params = {"tol": tol, "max_iter": max_iter or 1000}
+        if est.get_params().get("solver") != "liblinear":
+            params["solver"] = "newton-cholesky"
+            params["warm_start"] = True
+            est.set_params(**params)
+            est.coef_ = self.Theta[:, :self.D].copy()
+            est.intercept_ = (self.Theta[:, self.D].copy() if self.fit_intercept
+                              else np.zeros(self.M))
+        else:
+            est.set_params(**params)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            est.fit(Z[keep], self.classes[self.y[keep]])
+        if len(est.classes_) != self.K:
+            raise SolverError("removing these rows removes a whole class; the refit is a different model.")
+        return est
+
+    def refit_losses(self, fitted, X, y) -> np.ndarray:
+        """Log loss of each row under a refitted estimator, from its own decision_function."""
+        d = np.asarray(fitted.decision_function(self.features(X)), dtype=np.float64)
+        eta = d[:, None] if d.ndim == 1 else d
+        return self._loss_from_scores(eta, np.asarray(y))
+
+    # --- groups -----------------------------------------------------------------------------
+    def group_prediction(self, rows, X_test, y_test):
+        """Predicted test-loss changes if all ``rows`` were removed together: the first-order
+        sum and one Newton step on the objective without them (class weights recomputed when
+        balanced), the latter evaluated exactly at the new parameters. Returns
+        ``(first_order (T,), newton (T,))``."""
+        rows = np.unique(np.asarray(rows, dtype=np.intp))
+        keep = np.ones(self.n_rows, dtype=bool)
+        keep[rows] = False
+        if not keep.any():
+            raise InputError("the group holds every training row.")
+        Gt = self.test_gradients(X_test, y_test)
+        U = self.solve(Gt)
+        if self.balanced:
+            counts = np.bincount(self.y[keep], minlength=self.K)
+            if np.any(counts == 0):
+                raise InputError("removing this group removes a whole class.")
+            s_new = np.zeros(self.n_rows)
+            s_new[keep] = (keep.sum() / (self.K * counts))[self.y[keep]]
+        else:
+            s_new = np.where(keep, self.s, 0.0)
+        ds = s_new - self.s
+        g_sum = self._outer_sum(ds[:, None])[0]  # sum_i (s'_i - s_i) g_i
+        first = -(U @ g_sum)
+        grad = self._objective_gradient(s_new, self.r, self.Zt, self.Theta).ravel()
+        if self.Hinv is not None:
+            H = self.hessian(s_new, self.A, self.Zt)
+            step = -(_inverse(H)[0] @ grad)
+        else:
+            step = -_cg(lambda v: self._hvp_weighted(v, s_new), grad, self.cg_tol,
+                        self.cg_max_iter or 10 * self.n_params)[0]
+        Theta_new = self.Theta + step.reshape(self.M, self.D1)
+        Zt = self._aug(self.features(X_test))
+        y_test = np.asarray(y_test)
+        newton = (self._loss_from_scores(Zt @ Theta_new.T, y_test)
+                  - self._loss_from_scores(Zt @ self.Theta.T, y_test))
+        return first, newton
+
+    def _hvp_weighted(self, v, s):
+        V = v.reshape(self.M, self.D1)
+        w = np.einsum("ikl,il->ik", self.A, self.Zt @ V.T) * s[:, None]
+        out = w.T @ self.Zt + self.lam * V * self.Rcol
+        if self.null_cols.size:
+            out[:, self.null_cols] += self._null_scale * V[:, self.null_cols].mean(axis=0)
+        return out.ravel()
+
+
+# =============================================================================================
+# Networks
+# =============================================================================================
+
+class NetworkObjective(Objective):
+    """An MLPClassifier's objective ``sum_i l_i + (alpha / 2) ||coefs||^2`` (scikit-learn's mean
+    loss scaled by ``n``), with Hessian ``H = hvp + alpha * mask + damping * n * I`` applied
+    through the form's exact Hessian-vector products and inverted by conjugate gradients.
+    Non-convex: influence is a local, damped approximation (``exact = False``)."""
+
+    kind = "network"
+
+    def __init__(self, form: DifferentiableForm, X_train, y_train, *, damping=0.01,
+                 cg_tol=1e-10, cg_max_iter=None):
+        self.form = form
+        est = form.estimator
+        final, pre = _final_and_pre(est)
+        self.estimator, self.pre = final, pre
+        self.classes = np.asarray(form.classes)
+        self.K = len(self.classes)
+        X, y = _check_rows(X_train, y_train, int(form.n_features), "the training data")
+        if y is None:
+            raise InputError("influence needs the training labels.")
+        if y.size and (y.min() < 0 or y.max() >= self.K):
+            raise InputError(f"training labels must be class indices in 0..{self.K - 1}.")
+        self.X, self.y = X, y
+        self.n_rows = X.shape[0]
+        self.theta = np.asarray(form.params(), dtype=np.float64)
+        self.n_params = self.theta.size
+        n_coef = sum(W.size for W in final.coefs_)
+        self.mask = np.zeros(self.n_params)
+        self.mask[:n_coef] = 1.0
+        self.alpha = float(form.alpha)
+        if damping < 0:
+            raise InputError("damping must be non-negative.")
+        self.damping = float(damping)
+        self.G = np.asarray(form.param_grad(X, y), dtype=np.float64)
+        # diagonal of the empirical Fisher sum_i g_i g_i^T: a cheap preconditioner for CG
+        self.fisher_diag = np.einsum("ip,ip->p", self.G, self.G)
+        grad = self.G.sum(axis=0) + self.alpha * self.mask * self.theta
+        self.stationarity = float(np.max(np.abs(grad)) / self.n_rows)
+        self.cg_tol = cg_tol
+        self.cg_max_iter = cg_max_iter or min(2000, 5 * self.n_params)
+        self.convex = False
+        self.exact = False
+        self.method = "conjugate-gradient"
+        self.estimates = ("first-order",)
+        self.cg_residual = 0.0
+        notes = ["influence on a non-convex model (MLPClassifier) is approximate: a damped, "
+                 "local, first-order estimate"]
+        if pre is not None:
+            notes.append(PRE_FIXED_NOTE.format(", ".join(type(s).__name__ for _, s in pre.steps)))
+        if self.stationarity > STATIONARY_TOL:
+            notes.append(f"the network is not at a stationary point (objective gradient "
+                         f"{self.stationarity:.1e} on the mean scale)")
+        self._base_notes = tuple(notes)
+
+    @property
+    def notes(self):
+        return self._base_notes + (f"damping {self.damping:g} (times n) added to the Hessian; "
+                                   f"conjugate-gradient residual {self.cg_residual:.1e}",)
+
+    def features(self, X):
+        X = np.asarray(X, dtype=np.float64)
+        return X if self.pre is None else np.asarray(self.pre.transform(X), dtype=np.float64)
+
+    def check_test(self, X_test, y_test):
+        X, y = _check_rows(X_test, y_test, int(self.form.n_features), "the test data")
+        if y is not None and y.size and (y.min() < 0 or y.max() >= self.K):
+            raise InputError(f"test labels must be class indices in 0..{self.K - 1}.")
+        return X, y
+
+    def losses(self, X, y):
+        lp = self.form.log_proba(np.asarray(X, dtype=np.float64))
+        return -lp[np.arange(lp.shape[0]), np.asarray(y)]
+
+    def predicted_index(self, X):
+        return np.argmax(self.form.log_proba(np.asarray(X, dtype=np.float64)), axis=1)
+
+    @property
+    def train_losses(self):
+        return self.losses(self.X, self.y)
+
+    @property
+    def train_proba(self):
+        return np.exp(self.form.log_proba(self.X))
+
+    def test_gradients(self, X, y):
+        return np.asarray(self.form.param_grad(np.asarray(X, dtype=np.float64), np.asarray(y)),
+                          dtype=np.float64)
+
+    @property
+    def train_gradients(self):
+        return self.G
+
+    def hvp(self, v):
+        return (self.form.hvp(self.X, self.y, v) + self.alpha * self.mask * v
+                + self.damping * self.n_rows * v)
+
+    def solve(self, G):
+        """Damped CG solves, one per row of ``G``; restarted with 10x damping whenever a
+        direction of non-positive curvature appears (so all rows share one damping)."""
+        G = np.atleast_2d(np.asarray(G, dtype=np.float64))
+        for _ in range(12):
+            out = np.empty_like(G)
+            worst = 0.0
+            try:
+                pre = 1.0 / (self.fisher_diag + self.alpha * self.mask + self.damping * self.n_rows)
+                for t, g in enumerate(G):
+                    out[t], res = _cg(self.hvp, g, self.cg_tol, self.cg_max_iter, strict=True,
+                                      precond=pre)
+                    worst = max(worst, res)
+            except _NegativeCurvature:
+                self.damping = max(self.damping * 10.0, 1e-6)
+                continue
+            self.cg_residual = max(self.cg_residual, worst)
+            return out
+        raise SolverError("the network's Hessian stays indefinite even with heavy damping.")
+
+    def ranking_scores(self, X_test, y_test, estimate, U=None):
+        S = self.loss_changes(X_test, y_test, estimate, U=U)
+        return S, lambda j, idx: S[j, idx]
+
+    def loss_changes(self, X_test, y_test, estimate, rows=None, U=None):
+        """First order: ``g_t^T H^-1 g_i`` (``U = H^-1 G_test`` if already solved)."""
+        if U is None:
+            U = self.solve(self.test_gradients(X_test, y_test))
+        G = self.G if rows is None else self.G[np.asarray(rows, dtype=np.intp)]
+        return U @ G.T
+
+    def self_influence(self, estimate: str = "first-order") -> np.ndarray:
+        U = self.solve(self.G)
+        return np.einsum("ip,ip->i", U, self.G)
+
+    def feature_gradients(self, u, rows):
+        """``-d/dx_i (g_i . u)`` by central differences of the form's exact parameter gradients
+        (all rows and features in one call; step ``1e-5 * (1 + |x|)``)."""
+        rows = np.asarray(rows, dtype=np.intp)
+        Xr = self.X[rows]
+        m, D = Xr.shape
+        h = 1e-5 * (1.0 + np.abs(Xr))  # (m, D)
+        eye = np.eye(D)
+        Xp = (Xr[:, None, :] + h[:, :, None] * eye[None]).reshape(-1, D)
+        Xm = (Xr[:, None, :] - h[:, :, None] * eye[None]).reshape(-1, D)
+        yy = np.repeat(self.y[rows], D)
+        fp = self.form.param_grad(np.vstack([Xp, Xm]), np.concatenate([yy, yy])) @ u
+        d = (fp[:m * D] - fp[m * D:]).reshape(m, D) / (2 * h)
+        return -d
+
+    def refit_without(self, rows, *, tol=1e-10, max_iter=None, X_override=None):
+        """A deep copy of the network retrained by full-batch L-BFGS from the fitted weights
+        on the training features without ``rows`` (the same basin; non-convex, so a local
+        reference)."""
+        keep = np.ones(self.n_rows, dtype=bool)
+        keep[np.asarray(rows, dtype=np.intp)] = False
+        X = self.X if X_override is None else X_override
+        Z = self.features(X)
+        est = copy.deepcopy(self.estimator)
+        est.set_params(solver="lbfgs", warm_start=True, tol=tol, max_iter=max_iter or 500,
+                       max_fun=10 * (max_iter or 500), early_stopping=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            est.fit(Z[keep], self.classes[self.y[keep]])
+        return est
+
+    def refit_losses(self, fitted, X, y):
+        Z = self.features(X)
+        P = np.clip(fitted.predict_proba(Z), 1e-300, 1.0)
+        return -np.log(P[np.arange(Z.shape[0]), np.asarray(y)])
+
+    def group_prediction(self, rows, X_test, y_test):
+        rows = np.unique(np.asarray(rows, dtype=np.intp))
+        U = self.solve(self.test_gradients(X_test, y_test))
+        first = U @ self.G[rows].sum(axis=0)
+        return first, None
+
+
+# =============================================================================================
+# helpers
+# =============================================================================================
+
+def _inverse(H: np.ndarray) -> tuple[np.ndarray, bool]:
+    """``(H^-1, False)`` by Cholesky for a well-conditioned SPD ``H``; otherwise the
+    pseudo-inverse on the eigenvectors with eigenvalues above ``1e-10 * max`` and ``True``
+    (a singular Hessian: every gradient lies in the data's span, where it is exact)."""
+    P = H.shape[0]
+    try:
+        c, low = linalg.cho_factor(H, lower=True, check_finite=False)
+        d = np.abs(np.diag(c))
+        if d.min() ** 2 > 1e-12 * d.max() ** 2:
+            Hinv = linalg.cho_solve((c, low), np.eye(P), check_finite=False)
+            return 0.5 * (Hinv + Hinv.T), False
+    except linalg.LinAlgError:
+        pass
+    lam, V = linalg.eigh(H, check_finite=False)
+    top = float(lam.max()) if lam.size else 0.0
+    if top <= 0.0:
+        raise SolverError("the Hessian of the training objective is zero; influence is not defined.")
+    keep = lam > 1e-10 * top
+    Hinv = (V[:, keep] / lam[keep]) @ V[:, keep].T
+    return 0.5 * (Hinv + Hinv.T), bool(np.any(~keep))
+
+
+class _NegativeCurvature(Exception):
+    pass
+
+
+def _cg(matvec: Callable[[np.ndarray], np.ndarray], b: np.ndarray, tol: float, max_iter: int,
+        strict: bool = False, precond: Optional[np.ndarray] = None):
+    """(Preconditioned) conjugate gradients for ``A x = b``, ``A`` symmetric positive definite;
+    ``precond`` is the inverse of a diagonal preconditioner. Returns ``(x, relative
+    residual)``. ``strict``: raise on non-positive curvature (Hestenes & Stiefel, 1952)."""
+    b = np.asarray(b, dtype=np.float64)
+    nb = float(np.linalg.norm(b))
+    x = np.zeros_like(b)
+    if nb == 0.0:
+        return x, 0.0
+    r = b.copy()
+    z = r if precond is None else precond * r
+    p = z.copy()
+    rz = float(r @ z)
+    res = 1.0
+    for _ in range(max_iter):
+        Ap = matvec(p)
+        pAp = float(p @ Ap)
+        if pAp <= 0.0:
+            if strict:
+                raise _NegativeCurvature()
+            break
+        a = rz / pAp
+        x += a * p
+        r -= a * Ap
+        res = float(np.linalg.norm(r)) / nb
+        if res <= tol:
+            break
+        z = r if precond is None else precond * r
+        rz_new = float(r @ z)
+        p = z + (rz_new / rz) * p
+        rz = rz_new
+    return x, res
+
+
+def _sigmoid(s):
+    from scipy.special import expit
+
+    return expit(s)
