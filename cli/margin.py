@@ -1,16 +1,77 @@
-"""``invaudit margin``: not available yet (issue 5)."""
+"""``invaudit margin``: how far each row is from being misclassified (adversarial margins)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated, Optional
+
+import numpy as np
 import typer
 
-from ._common import not_yet
+from invaudit.errors import InputError
+from invaudit.io import parse_rows
+from invaudit.render import Format
+
+from ._common import (Bounds, ConstraintOpts, FormatOpt, JsonOut, LabelColumn, Labels, ModelArg, Norm, Rows, Run,
+                      Scale, Seed, Sha256, Trust, build_constraints, progress)
 
 
-def margin(ctx: typer.Context) -> None:
-    """Not available in this version yet (issue 5); exits 4."""
-    not_yet("margin", "issue 5")
+def parse_eps(spec: Optional[str]) -> Optional[list]:
+    if spec is None:
+        return None
+    try:
+        eps = [float(v) for v in spec.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"--eps '{spec}': expected numbers separated by commas, like 0.1,0.5,1.") from None
+    if not eps or any(not np.isfinite(e) or e < 0 for e in eps):
+        raise InputError(f"--eps '{spec}': every epsilon must be a finite number >= 0.")
+    return eps
+
+
+def margin(
+    model: ModelArg,
+    data: Annotated[Path, typer.Argument(help="Rows to measure (.csv, .npy, .npz).", show_default=False)],
+    norm: Annotated[Norm, typer.Option("--norm", help="Distance norm.")] = Norm.l2,
+    eps: Annotated[Optional[str], typer.Option("--eps", metavar="LIST", help="Radii for robust accuracy, e.g. 0.1,0.5,1 (default: spread over the margins).")] = None,
+    scale: ConstraintOpts.Scale = Scale.none,
+    immutable: ConstraintOpts.Immutable = None,
+    increase_only: ConstraintOpts.IncreaseOnly = None,
+    decrease_only: ConstraintOpts.DecreaseOnly = None,
+    bounds: ConstraintOpts.Bounds = Bounds.none,
+    train: ConstraintOpts.Train = None,
+    rows: Rows = None,
+    label_column: LabelColumn = None,
+    labels: Labels = None,
+    seed: Seed = 0,
+    trust: Trust = False,
+    sha256: Sha256 = None,
+    format: FormatOpt = Format.table,
+    json: JsonOut = None,
+) -> None:
+    """Distance from each row to the nearest point the model puts in another class."""
+    from invaudit.margins import margins, summarize
+
+    eps_list = parse_eps(eps)
+    run = Run("margin", model, trust=trust, sha256=sha256)
+    form = run.form
+    ds = run.data(data, label_column=label_column, labels=labels)
+    train_ds = run.data(train, label_column=label_column, primary=False) if train is not None else None
+    row_ids = parse_rows(rows, ds.n_rows)
+    X = np.asarray(ds.X[row_ids], dtype=np.float64)
+    y_index = None if ds.y_index is None else ds.y_index[row_ids]
+    cons = build_constraints(form, X, train_ds, scale=scale, immutable=immutable, increase_only=increase_only,
+                             decrease_only=decrease_only, bounds=bounds)
+    with progress("margins", len(row_ids)) as update:
+        batch = margins(form, X, y_index=y_index, norm=norm.value, constraints=cons,
+                        X_train=None if train_ds is None else np.asarray(train_ds.X), seed=seed, progress=update)
+    labels_out = None if ds.y is None else np.asarray(ds.y)[row_ids]
+    results = batch.records(form.classes, row_ids, labels=labels_out)
+    summary = summarize(batch, y_index, eps_list, classes=form.classes, row_ids=row_ids)
+    params = {"norm": norm.value, "eps": summary.get("eps"), "scale": scale.value, "immutable": immutable,
+              "increase_only": increase_only, "decrease_only": decrease_only, "bounds": bounds.value,
+              "train": None if train is None else str(train), "rows": rows, "seed": seed}
+    run.emit(params=params, results=results, summary=summary, fmt=format, json_path=json)
 
 
 def register(app) -> None:
-    app.command("margin", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(margin)
+    app.command("margin")(margin)

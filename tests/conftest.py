@@ -1,7 +1,13 @@
+import json
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
+import jsonschema
 import pytest
+
+from invaudit.cli.app import main
+from invaudit.schemas import schema
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_models"
@@ -13,3 +19,41 @@ warnings.filterwarnings("ignore", message="X does not have valid feature names")
 @pytest.fixture
 def samples() -> Path:
     return SAMPLES
+
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> dict:
+        return json.loads(self.out)
+
+
+@pytest.fixture
+def invaudit(capsys, monkeypatch):
+    """Run the real command line in-process: ``invaudit("info", path)`` -> Result."""
+    monkeypatch.setenv("INVAUDIT_NO_PROGRESS", "1")
+    monkeypatch.setenv("NO_COLOR", "1")
+
+    def run(*args) -> Result:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exc:
+            main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return Result(exc.value.code, out, err)
+
+    return run
+
+
+def validate(report: dict) -> dict:
+    """Validate a report against its command's JSON Schema (shipped in the package)."""
+    jsonschema.validate(report, schema(report["command"]))
+    return report
+
+
+@pytest.fixture(name="validate")
+def validate_fixture():
+    return validate

@@ -41,3 +41,224 @@ class ExplainCheck(Check):
         return CheckResult(passed=value >= p["min_multiple"], value=round(value, 6),
                            threshold=f">= {p['min_multiple']}",
                            details={"rows": n, "rows_with_multiple": int(multiple)})
+
+
+def _rows(ds, n) -> np.ndarray:
+    """The first ``n`` rows of a data set (all when ``n`` is None)."""
+    return np.asarray(ds.X[: ds.n_rows if n is None else min(int(n), ds.n_rows)], dtype=np.float64)
+
+
+def _constraints(form, X, ctx, spec, p):
+    """The suite's constraint keys (scale, bounds, immutable, ...) as solver constraints."""
+    from ..counterfactual import Constraints, spread
+    from ..io import parse_columns
+
+    needs_train = p.get("scale", "none") != "none" or p.get("bounds", "none") == "data"
+    Xtr = np.asarray(ctx.data(spec.source, "train").X) if needs_train else None
+    names = form.feature_names
+    masks = {k: parse_columns(p.get(k), names, form.n_features, what=f"{spec.where}.{k}") if p.get(k) else None
+             for k in ("immutable", "increase_only", "decrease_only")}
+    return Constraints.build(
+        X, **masks,
+        data_lower=Xtr.min(axis=0) if p.get("bounds") == "data" else None,
+        data_upper=Xtr.max(axis=0) if p.get("bounds") == "data" else None,
+        scale=spread(Xtr, p["scale"]) if p.get("scale", "none") != "none" else None,
+    )
+
+
+CONSTRAINT_KEYS = ("norm", "scale", "bounds", "immutable", "increase_only", "decrease_only")
+
+
+def _validate_constraints(params, where):
+    choice(params, "norm", where, ("l2", "l1", "linf"), default="l2")
+    choice(params, "scale", where, ("none", "std", "mad"), default="none")
+    choice(params, "bounds", where, ("none", "data"), default="none")
+    for k in ("immutable", "increase_only", "decrease_only"):
+        if k in params and not isinstance(params[k], str):
+            from ..errors import InputError
+
+            raise InputError(f"{where}.{k}: expected feature names or indices separated by commas.")
+
+
+@register
+class MarginCheck(Check):
+    """Robust accuracy at ``eps`` >= ``min_robust_accuracy`` and/or every margin >= ``min_margin``.
+
+    Where margins are not exact, the check is conservative: it uses the certified lower bounds
+    (robust accuracy's lower end, the smallest lower bound)."""
+
+    kind = "margin"
+    params = ("eps", "min_robust_accuracy", "min_margin", "rows", "seed") + CONSTRAINT_KEYS
+
+    @classmethod
+    def validate(cls, params, where):
+        params = super().validate(params, where)
+        _validate_constraints(params, where)
+        number(params, "eps", where, lo=0)
+        number(params, "min_robust_accuracy", where, lo=0, hi=1)
+        number(params, "min_margin", where, lo=0)
+        number(params, "rows", where, lo=1, integer=True)
+        number(params, "seed", where, integer=True)
+        if "min_robust_accuracy" in params and "eps" not in params:
+            from ..errors import InputError
+
+            raise InputError(f"{where}.eps: required with min_robust_accuracy.")
+        if "min_robust_accuracy" not in params and "min_margin" not in params:
+            from ..errors import InputError
+
+            raise InputError(f"{where}: give min_robust_accuracy (with eps) or min_margin as the threshold.")
+        return params
+
+    def run(self, ctx, spec):
+        from ..margins import margins, summarize
+
+        _, form = ctx.model(spec.source)
+        p = spec.params
+        ds = ctx.data(spec.source, "test", require_labels="min_robust_accuracy" in p)
+        X = _rows(ds, p.get("rows"))
+        y = None if ds.y_index is None else ds.y_index[: X.shape[0]]
+        X_train = np.asarray(ctx.data(spec.source, "train").X) if spec.source.train is not None else None
+        batch = margins(form, X, y_index=y, norm=p.get("norm", "l2"), constraints=_constraints(form, X, ctx, spec, p),
+                        X_train=X_train, seed=int(p.get("seed", 0)))
+        eps = [p["eps"]] if "eps" in p else []
+        s = summarize(batch, y, eps)
+        value, threshold, ok = {}, {}, True
+        if "min_robust_accuracy" in p:
+            ra = s["robust_accuracy"][next(iter(s["robust_accuracy"]))]
+            ra_low = ra["lower"] if isinstance(ra, dict) else ra
+            value["robust_accuracy"], threshold["robust_accuracy"] = ra, f">= {p['min_robust_accuracy']} at eps {p['eps']}"
+            ok &= ra_low is not None and ra_low >= p["min_robust_accuracy"]
+        if "min_margin" in p:
+            certified = np.where(batch.exact, batch.margin, batch.lower_bound)
+            low = float(np.nanmin(certified)) if np.any(~np.isnan(certified)) else None
+            value["min_margin"], threshold["min_margin"] = low, f">= {p['min_margin']}"
+            ok &= low is not None and low >= p["min_margin"]
+        return CheckResult(passed=bool(ok), value=value, threshold=threshold,
+                           details={"rows": int(X.shape[0]), "exact": int(np.sum(batch.exact)),
+                                    "median_margin": s["median_margin"]})
+
+
+@register
+class CounterfactualCheck(Check):
+    """Share of rows with a feasible counterfactual >= ``min_feasible``; median distance <= ``max_median_distance``."""
+
+    kind = "counterfactual"
+    params = ("target", "confidence", "rows", "min_feasible", "max_median_distance") + CONSTRAINT_KEYS
+
+    @classmethod
+    def validate(cls, params, where):
+        params = super().validate(params, where)
+        _validate_constraints(params, where)
+        number(params, "confidence", where, lo=0, hi=1)
+        number(params, "rows", where, lo=1, integer=True)
+        number(params, "min_feasible", where, lo=0, hi=1)
+        number(params, "max_median_distance", where, lo=0)
+        if "min_feasible" not in params and "max_median_distance" not in params:
+            from ..errors import InputError
+
+            raise InputError(f"{where}: give min_feasible or max_median_distance as the threshold.")
+        return params
+
+    def run(self, ctx, spec):
+        from ..counterfactual import counterfactuals
+        from ..models.base import class_indices
+
+        _, form = ctx.model(spec.source)
+        p = spec.params
+        ds = ctx.data(spec.source, "test")
+        X = _rows(ds, p.get("rows"))
+        target = p.get("target", "other")
+        if target != "other":
+            try:
+                k = int(class_indices(form.classes, np.array([target]))[0])
+            except KeyError:
+                from ..errors import InputError
+
+                raise InputError(f"{spec.where}.target: {target!r} is not a class of the model.") from None
+            target = np.full(X.shape[0], k, dtype=np.intp)
+        batch = counterfactuals(form, X, target=target, confidence=p.get("confidence"), norm=p.get("norm", "l2"),
+                                constraints=_constraints(form, X, ctx, spec, p))
+        status = np.asarray(batch.status)
+        feasible = np.isin(status, ("found", "already-target"))
+        share = float(feasible.mean())
+        dist = np.asarray(batch.distance)[status == "found"]
+        median = float(np.median(dist)) if dist.size else 0.0
+        value, threshold, ok = {}, {}, True
+        if "min_feasible" in p:
+            value["feasible"], threshold["feasible"] = round(share, 6), f">= {p['min_feasible']}"
+            ok &= share >= p["min_feasible"]
+        if "max_median_distance" in p:
+            value["median_distance"], threshold["median_distance"] = median, f"<= {p['max_median_distance']}"
+            ok &= median <= p["max_median_distance"]
+        return CheckResult(passed=bool(ok), value=value, threshold=threshold,
+                           details={"rows": int(X.shape[0]), "found": int(np.sum(status == "found")),
+                                    "infeasible": int(np.sum(status == "infeasible")),
+                                    "failed": int(np.sum(status == "failed")),
+                                    "exact": int(np.sum(np.asarray(batch.exact) & (status == "found")))})
+
+
+@register
+class InfluenceCheck(Check):
+    """No single training row carries more than ``max_share`` of a test row's total absolute influence."""
+
+    kind = "influence"
+    params = ("max_share", "test_rows")
+
+    @classmethod
+    def validate(cls, params, where):
+        params = super().validate(params, where)
+        number(params, "max_share", where, lo=0, hi=1, required=True)
+        number(params, "test_rows", where, lo=1, integer=True)
+        return params
+
+    def run(self, ctx, spec):
+        from ..influence import build_objective, predicted_loss_changes
+
+        _, form = ctx.model(spec.source)
+        p = spec.params
+        tr = ctx.data(spec.source, "train", require_labels=True)
+        te = ctx.data(spec.source, "test")
+        X = _rows(te, p.get("test_rows", 20))
+        y = None if te.y_index is None else te.y_index[: X.shape[0]]
+        obj = build_objective(form, np.asarray(tr.X, dtype=np.float64), tr.y_index)
+        changes = np.abs(predicted_loss_changes(obj, X, y))  # (T, m)
+        totals = changes.sum(axis=1)
+        share = np.divide(changes.max(axis=1), totals, out=np.zeros_like(totals), where=totals > 0)
+        worst = int(np.argmax(share))
+        return CheckResult(passed=bool(share.max() <= p["max_share"]), value=round(float(share.max()), 6),
+                           threshold=f"<= {p['max_share']}",
+                           details={"test_rows": int(X.shape[0]), "worst_test_row": worst,
+                                    "worst_train_row": int(np.argmax(changes[worst]))})
+
+
+@register
+class MislabelCheck(Check):
+    """At most ``max_suspects`` training rows score above ``min_score``."""
+
+    kind = "mislabel"
+    params = ("max_suspects", "min_score", "method", "seed")
+
+    @classmethod
+    def validate(cls, params, where):
+        params = super().validate(params, where)
+        number(params, "max_suspects", where, lo=0, integer=True, required=True)
+        number(params, "min_score", where, required=True)
+        number(params, "seed", where, integer=True)
+        if "method" in params and not isinstance(params["method"], str):
+            from ..errors import InputError
+
+            raise InputError(f"{where}.method: expected a method name.")
+        return params
+
+    def run(self, ctx, spec):
+        from ..triage import rank_mislabels
+
+        _, form = ctx.model(spec.source)
+        p = spec.params
+        tr = ctx.data(spec.source, "train", require_labels=True)
+        ranking = rank_mislabels(form, np.asarray(tr.X, dtype=np.float64), tr.y_index,
+                                 method=p.get("method", "auto"), seed=int(p.get("seed", 0)))
+        above = ranking.order[ranking.score[ranking.order] > p["min_score"]]
+        return CheckResult(passed=bool(above.size <= p["max_suspects"]), value=int(above.size),
+                           threshold=f"<= {p['max_suspects']} rows scoring above {p['min_score']}",
+                           details={"method": ranking.method, "suspects": [int(i) for i in above[:20]]})

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 from xml.etree import ElementTree as ET
 
+from ..errors import InvauditError
 from ..io import load_data
 from .config import Source, Suite
 from .registry import REGISTRY, CheckResult
@@ -39,10 +40,12 @@ class Context:
 
             raise InputError(f"this check needs a '{which}' file; name one in the suite or the check.")
         form = self.model(src)[1]
-        key = (path, src.label_column, src.model)
+        # The suite's label_column is for its CSV files; NPZ files carry their labels as 'y'.
+        label_column = src.label_column if path.suffix.lower() == ".csv" else None
+        key = (path, label_column, src.model)
         if key not in self._data:
             self._data[key] = load_data(path, n_features=form.n_features, feature_names=form.feature_names,
-                                        classes=form.classes, label_column=src.label_column)
+                                        classes=form.classes, label_column=label_column)
         ds = self._data[key]
         if require_labels and ds.y_index is None:
             from ..errors import InputError
@@ -55,12 +58,13 @@ class Context:
 class Outcome:
     name: str
     kind: str
+    model: str
     result: CheckResult
     elapsed_s: float
 
     def as_dict(self) -> dict:
         r = self.result
-        return {"name": self.name, "kind": self.kind, "passed": r.passed, "value": r.value,
+        return {"name": self.name, "kind": self.kind, "model": self.model, "passed": r.passed, "value": r.value,
                 "threshold": r.threshold, "details": r.details, "elapsed_s": round(self.elapsed_s, 4)}
 
 
@@ -69,8 +73,13 @@ def run_suite(suite: Suite, ctx: Optional[Context] = None, progress=None) -> lis
     out = []
     for i, spec in enumerate(suite.checks):
         t0 = time.perf_counter()
-        result = REGISTRY[spec.kind]().run(ctx, spec)
-        out.append(Outcome(spec.name, spec.kind, result, time.perf_counter() - t0))
+        try:
+            result = REGISTRY[spec.kind]().run(ctx, spec)
+        except InvauditError as exc:  # say which check; keep the error's exit code
+            wrapped = InvauditError(f"{suite.path}: {spec.where} ({spec.name}): {exc}")
+            wrapped.exit_code = exc.exit_code
+            raise wrapped from None
+        out.append(Outcome(spec.name, spec.kind, spec.source.model.name, result, time.perf_counter() - t0))
         if progress:
             progress(i + 1, len(suite.checks))
     return out

@@ -9,6 +9,8 @@ from typing import Any, Callable, Optional
 def fmt_num(v: Any, digits: int = 4) -> str:
     if v is None:
         return "-"
+    if isinstance(v, dict):
+        return ", ".join(f"{k.replace('_', ' ')} {fmt_num(x, digits)}" for k, x in v.items())
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, int):
@@ -213,6 +215,7 @@ AUDIT = View(
     columns=[
         Column("check", lambda x: x["name"], "left"),
         Column("kind", lambda x: x.get("kind"), "left"),
+        Column("model", lambda x: x.get("model"), "left"),
         Column("passed", lambda x: {True: "PASS", False: "FAIL", None: "not run"}[x["passed"]], "left"),
         Column("value", lambda x: x["value"]),
         Column("threshold", lambda x: x["threshold"], "left"),
