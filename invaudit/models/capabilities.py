@@ -34,7 +34,7 @@ def capabilities(form) -> list:
     if k == "linear":
         caps.append(Capability("counterfactual", "yes", "yes",
                                "closed form (sigmoid), Newton in the K-1 subspace (softmax), QP dual / LP"))
-        caps.append(Capability("margin", "not yet", "yes", "exact distance to the nearest other-class region"))
+        caps.append(Capability("margin", "yes", "yes", "exact distance to the nearest point of another class"))
     else:
         caps.append(Capability("counterfactual", "not yet", "yes" if k == "trees" else "no", {
             "invertible-linear": "boundary projection through the inverse map, refined in input space",
@@ -42,13 +42,18 @@ def capabilities(form) -> list:
             "trees": "nearest leaf box (single trees); MILP or bounded search (ensembles)",
             "black-box": "segment search and bisection, verified",
         }[k]))
-        caps.append(Capability("margin", "not yet", "partly" if k == "trees" else "no",
-                               "upper bound from a verified perturbation, lower bound where the form allows"))
+        caps.append(Capability("margin", "yes", "partly" if k == "trees" else "no", {
+            "invertible-linear": "verified boundary search (upper bound)",
+            "differentiable": "DeepFool-style attack (verified upper bound) and a certified lower bound",
+            "trees": "nearest leaf box (single trees, exact); MILP where affordable, else bounds (ensembles)",
+            "black-box": "verified boundary search (upper bound)",
+        }[k]))
     if _probabilistic_loss(form):
         exact = "yes" if k in ("linear", "invertible-linear") else "no"
         caps.append(Capability("influence", "yes", exact,
                                "Koh & Liang influence with a leverage correction, one solve per test row"))
-        caps.append(Capability("mislabel", "yes", exact, "self-influence, loss and out-of-sample confidence"))
+        caps.append(Capability("mislabel", "yes", "-", "pruned approximate leave-one-out loss, self-influence, loss, confidence"
+                               if k != "differentiable" else "loss and out-of-sample confidence (no self-influence for networks)"))
     else:
         caps.append(Capability("influence", "no", "-", "needs a twice-differentiable loss (LogisticRegression, MLPClassifier)"))
         caps.append(Capability("mislabel", "yes", "-", "loss and out-of-sample confidence only (no twice-differentiable loss)"))
