@@ -1,0 +1,126 @@
+"""The result bundle of :func:`invaudit.counterfactual.counterfactuals`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from invaudit.models.base import to_jsonable
+
+__all__ = ["CounterfactualBatch", "STATUSES"]
+
+STATUSES = ("found", "already-target", "infeasible", "failed")
+
+
+def _num(v):
+    """A float (or int) as a JSON value; NaN and infinities become None."""
+    v = float(v)
+    return v if np.isfinite(v) else None
+
+
+def _vec(a):
+    return [None if not np.isfinite(v) else float(v) for v in a]
+
+
+@dataclass(frozen=True)
+class CounterfactualBatch:
+    """One counterfactual per row; every array has length ``n`` (``(n, D)`` for points).
+
+    Attributes
+    ----------
+    status : object array of str
+        ``found``, ``already-target``, ``infeasible`` or ``failed``.
+    reason : object array of str or None
+        Why a row is infeasible or failed (``None`` otherwise).
+    x_cf, delta : ndarray (n, D)
+        The counterfactual point and ``x_cf - x`` (NaN rows where none was found).
+    distance : ndarray (n,)
+        ``|| weights * delta ||_norm`` (NaN where none).
+    original_index, target_index, predicted_index : int arrays (n,)
+        Class indices: the estimator's prediction at ``x``, the class asked for (for
+        ``target="other"`` the closest class found), and the estimator's own prediction at
+        ``x_cf`` (``-1`` where there is no point).
+    target_probability : ndarray (n,)
+        ``predict_proba(x_cf)[target]`` by the estimator (NaN without probabilities or point).
+    exact : bool array (n,)
+        True only when the point is optimal to near machine precision, backed by
+        ``kkt_residual`` (or an LP duality gap) at most 1e-9, and verified by the estimator.
+    method : object array of str
+    kkt_residual : ndarray (n,)
+        The relative KKT residual (or LP duality gap) of the returned solution; NaN when the
+        method has no certificate.
+    iterations : int array (n,)
+    changed : bool array (n, D)
+        Features whose value differs between ``x`` and ``x_cf``.
+    norm : str
+        ``"l2"``, ``"l1"`` or ``"linf"``.
+    """
+
+    status: np.ndarray
+    reason: np.ndarray
+    x_cf: np.ndarray
+    delta: np.ndarray
+    distance: np.ndarray
+    original_index: np.ndarray
+    target_index: np.ndarray
+    predicted_index: np.ndarray
+    target_probability: np.ndarray
+    exact: np.ndarray
+    method: np.ndarray
+    kkt_residual: np.ndarray
+    iterations: np.ndarray
+    changed: np.ndarray
+    norm: str
+
+    def __len__(self) -> int:
+        return len(self.status)
+
+    def records(self, classes, row_ids, feature_names=None) -> list[dict]:
+        """The DESIGN.md result fields, one JSON-ready dict per row.
+
+        Parameters
+        ----------
+        classes : array-like
+            The model's ``classes_`` (labels are reported as these values).
+        row_ids : sequence
+            The row number each result belongs to in the user's data (e.g. after ``--rows``).
+        feature_names : sequence of str or None
+            Names for ``changed_features``; feature indices are used without them.
+        """
+        classes = np.asarray(classes)
+        row_ids = list(row_ids)
+        if len(row_ids) != len(self):
+            raise ValueError(f"row_ids has {len(row_ids)} entries for {len(self)} results")
+
+        def label(i):
+            i = int(i)
+            return None if i < 0 else to_jsonable(classes[i])
+
+        out = []
+        for i in range(len(self)):
+            has_point = bool(np.all(np.isfinite(self.x_cf[i])))
+            changed = np.flatnonzero(self.changed[i])
+            if feature_names is not None:
+                changed_features = [str(feature_names[j]) for j in changed]
+            else:
+                changed_features = [int(j) for j in changed]
+            out.append({
+                "row": to_jsonable(row_ids[i]),
+                "original_class": label(self.original_index[i]),
+                "target_class": label(self.target_index[i]),
+                "status": str(self.status[i]),
+                "counterfactual": _vec(self.x_cf[i]) if has_point else None,
+                "delta": _vec(self.delta[i]) if has_point else None,
+                "distance": _num(self.distance[i]),
+                "norm": self.norm,
+                "target_probability": _num(self.target_probability[i]),
+                "predicted_class": label(self.predicted_index[i]),
+                "exact": bool(self.exact[i]),
+                "method": str(self.method[i]),
+                "changed_features": changed_features,
+                "kkt_residual": _num(self.kkt_residual[i]),
+                "iterations": int(self.iterations[i]),
+                "reason": None if self.reason[i] is None else str(self.reason[i]),
+            })
+        return out

@@ -1,0 +1,214 @@
+"""Shared helpers: random linear models as real estimators, and independent reference solvers."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import linprog, minimize
+from scipy.special import expit, log_softmax, softmax
+
+from invaudit.models.base import LinearForm
+
+
+class RandomLinear:
+    """A tiny classifier with fixed weights whose predict / predict_proba implement the link
+    (as scikit-learn does: binary decision > 0 means classes_[1]; argmax otherwise)."""
+
+    def __init__(self, W, b, link, classes=None):
+        self.coef_ = np.atleast_2d(np.asarray(W, dtype=float))
+        self.intercept_ = np.atleast_1d(np.asarray(b, dtype=float))
+        self.link = link
+        k = 2 if self.coef_.shape[0] == 1 else self.coef_.shape[0]
+        self.classes_ = np.arange(k) if classes is None else np.asarray(classes)
+
+    def decision_function(self, X):
+        s = np.asarray(X, float) @ self.coef_.T + self.intercept_
+        return s[:, 0] if s.shape[1] == 1 else s
+
+    def predict(self, X):
+        s = self.decision_function(X)
+        idx = (s > 0).astype(int) if s.ndim == 1 else np.argmax(s, axis=1)
+        return self.classes_[idx]
+
+    def predict_proba(self, X):
+        s = self.decision_function(X)
+        if s.ndim == 1:
+            p1 = expit(s)
+            return np.column_stack([1 - p1, p1])
+        if self.link == "ovr":
+            p = expit(s)
+            return p / p.sum(axis=1, keepdims=True)
+        return softmax(s, axis=1)
+
+
+class RandomLinearScores(RandomLinear):
+    """The same without probabilities (LinearSVC-like)."""
+
+    predict_proba = property(lambda self: (_ for _ in ()).throw(AttributeError("predict_proba")))
+
+
+def make_form(W, b, link, classes=None):
+    est = (RandomLinearScores if link == "none" else RandomLinear)(W, b, link, classes)
+    W = est.coef_
+    return LinearForm(estimator=est, W=W.copy(), b=est.intercept_.copy(), link=link,
+                      classes=est.classes_, n_features=W.shape[1])
+
+
+def form_from_sklearn(clf, X):
+    """A LinearForm built by hand from a fitted sklearn linear classifier (and Pipeline with a
+    StandardScaler in front, folded with fold_affine)."""
+    from invaudit.models.affine import fold_affine
+
+    steps = getattr(clf, "steps", None)
+    final = clf if steps is None else steps[-1][1]
+    W = np.atleast_2d(final.coef_)
+    b = np.atleast_1d(final.intercept_).astype(float)
+    d = X.shape[1]
+    if steps is not None:
+        A, c = fold_affine([s for _, s in steps[:-1]], d)
+        b = W @ c + b
+        W = W @ A
+    if hasattr(final, "predict_proba"):
+        link = "sigmoid" if W.shape[0] == 1 else "softmax"
+    else:
+        link = "none"
+    return LinearForm(estimator=clf, W=W.copy(), b=b.copy(), link=link, classes=clf.classes_,
+                      n_features=d)
+
+
+# ------------------------------------------------------------------------------------------
+# references (independent of invaudit's solvers)
+# ------------------------------------------------------------------------------------------
+
+def _constraints_for(W, b, x, t, conf, link):
+    """Constraint functions on the counterfactual point x' (ineq: fun(x') >= 0)."""
+    K = 2 if W.shape[0] == 1 else W.shape[0]
+    Wf = np.vstack([np.zeros(W.shape[1]), W[0]]) if W.shape[0] == 1 else W
+    bf = np.array([0.0, b[0]]) if W.shape[0] == 1 else b
+    cons = []
+    for j in range(K):
+        if j == t:
+            continue
+        a = Wf[t] - Wf[j]
+        c = bf[t] - bf[j]
+        cons.append({"type": "ineq", "fun": lambda v, a=a, c=c: a @ v + c, "jac": lambda v, a=a: a})
+    if conf is not None:
+        def f(v):
+            s = Wf @ v + bf
+            return log_softmax(s)[t] - np.log(conf)
+
+        def jac(v):
+            s = Wf @ v + bf
+            p = softmax(s)
+            return Wf[t] - p @ Wf
+        cons.append({"type": "ineq", "fun": f, "jac": jac})
+    return cons
+
+
+def ref_l2(W, b, x, t, conf=None, lower=None, upper=None, weights=None, starts=8, seed=0):
+    """min ||w (x' - x)||_2 by SLSQP from several starts; returns the best feasible distance."""
+    rng = np.random.default_rng(seed)
+    d = len(x)
+    w = np.ones(d) if weights is None else weights
+    cons = _constraints_for(W, b, x, t, conf, None)
+    bounds = None
+    if lower is not None:
+        bounds = list(zip(lower, upper))
+    best = None
+    for s in range(starts):
+        x0 = x + rng.normal(size=d) * (3.0 / w) * (s > 0)
+        if bounds is not None:
+            x0 = np.clip(x0, lower, upper)
+        res = minimize(lambda v: 0.5 * np.sum((w * (v - x)) ** 2), x0,
+                       jac=lambda v: w * w * (v - x), constraints=cons, bounds=bounds,
+                       method="SLSQP", options={"ftol": 1e-15, "maxiter": 1000})
+        v = res.x
+        ok = all(c["fun"](v) >= -1e-9 for c in cons)
+        if bounds is not None:
+            ok &= bool(np.all(v >= lower - 1e-9) and np.all(v <= upper + 1e-9))
+        if ok:
+            dist = float(np.linalg.norm(w * (v - x)))
+            best = dist if best is None else min(best, dist)
+    return best
+
+
+def ref_lp(W, b, x, t, norm, lower=None, upper=None, weights=None):
+    """L1 / Linf distance to the argmax region of class t by linprog, written independently
+    (variables: x', e >= |w (x' - x)|)."""
+    d = len(x)
+    w = np.ones(d) if weights is None else weights
+    K = 2 if W.shape[0] == 1 else W.shape[0]
+    Wf = np.vstack([np.zeros(d), W[0]]) if W.shape[0] == 1 else W
+    bf = np.array([0.0, b[0]]) if W.shape[0] == 1 else b
+    rows, rhs = [], []
+    for j in range(K):
+        if j != t:
+            rows.append(np.concatenate([Wf[j] - Wf[t], np.zeros(d if norm == "l1" else 1)]))
+            rhs.append(bf[t] - bf[j])
+    ne = d if norm == "l1" else 1
+    for i in range(d):
+        e = np.zeros(ne)
+        e[i if norm == "l1" else 0] = -1.0
+        r1 = np.zeros(d)
+        r1[i] = w[i]
+        rows.append(np.concatenate([r1, e]))
+        rhs.append(w[i] * x[i])
+        rows.append(np.concatenate([-r1, e]))
+        rhs.append(-w[i] * x[i])
+    c = np.concatenate([np.zeros(d), np.ones(ne)])
+    lo = [(None, None)] * d if lower is None else list(zip(lower, upper))
+    res = linprog(c, A_ub=np.array(rows), b_ub=np.array(rhs), bounds=lo + [(0, None)] * ne,
+                  method="highs")
+    return None if res.status != 0 else float(res.fun)
+
+
+def ref_nonsmooth_conf(W, b, x, t, conf, norm, lower=None, upper=None, weights=None, starts=6, seed=0):
+    """L1 / Linf distance to {predicted t, p_t >= conf} by SLSQP on the smooth reformulation
+    (l1: x' = x + (u - v) / w, u, v >= 0; linf: |w (x' - x)| <= s), several starts."""
+    rng = np.random.default_rng(seed)
+    d = len(x)
+    w = np.ones(d) if weights is None else weights
+    base = _constraints_for(W, b, x, t, conf, None)
+    lo = np.full(d, -np.inf) if lower is None else lower
+    hi = np.full(d, np.inf) if upper is None else upper
+    best = None
+    for s in range(starts):
+        if norm == "l1":
+            def point(v):
+                return x + (v[:d] - v[d:]) / w
+            J = np.hstack([np.diag(1 / w), -np.diag(1 / w)])
+            cons = [{"type": "ineq", "fun": (lambda v, c=c: c["fun"](point(v))),
+                     "jac": (lambda v, c=c: c["jac"](point(v)) @ J)} for c in base]
+            keep = np.isfinite(np.concatenate([lo, hi]))
+
+            def box(v, k=keep):
+                return np.concatenate([point(v) - lo, hi - point(v)])[k]
+            cons.append({"type": "ineq", "fun": box,
+                         "jac": (lambda v, k=keep: np.vstack([J, -J])[k])})
+            v0 = np.abs(rng.normal(size=2 * d)) * (s > 0)
+            res = minimize(lambda v: v.sum(), v0, jac=lambda v: np.ones(2 * d), constraints=cons,
+                           bounds=[(0, None)] * (2 * d), method="SLSQP",
+                           options={"ftol": 1e-15, "maxiter": 2000})
+            xp = point(res.x)
+        else:
+            def point(v):
+                return v[:d]
+            J = np.hstack([np.eye(d), np.zeros((d, 1))])
+            cons = [{"type": "ineq", "fun": (lambda v, c=c: c["fun"](point(v))),
+                     "jac": (lambda v, c=c: c["jac"](point(v)) @ J)} for c in base]
+            cons.append({"type": "ineq",
+                         "fun": lambda v: np.concatenate([v[d] - w * (v[:d] - x), v[d] + w * (v[:d] - x)]),
+                         "jac": lambda v: np.vstack([np.hstack([-np.diag(w), np.ones((d, 1))]),
+                                                     np.hstack([np.diag(w), np.ones((d, 1))])])})
+            x0 = x + rng.normal(size=d) * (s > 0)
+            v0 = np.concatenate([x0, [np.max(np.abs(w * (x0 - x))) + 1.0]])
+            bnds = [(a if np.isfinite(a) else None, c if np.isfinite(c) else None)
+                    for a, c in zip(lo, hi)] + [(0, None)]
+            res = minimize(lambda v: v[d], v0, jac=lambda v: np.eye(d + 1)[d], constraints=cons,
+                           bounds=bnds, method="SLSQP", options={"ftol": 1e-15, "maxiter": 2000})
+            xp = point(res.x)
+        ok = all(c["fun"](xp) >= -1e-9 for c in base)
+        ok &= bool(np.all(xp >= lo - 1e-9) and np.all(xp <= hi + 1e-9))
+        if ok:
+            dist = float(np.linalg.norm(w * (xp - x), ord=1 if norm == "l1" else np.inf))
+            best = dist if best is None else min(best, dist)
+    return best
