@@ -72,6 +72,7 @@ def models():
          Pipeline([("power", PowerTransformer()), ("clf", LogisticRegression(max_iter=1000))])),
         ("digits_logreg", "digits", LogisticRegression(max_iter=2000)),
         ("digits_mlp", "digits", MLPClassifier(hidden_layer_sizes=(64,), max_iter=500, random_state=0)),
+        ("digits_noisy_logreg", "digits_noisy", LogisticRegression(max_iter=10000, tol=1e-6)),
         ("wine_forest", "wine", RandomForestClassifier(n_estimators=10, max_depth=3, random_state=0)),
     ]
 
@@ -86,6 +87,16 @@ def main() -> int:
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
+
+    # A training set with known wrong labels, for `invaudit mislabel --truth` (5% flipped).
+    names, Xtr, ytr = splits["digits"]
+    rng = np.random.default_rng(0)
+    wrong = np.sort(rng.choice(len(ytr), size=len(ytr) // 20, replace=False))
+    noisy = ytr.copy()
+    noisy[wrong] = (ytr[wrong] + rng.integers(1, 10, size=wrong.size)) % 10
+    np.savez(HERE / "digits_noisy_train.npz", X=Xtr, y=noisy)
+    (HERE / "digits_noisy_truth.txt").write_text("".join(f"{i}\n" for i in wrong))
+    splits["digits_noisy"] = (names, Xtr, noisy)
 
     for fname, dname, est in models():
         names, Xtr, ytr = splits[dname]

@@ -75,7 +75,8 @@ def _summary_items(report: dict, keys=None) -> list:
         if isinstance(v, list) and v and isinstance(v[0], dict):
             continue
         if isinstance(v, dict):
-            v = ", ".join(f"{kk}: {_fmt_value(vv)}" for kk, vv in v.items()
+            prefix = "eps " if k == "robust_accuracy" else ""
+            v = ", ".join(f"{prefix}{kk}: {_fmt_value(vv)}" for kk, vv in v.items()
                           if _scalar(vv) or isinstance(vv, dict))
         elif isinstance(v, list):
             v = fmt_list(v)

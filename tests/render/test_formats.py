@@ -54,3 +54,11 @@ def test_markdown_table_is_well_formed():
     md = to_markdown(report("counterfactual"))
     rows = [ln for ln in md.splitlines() if ln.startswith("|")]
     assert len(rows) == 3 and len({r.count("|") for r in rows}) == 1
+
+
+def test_values_are_never_read_as_markup():
+    rep = report("margin")
+    rep["summary"] = {"robust_accuracy": {"0.5": {"lower": 0.25, "upper": 0.75}}}
+    buf = io.StringIO()
+    render(rep, Format.table, Console(file=buf, width=200, color_system=None))
+    assert "[lower 0.25, upper 0.75]" in buf.getvalue()
