@@ -18,7 +18,7 @@ from invaudit.io import parse_rows
 from invaudit.render import Format
 
 from ._common import (Bounds, ConstraintOpts, FormatOpt, JsonOut, LabelColumn, Labels, ModelArg, Norm,
-                      Rows, Run, Scale, Sha256, Trust, build_constraints, resolve_labels)
+                      Rows, Run, Scale, Seed, Sha256, Trust, build_constraints, progress, resolve_labels)
 
 
 class Start(str, Enum):
@@ -39,6 +39,8 @@ def counterfactual(
     bounds: ConstraintOpts.Bounds = Bounds.none,
     train: ConstraintOpts.Train = None,
     start: Annotated[Optional[Start], typer.Option("--from", help="Model inversion: start from zeros or the mean of --train instead of data rows.")] = None,
+    manifold: Annotated[Optional[str], typer.Option("--manifold", metavar="pca|quantile|PATH", help="Search in the latent coordinates of a map fitted on --train (or a pickled transformer): farther, but nearer the data.")] = None,
+    seed: Seed = 0,
     rows: Rows = None,
     label_column: LabelColumn = None,
     labels: Labels = None,
@@ -48,7 +50,7 @@ def counterfactual(
     json: JsonOut = None,
 ) -> None:
     """Find the closest point the model assigns to --target (exact for linear models)."""
-    from invaudit.counterfactual import counterfactuals
+    from invaudit.counterfactual import counterfactuals_with_extras
 
     run = Run("counterfactual", model, trust=trust, sha256=sha256)
     form = run.form
@@ -73,8 +75,15 @@ def counterfactual(
         tgt = np.full(X.shape[0], resolve_labels(form, target, "--target"), dtype=np.intp)
     cons = build_constraints(form, X, train_ds, scale=scale, immutable=immutable, increase_only=increase_only,
                              decrease_only=decrease_only, bounds=bounds)
-    batch = counterfactuals(form, X, target=tgt, confidence=confidence, norm=norm.value, constraints=cons)
+    latent = _manifold(manifold, trust)
+    X_train = None if train_ds is None else np.asarray(train_ds.X, dtype=np.float64)
+    y_train = None if train_ds is None else train_ds.y_index
+    with progress("counterfactuals", X.shape[0]) as update:
+        batch, extras = counterfactuals_with_extras(
+            form, X, target=tgt, confidence=confidence, norm=norm.value, constraints=cons, X_train=X_train,
+            y_train_index=y_train, manifold=latent, seed=seed, progress=update)
     results = batch.records(form.classes, row_ids, feature_names=form.feature_names)
+    _add_extras(results, extras)
     status = [r["status"] for r in results]
     found = [r for r in results if r["status"] == "found"]
     dist = [r["distance"] for r in found]
@@ -90,10 +99,41 @@ def counterfactual(
     params = {"target": target, "confidence": confidence, "norm": norm.value, "scale": scale.value,
               "immutable": immutable, "increase_only": increase_only, "decrease_only": decrease_only,
               "bounds": bounds.value, "train": None if train is None else str(train),
-              "from": None if start is None else start.value, "rows": rows}
+              "from": None if start is None else start.value, "rows": rows, "manifold": manifold, "seed": seed}
     if start is not None:
         run.data_info = None
     run.emit(params=params, results=results, summary=summary, fmt=format, json_path=json)
+
+
+def _manifold(spec: Optional[str], trust: bool):
+    """``--manifold``: "pca", "quantile", or a pickled transformer loaded as safely as a model."""
+    if spec is None or spec in ("pca", "quantile"):
+        return spec
+    from invaudit.io.model_file import load_model
+
+    path = Path(spec)
+    if not path.is_file():
+        raise InputError(f"--manifold {spec}: expected pca, quantile or an existing transformer file.")
+    return load_model(path, trust=trust, expect="transformer").estimator
+
+
+def _add_extras(results: list, extras: dict) -> None:
+    """Per-row extras of the solver: feature importance, plausibility, what backs the answer."""
+    n = len(results)
+    fi = extras.get("feature_importance")
+    pl = extras.get("plausibility")
+    backing = extras.get("backing")
+    lower = extras.get("lower_bound")
+    for i, r in enumerate(results):
+        if fi is not None:
+            r["feature_importance"] = [None if not np.isfinite(v) else float(v) for v in fi[i]]
+        if pl is not None and bool(pl["evaluated"][i]):
+            r["plausibility"] = {"knn_distance": float(pl["knn_distance"][i]), "inlier": bool(pl["inlier"][i]),
+                                 "lof_score": float(pl["lof_score"][i]), "k": int(pl["k"])}
+        if backing is not None and backing[i] is not None:
+            r["backing"] = str(backing[i])
+        if lower is not None and i < n and np.isfinite(lower[i]):
+            r["lower_bound"] = float(lower[i])
 
 
 def register(app) -> None:

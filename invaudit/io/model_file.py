@@ -90,7 +90,8 @@ def file_sha256(path) -> str:
     return h.hexdigest()
 
 
-def load_model(path, *, trust: bool = False, sha256: str | None = None) -> LoadedModel:
+def load_model(path, *, trust: bool = False, sha256: str | None = None,
+               expect: str = "classifier") -> LoadedModel:
     """Load a pickled fitted classifier, refusing any file that names a global off the allowlist.
 
     Parameters
@@ -104,6 +105,9 @@ def load_model(path, *, trust: bool = False, sha256: str | None = None) -> Loade
     sha256 : str, optional
         Expected hex digest of the file; a different digest is refused before anything is read
         as a pickle.
+    expect : "classifier" or "transformer"
+        What the file must hold: a fitted classifier (the default), or a fitted transformer with
+        ``transform`` and ``inverse_transform`` (``--manifold PATH``).
 
     Returns
     -------
@@ -136,7 +140,12 @@ def load_model(path, *, trust: bool = False, sha256: str | None = None) -> Loade
         notes.append(f"loaded {shown} without restriction (--trust): a pickle can run code")
     lines, versions = _summarise_warnings(caught, shown)
     notes.extend(lines)
-    _check_fitted_classifier(estimator, shown, versions)
+    if expect == "transformer":
+        if not (hasattr(estimator, "transform") and hasattr(estimator, "inverse_transform")):
+            raise InputError(f"{shown} holds a {type(estimator).__name__}, not a fitted transformer "
+                             "with transform and inverse_transform")
+    else:
+        _check_fitted_classifier(estimator, shown, versions)
     _check_tree_nodes(estimator, shown)
     return LoadedModel(estimator=estimator, path=shown, sha256=digest, trusted=bool(trust),
                        warnings=tuple(notes))

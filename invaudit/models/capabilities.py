@@ -36,11 +36,11 @@ def capabilities(form) -> list:
                                "closed form (sigmoid), Newton in the K-1 subspace (softmax), QP dual / LP"))
         caps.append(Capability("margin", "yes", "yes", "exact distance to the nearest point of another class"))
     else:
-        caps.append(Capability("counterfactual", "not yet", "yes" if k == "trees" else "no", {
-            "invertible-linear": "boundary projection through the inverse map, refined in input space",
-            "differentiable": "constrained search with exact gradients, verified",
-            "trees": "nearest leaf box (single trees); MILP or bounded search (ensembles)",
-            "black-box": "segment search and bisection, verified",
+        caps.append(Capability("counterfactual", "yes", "partly" if k == "trees" else "no", {
+            "invertible-linear": "closed-form projection in feature space, mapped back, refined in input space (KKT residual)",
+            "differentiable": "boundary search and SQP with exact gradients from several starts, verified",
+            "trees": "nearest leaf box (single trees, exact); MILP within a time limit (ensembles), else verified search",
+            "black-box": "segment search toward target rows, bisection and local search, verified",
         }[k]))
         caps.append(Capability("margin", "yes", "partly" if k == "trees" else "no", {
             "invertible-linear": "verified boundary search (upper bound)",

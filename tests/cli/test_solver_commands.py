@@ -121,3 +121,46 @@ def test_mislabel_finds_flipped_labels_and_fixes_a_copy(invaudit, samples, tmp_p
     r = invaudit("mislabel", samples / "breast_cancer_logreg.joblib", noisy, "--label-column", "target",
                  "--fix", "3", "--out", noisy)
     assert r.code == 3 and "overwrite" in r.err
+
+
+@pytest.mark.parametrize("name, data, exact", [
+    ("breast_cancer_tree", "breast_cancer_test.npz", True),
+    ("wine_forest", "wine_test.npz", None),
+    ("digits_mlp", "digits_test.npz", False),
+    ("breast_cancer_power", "breast_cancer_test.npz", False),
+])
+def test_counterfactual_every_form_verified_by_the_model(invaudit, samples, validate, name, data, exact):
+    train = data.replace("test", "train")
+    r = invaudit("counterfactual", samples / f"{name}.joblib", samples / data, "--target", "other",
+                 "--rows", "0-2", "--train", samples / train, "--format", "json")
+    assert r.code == 0, r.err
+    rep = validate(r.json())
+    model = load(samples, name)
+    for x in rep["results"]:
+        assert x["status"] == "found"
+        pred = model.predict(np.asarray(x["counterfactual"])[None])[0]
+        assert pred == x["predicted_class"] == x["target_class"] != x["original_class"]
+        if exact is not None:
+            assert x["exact"] is exact
+        assert "plausibility" in x  # --train given: distance to target-class rows, LOF inlier
+        if name in ("digits_mlp", "breast_cancer_power"):
+            assert len(x["feature_importance"]) == rep["model"]["n_features"]
+
+
+def test_manifold_counterfactual_stays_valid(invaudit, samples):
+    r = invaudit("counterfactual", samples / "digits_mlp.joblib", samples / "digits_test.npz", "--target", "3",
+                 "--confidence", "0.6", "--rows", "0-1", "--train", samples / "digits_train.npz",
+                 "--manifold", "pca", "--format", "json")
+    assert r.code == 0, r.err
+    model = load(samples, "digits_mlp")
+    for x in r.json()["results"]:
+        assert x["status"] == "found" and x["exact"] is False and "manifold" in x["method"]
+        assert model.predict_proba(np.asarray(x["counterfactual"])[None])[0, 3] >= 0.6
+
+
+def test_manifold_file_is_loaded_safely(invaudit, samples, tmp_path):
+    bad = tmp_path / "m.joblib"
+    joblib.dump(load(samples, "digits_logreg"), bad)
+    r = invaudit("counterfactual", samples / "digits_mlp.joblib", samples / "digits_test.npz", "--target", "3",
+                 "--rows", "0", "--train", samples / "digits_train.npz", "--manifold", bad)
+    assert r.code == 3 and "not a fitted transformer" in r.err

@@ -9,7 +9,8 @@ import pytest
 from scipy.special import softmax
 
 from cf_helpers import make_form
-from invaudit.counterfactual import Constraints, counterfactuals, invert
+from invaudit.counterfactual import Constraints, invert
+from invaudit.counterfactual import linear_counterfactuals as counterfactuals
 from invaudit.errors import InputError, UnsupportedModelError
 from invaudit.models.base import BlackBoxForm
 
