@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from invaudit.counterfactual._common import check_target  # noqa: F401  (part of this module's API)
 from invaudit.counterfactual.constraints import Constraints
 from invaudit.counterfactual.result import CounterfactualBatch
 from invaudit.errors import InputError
@@ -76,28 +77,6 @@ def check_rows(X, n_features: int) -> np.ndarray:
     if not np.all(np.isfinite(X)):
         raise InputError("the rows contain NaN or infinite values.")
     return X
-
-
-def check_target(target, n: int, K: int):
-    """``None`` for ``"other"``, else an ``(n,)`` array of class indices."""
-    if isinstance(target, str):
-        if target != "other":
-            raise InputError(f"target must be class indices or 'other', got {target!r}.")
-        return None
-    tgt = np.asarray(target)
-    if tgt.ndim == 0:
-        tgt = np.full(n, tgt)
-    if tgt.shape != (n,):
-        raise InputError(f"target must have one class index per row ({n}), got shape {tgt.shape}.")
-    if not np.issubdtype(tgt.dtype, np.integer):
-        if np.issubdtype(tgt.dtype, np.floating) and np.all(tgt == np.round(tgt)):
-            tgt = tgt.astype(np.int64)
-        else:
-            raise InputError("target must be integer class indices (positions in classes).")
-    if np.any((tgt < 0) | (tgt >= K)):
-        bad = int(tgt[(tgt < 0) | (tgt >= K)][0])
-        raise InputError(f"target class index {bad} is out of range for a {K}-class model.")
-    return tgt.astype(np.intp)
 
 
 def check_confidence(confidence, form):

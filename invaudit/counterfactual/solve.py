@@ -42,7 +42,7 @@ from invaudit.errors import InputError, UnsupportedModelError
 from invaudit.models.base import LinearForm
 
 from . import _binary, _dual, _local, _lp
-from ._common import _Sol
+from ._common import _Sol, check_target
 from .constraints import Constraints
 from .result import CounterfactualBatch
 
@@ -73,25 +73,7 @@ def _check_inputs(form, X, target, confidence, norm, constraints):
     if norm not in NORMS:
         raise InputError(f"unknown norm {norm!r}; use one of {', '.join(NORMS)}.")
     K = form.n_classes
-    if isinstance(target, str):
-        if target != "other":
-            raise InputError(f"target must be class indices or 'other', got {target!r}.")
-        tgt = None
-    else:
-        tgt = np.asarray(target)
-        if tgt.ndim == 0:
-            tgt = np.full(n, tgt)
-        if tgt.shape != (n,):
-            raise InputError(f"target must have one class index per row ({n}), got shape {tgt.shape}.")
-        if not np.issubdtype(tgt.dtype, np.integer):
-            if np.issubdtype(tgt.dtype, np.floating) and np.all(tgt == np.round(tgt)):
-                tgt = tgt.astype(np.int64)
-            else:
-                raise InputError("target must be integer class indices (positions in classes).")
-        if np.any((tgt < 0) | (tgt >= K)):
-            bad = int(tgt[(tgt < 0) | (tgt >= K)][0])
-            raise InputError(f"target class index {bad} is out of range for a {K}-class model.")
-        tgt = tgt.astype(np.intp)
+    tgt = check_target(target, n, K)
     if confidence is not None:
         P = float(confidence)
         if not (0.0 < P < 1.0) or not np.isfinite(P):
