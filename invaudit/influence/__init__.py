@@ -9,6 +9,11 @@ Build the training objective once, then ask questions of it::
 
 The same objective serves :mod:`invaudit.triage` (self-influence, approximate leave-one-out
 losses and probabilities).
+
+``build_objective``, ``influence``, ``predicted_loss_changes`` and ``group_influence`` run
+BLAS on one thread and spread their independent blocks of work over the cores themselves
+(:mod:`invaudit.influence._parallel`); limiting BLAS to one thread in the caller (for example
+``threadpoolctl.threadpool_limits(1)``) keeps them on one core.
 """
 
 from __future__ import annotations

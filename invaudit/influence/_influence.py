@@ -17,6 +17,7 @@ next to the number of rows.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -25,12 +26,13 @@ from invaudit.errors import InputError
 from invaudit.models.base import to_jsonable
 
 from ._objective import Objective
+from ._parallel import dense, planned_workers, run_blocks
 
 __all__ = ["influence", "InfluenceResult", "RowInfluence", "TrainRowEffect", "verify_loo",
            "LOOVerification", "group_influence", "GroupInfluence"]
 
-#: Entries of the (test rows x training rows) block computed at once.
-_BLOCK = 4_000_000
+#: Entries of the (test rows x training rows) block ranked at once.
+_BLOCK = 2_000_000
 
 
 @dataclass(frozen=True)
@@ -70,9 +72,25 @@ class RowInfluence:
 
 @dataclass(frozen=True, eq=False)
 class InfluenceResult:
-    """Influence for a set of test rows (see :func:`influence`)."""
+    """Influence for a set of test rows (see :func:`influence`).
 
-    rows: tuple
+    The lists are arrays with one row per test row: ``helpful_rows[t, :n_helpful[t]]`` are
+    the training rows whose removal would raise test row ``t``'s loss the most (largest
+    first) and ``helpful_values`` those changes; ``harmful_*`` likewise for the most negative
+    changes. Entries past the counts are ``-1`` / NaN. ``*_gradients`` (``(T, top, D)``) are
+    the feature gradients with ``features=True``. :attr:`rows` gives the same lists as
+    :class:`RowInfluence` objects."""
+
+    test_rows: np.ndarray
+    labels: np.ndarray
+    label_source: str
+    losses: np.ndarray
+    helpful_rows: np.ndarray
+    helpful_values: np.ndarray
+    n_helpful: np.ndarray
+    harmful_rows: np.ndarray
+    harmful_values: np.ndarray
+    n_harmful: np.ndarray
     classes: np.ndarray = field(repr=False)
     estimate: str
     exact: bool
@@ -81,38 +99,124 @@ class InfluenceResult:
     n_params: int
     stationarity: float
     notes: tuple
+    helpful_gradients: Optional[np.ndarray] = field(default=None, repr=False)
+    harmful_gradients: Optional[np.ndarray] = field(default=None, repr=False)
+
+    def _listed(self, kind: str) -> list:
+        """Per test row, the ``(train_row, change, feature_gradient or None)`` of the
+        ``kind`` (``helpful`` / ``harmful``) list, as Python numbers."""
+        cnt = getattr(self, f"n_{kind}").tolist()
+        rows = getattr(self, f"{kind}_rows").tolist()
+        vals = getattr(self, f"{kind}_values").tolist()
+        grads = getattr(self, f"{kind}_gradients")
+        grads = [[None] * len(r) for r in rows] if grads is None else grads.tolist()
+        return [list(zip(rows[t][:c], vals[t][:c], grads[t][:c])) for t, c in enumerate(cnt)]
+
+    @cached_property
+    def rows(self) -> tuple:
+        """One :class:`RowInfluence` per test row (built on first use)."""
+        lists = [[tuple(TrainRowEffect(i, v, None if g is None else tuple(g)) for i, v, g in row)
+                  for row in self._listed(kind)] for kind in ("helpful", "harmful")]
+        return tuple(
+            RowInfluence(test_row=t, label=lab, label_source=self.label_source, loss=loss,
+                         helpful=h, harmful=m, exact=bool(self.exact), estimate=self.estimate)
+            for t, lab, loss, h, m in zip(self.test_rows.tolist(), self.labels.tolist(),
+                                          self.losses.tolist(), *lists))
 
     def records(self) -> list[dict]:
         """DESIGN.md's influence results: one dict per test row."""
-        out = []
-        for r in self.rows:
-            out.append({
-                "test_row": int(r.test_row),
-                "label": to_jsonable(self.classes[r.label]),
-                "label_source": r.label_source,
-                "loss": float(r.loss),
-                "helpful": [e.record() for e in r.helpful],
-                "harmful": [e.record() for e in r.harmful],
-                "exact": bool(r.exact),
-                "estimate": r.estimate,
-            })
-        return out
+        names = [to_jsonable(c) for c in self.classes]
+        if self.helpful_gradients is None:
+            lists = [[[{"train_row": i, "loss_change_if_removed": v} for i, v, _ in row]
+                      for row in self._listed(kind)] for kind in ("helpful", "harmful")]
+        else:
+            lists = [[[{"train_row": i, "loss_change_if_removed": v, "feature_gradient": g}
+                       for i, v, g in row] for row in self._listed(kind)]
+                     for kind in ("helpful", "harmful")]
+        exact = bool(self.exact)
+        return [{"test_row": t, "label": names[lab], "label_source": self.label_source,
+                 "loss": loss, "helpful": h, "harmful": m, "exact": exact,
+                 "estimate": self.estimate}
+                for t, lab, loss, h, m in zip(self.test_rows.tolist(), self.labels.tolist(),
+                                              self.losses.tolist(), *lists)]
 
     def summary(self) -> dict:
         return {"estimate": self.estimate, "exact": bool(self.exact), "method": self.method,
                 "n_train": int(self.n_train), "n_params": int(self.n_params),
-                "n_test": len(self.rows), "stationarity": float(self.stationarity),
+                "n_test": int(self.test_rows.size), "stationarity": float(self.stationarity),
                 "notes": list(self.notes)}
 
     def top_rows(self, n: int) -> np.ndarray:
         """The union over test rows of the ``n`` training rows with the largest
         ``|loss_change_if_removed|`` (what ``--verify-loo N`` refits without); exact when
         ``n <= top`` of the :func:`influence` call."""
-        chosen = []
-        for r in self.rows:
-            effects = sorted(r.helpful + r.harmful, key=lambda e: -abs(e.loss_change_if_removed))
-            chosen.extend(e.train_row for e in effects[:n])
-        return np.unique(np.asarray(chosen, dtype=np.intp))
+        if n <= 0 or self.test_rows.size == 0:
+            return np.array([], dtype=np.intp)
+        rows = np.concatenate([self.helpful_rows, self.harmful_rows], axis=1)
+        vals = np.concatenate([self.helpful_values, self.harmful_values], axis=1)
+        key = np.where(rows < 0, np.inf, -np.abs(vals))  # helpful before harmful on ties
+        order = np.argsort(key, axis=1, kind="stable")[:, :n]
+        picked = np.take_along_axis(rows, order, axis=1)
+        return np.unique(picked[picked >= 0]).astype(np.intp)
+
+
+def _test_blocks(T: int, n: int, parallel: bool) -> list:
+    """Blocks of test rows: at most ``_BLOCK`` (test x training) entries each, and, when the
+    blocks may run side by side, about two per worker (of at least 32 rows)."""
+    size = max(1, _BLOCK // max(n, 1))
+    if parallel and planned_workers() > 1:
+        size = min(size, max(32, -(-T // (2 * planned_workers()))))
+    return [(a, min(T, a + size)) for a in range(0, T, size)]
+
+
+def _top_k(S: np.ndarray, k: int, largest: bool) -> np.ndarray:
+    """``(T, k)``: the columns of the ``k`` largest (or smallest) entries of each row of ``S``
+    (``k <= n``), ties to the lower column, as a stable sort would give.
+
+    A threshold first: the rows' columns are split into ``G >= k`` interleaved groups, and the
+    ``k``-th largest group maximum ``tau`` has at least ``k`` entries at or above it, so every
+    one of the ``k`` largest is ``>= tau``. One elementwise reduction, one comparison and a
+    sort of the few entries above ``tau`` (about ``k`` per row) replace a selection over the
+    whole row."""
+    T, n = S.shape
+    G = max(k, int(np.sqrt(n * k)))
+    g = n // G
+    red = np.maximum if largest else np.minimum
+    heads = red.reduce(S[:, :G * g].reshape(T, g, G), axis=1)  # group j: columns j, j+G, ...
+    tail = n - G * g
+    if tail:
+        red(heads[:, :tail], S[:, G * g:], out=heads[:, :tail])
+    if largest:
+        tau = np.partition(heads, G - k, axis=1)[:, G - k]
+        flat = np.flatnonzero(S >= tau[:, None])
+    else:
+        tau = np.partition(heads, k - 1, axis=1)[:, k - 1]
+        flat = np.flatnonzero(S <= tau[:, None])
+    r, c = np.divmod(flat, n)  # row-major: columns ascending within a row
+    v = S.ravel()[flat]
+    counts = np.bincount(r, minlength=T)
+    starts = np.cumsum(counts) - counts
+    pos = np.arange(flat.size) - starts[r]
+    key = np.full((T, int(counts.max())), np.inf)
+    key[r, pos] = -v if largest else v
+    col = np.zeros(key.shape, dtype=np.intp)
+    col[r, pos] = c
+    order = np.argsort(key, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(col, order, axis=1)
+
+
+def _ordered(idx: np.ndarray, values, k: int, positive: bool):
+    """Candidates ``idx`` (``(Tb, c)`` training rows per test row, ``c >= k``) ordered by their loss
+    change, largest first (``positive``) or most negative first, ties to the lower row;
+    only changes of that sign are kept, at most ``k``. Returns ``(rows, vals, counts)`` padded
+    with ``-1`` / NaN."""
+    idx = np.sort(idx, axis=1)
+    v = values(idx)
+    order = np.argsort(-v if positive else v, axis=1, kind="stable")[:, :k]
+    idx = np.take_along_axis(idx, order, axis=1)
+    v = np.take_along_axis(v, order, axis=1)
+    keep = v > 0 if positive else v < 0  # a prefix of each row
+    return np.where(keep, idx, -1), np.where(keep, v, np.nan), keep.sum(axis=1)
 
 
 def _labels(objective: Objective, X, y):
@@ -121,6 +225,7 @@ def _labels(objective: Objective, X, y):
     return np.asarray(y, dtype=np.intp), "given"
 
 
+@dense
 def influence(objective: Objective, X_test, y_test=None, *, top: int = 10,
               estimate: str = "auto", features: bool = False,
               test_row_ids: Optional[Sequence[int]] = None) -> InfluenceResult:
@@ -152,10 +257,13 @@ def influence(objective: Objective, X_test, y_test=None, *, top: int = 10,
     First order: one ``H^-1`` solve per test row, then ``(T x P) @ (P x n)`` against all
     training gradients. Leverage-corrected (logistic regression): every training row's Newton
     step ``delta_theta_i`` is formed once (``(n x P) @ H^-1`` after the Woodbury correction), the
-    test rows' scores move by ``(T x (D + 1)) @ ((D + 1) x n)`` per class, and the test loss is
-    evaluated exactly at the moved scores (for a binary model the loss change is monotone in the
-    score shift, so only the rows kept are evaluated). Test rows are processed in blocks, keeping
-    each row's ``top`` extremes by ``np.argpartition``; no Python loop over training rows.
+    test rows' scores move by ``(T x (D + 1)) @ ((D + 1) x n M)`` (softmax: relative to one
+    class, ``M - 1`` of them), and the test loss is evaluated exactly at the moved scores (for
+    a binary model the loss change is monotone in the score shift, so only the rows kept are
+    evaluated). Test rows are processed in blocks, side by side for logistic regression
+    (:mod:`~invaudit.influence._parallel`), keeping each row's ``top`` extremes
+    (:func:`_top_k`); no Python loop over training rows. The result holds the lists as
+    arrays; :attr:`InfluenceResult.rows` builds objects from them on first use.
     """
     X_test, y_test = objective.check_test(X_test, y_test)
     if top < 1:
@@ -169,52 +277,56 @@ def influence(objective: Objective, X_test, y_test=None, *, top: int = 10,
     losses = objective.losses(X_test, y_idx)
     n = objective.n_rows
     k = min(top, n)
-    rows_out = []
-    block = max(1, _BLOCK // max(n * getattr(objective, "M", 1), 1))
-    for a in range(0, T, block):
-        Xb, yb = X_test[a:a + block], y_idx[a:a + block]
+    hi_rows, hi_vals, n_hi = np.full((T, k), -1, np.intp), np.full((T, k), np.nan), np.zeros(T, np.intp)
+    lo_rows, lo_vals, n_lo = np.full((T, k), -1, np.intp), np.full((T, k), np.nan), np.zeros(T, np.intp)
+    D = objective.X.shape[1]
+    hi_grads = np.full((T, k, D), np.nan) if features else None
+    lo_grads = np.full((T, k, D), np.nan) if features else None
+    objective.prepare(est)  # shared per-training-row terms, before blocks run side by side
+    ranges = _test_blocks(T, n, parallel=objective.thread_safe)
+
+    def block(j):
+        a, b = ranges[j]
+        Xb, yb = X_test[a:b], y_idx[a:b]
         U = None
         if features or est == "first-order":
             U = objective.solve(objective.test_gradients(Xb, yb))
         S, values = objective.ranking_scores(Xb, yb, est, U=U)
         if 2 * k < n:
-            # two single-kth partitions are much faster than one with two kth values
-            hi = np.argpartition(S, n - k, axis=1)[:, n - k:]
-            lo = np.argpartition(S, k - 1, axis=1)[:, :k]
+            hi, lo = _top_k(S, k, largest=True), _top_k(S, k, largest=False)
         else:
-            order = np.argsort(S, axis=1)
-            lo, hi = order, order
-        for j in range(S.shape[0]):  # loop over test rows only
-            t = a + j
-            cand = np.unique(np.concatenate([hi[j], lo[j]]))
-            v = values(j, cand)
-            pos, neg = v > 0, v < 0
-            hi_j = cand[pos][np.argsort(-v[pos], kind="stable")][:k]
-            hv = -np.sort(-v[pos], kind="stable")[:k]
-            lo_j = cand[neg][np.argsort(v[neg], kind="stable")][:k]
-            lv = np.sort(v[neg], kind="stable")[:k]
-            grads = {}
-            if features and (hi_j.size or lo_j.size):
-                listed = np.concatenate([hi_j, lo_j])
-                fg = objective.feature_gradients(U[j], listed)
-                grads = {int(i): tuple(float(x) for x in g) for i, g in zip(listed, fg)}
-            helpful = tuple(TrainRowEffect(int(i), float(x), grads.get(int(i))) for i, x in zip(hi_j, hv))
-            harmful = tuple(TrainRowEffect(int(i), float(x), grads.get(int(i))) for i, x in zip(lo_j, lv))
-            rows_out.append(RowInfluence(
-                test_row=int(ids[t]), label=int(y_idx[t]), label_source=source,
-                loss=float(losses[t]), helpful=helpful, harmful=harmful,
-                exact=bool(objective.exact), estimate=est))
+            hi = lo = np.broadcast_to(np.arange(n), S.shape)
+        hi_rows[a:b], hi_vals[a:b], n_hi[a:b] = _ordered(hi, values, k, positive=True)
+        lo_rows[a:b], lo_vals[a:b], n_lo[a:b] = _ordered(lo, values, k, positive=False)
+        if features:
+            for t in range(a, b):  # loop over test rows only
+                h, m = hi_rows[t, :n_hi[t]], lo_rows[t, :n_lo[t]]
+                if h.size + m.size:
+                    fg = objective.feature_gradients(U[t - a], np.concatenate([h, m]))
+                    hi_grads[t, :h.size], lo_grads[t, :m.size] = fg[:h.size], fg[h.size:]
+
+    if objective.thread_safe:
+        run_blocks(block, len(ranges))
+    else:
+        for j in range(len(ranges)):
+            block(j)
     notes = list(objective.notes)
     if source == "predicted":
         notes.append("no test labels: the loss explained is at each row's predicted class")
     if features:
         notes.append("feature_gradient is the first-order derivative (I_pert,loss) in input units")
-    return InfluenceResult(rows=tuple(rows_out), classes=np.asarray(objective.classes),
-                           estimate=est, exact=bool(objective.exact), method=objective.method,
-                           n_train=n, n_params=objective.n_params,
-                           stationarity=objective.stationarity, notes=tuple(notes))
+    return InfluenceResult(test_rows=ids, labels=np.asarray(y_idx, dtype=np.intp),
+                           label_source=source, losses=np.asarray(losses, dtype=np.float64),
+                           helpful_rows=hi_rows, helpful_values=hi_vals, n_helpful=n_hi,
+                           harmful_rows=lo_rows, harmful_values=lo_vals, n_harmful=n_lo,
+                           classes=np.asarray(objective.classes), estimate=est,
+                           exact=bool(objective.exact), method=objective.method, n_train=n,
+                           n_params=objective.n_params, stationarity=objective.stationarity,
+                           notes=tuple(notes), helpful_gradients=hi_grads,
+                           harmful_gradients=lo_grads)
 
 
+@dense
 def predicted_loss_changes(objective: Objective, X_test, y_test=None, *, estimate: str = "auto",
                            rows=None) -> np.ndarray:
     """The full ``(T, m)`` matrix of predicted loss changes (for tests and small problems)."""
@@ -368,6 +480,7 @@ class GroupInfluence:
         return d
 
 
+@dense
 def group_influence(objective: Objective, X_test, y_test, group_rows, *,
                     test_row_ids: Optional[Sequence[int]] = None, refit: bool = False,
                     tol: float = 1e-10, max_iter: Optional[int] = None) -> GroupInfluence:

@@ -47,11 +47,14 @@ from typing import Callable, Optional
 
 import numpy as np
 from scipy import linalg
+from scipy.linalg import lapack
 from scipy.special import log_softmax, logsumexp
 
 from invaudit.errors import InputError, SolverError, UnsupportedModelError
 from invaudit.models.affine import fold_affine, is_affine_step
 from invaudit.models.base import DifferentiableForm, ModelForm
+
+from ._parallel import dense, row_ranges, run_blocks
 
 __all__ = ["Objective", "LogisticObjective", "NetworkObjective", "build_objective",
            "SUPPORTED_MESSAGE", "ESTIMATES"]
@@ -61,6 +64,9 @@ SUPPORTED_MESSAGE = ("influence needs LogisticRegression or MLPClassifier (optio
 ESTIMATES = ("first-order", "leverage-corrected")
 #: Largest parameter count for which the Hessian is formed and factorised (P x P doubles).
 MAX_DIRECT_PARAMS = 4000
+#: Class-rows per chunk of removed training rows in the softmax loss changes (each chunk's
+#: block of score shifts is exponentiated and summed while it is still in cache).
+_SHIFT_CHUNK = 1024
 #: A fitted model whose objective gradient (mean scale, like scikit-learn's ``tol``) exceeds
 #: this is not at its optimum; influence is then not exact.
 STATIONARY_TOL = 1e-4
@@ -141,6 +147,13 @@ class Objective:
             )
         return estimate
 
+    #: Whether blocks of test rows may be ranked side by side (no state changes during it).
+    thread_safe: bool = False
+
+    def prepare(self, estimate: str) -> None:
+        """Compute (and cache) the per-training-row terms ``estimate`` needs, so that ranking
+        blocks of test rows only reads shared state."""
+
     # --- implemented by subclasses -------------------------------------------------------
     def check_test(self, X_test, y_test):  # pragma: no cover - interface
         raise NotImplementedError
@@ -173,6 +186,7 @@ class Objective:
         raise NotImplementedError
 
 
+@dense
 def build_objective(form: ModelForm, X_train, y_train, *, damping: float = 0.01,
                     max_direct_params: int = MAX_DIRECT_PARAMS, cg_tol: float = 1e-10,
                     cg_max_iter: Optional[int] = None) -> Objective:
@@ -293,6 +307,7 @@ class LogisticObjective(Objective):
     """
 
     kind = "logistic"
+    thread_safe = True
 
     def __init__(self, form, X_train, y_train, *, max_direct_params=MAX_DIRECT_PARAMS,
                  cg_tol=1e-10, cg_max_iter=None, final=None):
@@ -348,6 +363,7 @@ class LogisticObjective(Objective):
             raise InputError(f"the preprocessing gives {self.Z.shape[1]} features but the "
                              f"classifier expects {self.D}.")
         self.Zt = self._aug(self.Z)
+        self._zero_columns = np.flatnonzero(~np.any(self.Zt != 0.0, axis=0))
         self.eta = self.Zt @ self.Theta.T
         self.p, self.r, self.A = self._terms(self.eta, y)
 
@@ -370,7 +386,7 @@ class LogisticObjective(Objective):
         self.cg_max_iter = cg_max_iter
         if self.n_params <= max_direct_params:
             self.method = "cholesky"
-            H = self.hessian(self.s, self.A, self.Zt)
+            H = self.hessian(self.s, self.A, self.Zt, p=self.p)
             self.Hinv, self.rank_deficient = _inverse(H)
             self.estimates = ESTIMATES
             if self.rank_deficient:
@@ -392,6 +408,7 @@ class LogisticObjective(Objective):
         self._Q = None
         self._class_shift = None
         self._steps = None
+        self._shift_ops = {}
         self._shifts = {}
 
     # --- per-row terms ---------------------------------------------------------------------
@@ -460,28 +477,54 @@ class LogisticObjective(Objective):
         G = (s[:, None] * r).T @ Zt  # (M, D1)
         return G + self.lam * Theta * self.Rcol
 
-    def hessian(self, s, A, Zt, augment: bool = True) -> np.ndarray:
+    def hessian(self, s, A, Zt, augment: bool = True, p=None) -> np.ndarray:
         """``H_hat`` (P x P): the Hessian of the objective (row weights ``s``) plus, with
-        ``augment``, ``c N N^T`` on the softmax's null directions (a loop over class pairs;
-        each block is one BLAS product over rows)."""
-        M, D1 = self.M, self.D1
-        H = np.zeros((M, D1, M, D1))
-        for k in range(M):
-            for l in range(k, M):
-                w = s * A[:, k, l]
-                blk = (Zt * w[:, None]).T @ Zt
-                H[k, :, l, :] = blk
-                if l != k:
-                    H[l, :, k, :] = blk.T
-        H = H.reshape(self.n_params, self.n_params)
+        ``augment``, ``c N N^T`` on the softmax's null directions.
+
+        Block ``(k, l)`` is ``Zt^T diag(s * A[:, k, l]) Zt``. With the probabilities ``p``
+        (``A_i = diag(p_i) - p_i p_i^T``) and weights ``s >= 0`` it is formed as
+        ``blockdiag_k(Zt^T diag(s p_k) Zt) - V^T V`` with ``V_i = sqrt(s_i) p_i (x) zt_i``: one
+        Gram matrix (:func:`_gram`) and one product for the diagonal blocks.
+        Otherwise the ``M (M + 1) / 2`` distinct blocks come from one product over the rows'
+        pair products (:func:`_weighted_grams`)."""
+        M, D1, P = self.M, self.D1, self.n_params
+        n = Zt.shape[0]
+        if M == 1:
+            w = s * A[:, 0, 0]
+            if np.all(w >= 0):
+                sw = np.sqrt(w)[:, None]
+                H = _gram(lambda a, b: sw[a:b] * Zt[a:b], n, D1)
+            else:
+                H = (Zt * w[:, None]).T @ Zt
+        elif p is not None and np.all(s >= 0):
+            Zs = np.sqrt(s)[:, None] * Zt
+
+            def rows_of(a, b):  # [V_i, Zs_i] with V_i = sqrt(s_i) p_i (x) zt_i
+                W = np.empty((b - a, P + D1))
+                np.multiply(p[a:b, :, None], Zs[a:b, None, :], out=W[:, :P].reshape(b - a, M, D1))
+                W[:, P:] = Zs[a:b]
+                return W
+
+            # one Gram matrix of [V, Zs]: V^T V, and Zs^T V whose block k is the diagonal
+            # part's block sum_i s_i p_ik zt_i zt_i^T
+            G = _gram(rows_of, n, P + D1)
+            H = -G[:P, :P]
+            H4 = H.reshape(M, D1, M, D1)
+            H4[np.arange(M), :, np.arange(M), :] += G[P:, :P].reshape(D1, M, D1).transpose(1, 0, 2)
+        else:
+            ku, lu = np.triu_indices(M)
+            blocks = _weighted_grams(Zt, s[:, None] * A[:, ku, lu])  # (pairs, D1, D1)
+            H = np.empty((M, D1, M, D1))
+            H[ku, :, lu, :] = blocks
+            H[lu, :, ku, :] = blocks.transpose(0, 2, 1)
+            H = H.reshape(P, P)
         H[np.diag_indices_from(H)] += self.lam * np.tile(self.Rcol, M)
         if augment and self.null_cols.size:
-            c = max(float(np.trace(H)) / self.n_params, 1e-12)
+            c = max(float(np.trace(H)) / P, 1e-12)
             H4 = H.reshape(M, D1, M, D1)
             for d in self.null_cols:
                 H4[:, d, :, d] += c / M
         return H
-
 
     def _hvp(self, v):
         V = v.reshape(self.M, self.D1)
@@ -525,19 +568,24 @@ class LogisticObjective(Objective):
         return self._outer(self.r, self.Zt)
 
     def leverage_blocks(self) -> np.ndarray:
-        """``Q_i = Z_i^T H_hat^-1 Z_i`` for every training row, ``(n, M, M)``."""
+        """``Q_i = Z_i^T H_hat^-1 Z_i`` for every training row, ``(n, M, M)``.
+
+        ``Q_i[k, l] = zt_i^T (H_hat^-1)_{kl} zt_i`` is a quadratic form, so only the symmetric
+        part of each block matters and only the ``M (M + 1) / 2`` blocks with ``k <= l``:
+        one product of the rows' pair products ``zt_a zt_b`` (``a <= b``, features that are
+        zero in every training row left out) with those blocks (:func:`_quadratic_forms`)."""
         if self._Q is None:
             if self.Hinv is None:
                 raise SolverError("the leverage correction needs the factorised Hessian.")
-            M, D1, n = self.M, self.D1, self.n_rows
-            Hb = self.Hinv.reshape(M, D1, M, D1).transpose(1, 0, 2, 3).reshape(D1, M * M * D1)
-            Q = np.empty((n, M, M))
-            step = max(1, int(4_000_000 // max(1, M * M * D1)))
-            for a in range(0, n, step):
-                Zc = self.Zt[a:a + step]
-                T = (Zc @ Hb).reshape(-1, M, M, D1)
-                Q[a:a + step] = np.einsum("ikle,ie->ikl", T, Zc)
-            self._Q = 0.5 * (Q + Q.transpose(0, 2, 1))
+            M, D1 = self.M, self.D1
+            ku, lu = np.triu_indices(M)
+            used = np.setdiff1d(np.arange(D1), self._zero_columns)  # zero features add 0
+            blocks = self.Hinv.reshape(M, D1, M, D1)[ku, :, lu, :][:, used][:, :, used]
+            q = _quadratic_forms(self.Zt[:, used], blocks)  # (n, pairs)
+            Q = np.empty((self.n_rows, M, M))
+            Q[:, ku, lu] = q
+            Q[:, lu, ku] = q
+            self._Q = Q
         return self._Q
 
     def _balance_shift(self):
@@ -618,7 +666,11 @@ class LogisticObjective(Objective):
             return self._steps[1]
         idx = np.arange(self.n_rows) if rows is None else rows
         e, cls = self.removal_terms(estimate, idx)
-        steps = self.solve(self._outer(e, self.Zt[idx]))
+        if self.Hinv is not None:
+            steps = _rows_times(idx.size, lambda a, b: self._outer(e[a:b], self.Zt[idx[a:b]]),
+                                self.Hinv)
+        else:
+            steps = self.solve(self._outer(e, self.Zt[idx]))
         if cls is not None:
             _, _, Y = self._balance_shift()
             steps -= Y[cls]
@@ -633,7 +685,9 @@ class LogisticObjective(Objective):
         ``first-order``: Koh & Liang's linearisation ``g_t^T delta_theta_i`` (``U``, if given,
         is ``H_hat^-1 G_test``). ``leverage-corrected``: the test loss evaluated exactly at the
         Newton-step parameters, ``l_t(eta_t + J_t delta_theta_i) - l_t(eta_t)`` — the scores move
-        linearly in the parameters, so this is one ``(T x D1) @ (D1 x m)`` product per class.
+        linearly in the parameters, so this is one ``(T x D1) @ (D1 x m)`` product (binary) or
+        one ``(T x D1) @ (D1 x (M - 1) m)`` product in cache-sized chunks
+        (:class:`_SoftmaxShifts`).
         """
         Zt = self._aug(self.features(X_test))
         y_test = np.asarray(y_test, dtype=np.intp)
@@ -649,40 +703,80 @@ class LogisticObjective(Objective):
                 _, V, _ = self._balance_shift()
                 out -= (U @ V.T)[:, cls]
             return out
-        steps = self.removal_steps(estimate, rows).reshape(-1, self.M, self.D1)
+        if self.M > 1:
+            return self._shift_operator(estimate, rows).loss_changes(Zt, eta, y_test)
+        steps = self.removal_steps(estimate, rows)
         base = self._loss_from_scores(eta, y_test)
-        if self.M == 1:
-            d = Zt @ steps[:, 0, :].T  # (T, m)
-            sign = np.where(y_test == 1, 1.0, -1.0)[:, None]
-            return np.logaddexp(0.0, -sign * (eta[:, :1] + d)) - base[:, None]
-        # new scores of class k for every (test row, removed row): one product per class
-        d = [Zt @ steps[:, k, :].T + eta[:, k:k + 1] for k in range(self.M)]  # M x (T, m)
-        mx = d[0].copy()
-        for dk in d[1:]:
-            np.maximum(mx, dk, out=mx)
-        acc = np.zeros_like(mx)
-        picked = np.zeros_like(mx)
-        for k, dk in enumerate(d):
-            acc += np.exp(dk - mx)
-            rows_k = y_test == k
-            picked[rows_k] = dk[rows_k]
-        out = np.log(acc)
-        out += mx
-        out -= picked
-        out -= base[:, None]
-        return out
+        d = Zt @ steps.T  # (T, m)
+        sign = np.where(y_test == 1, 1.0, -1.0)[:, None]
+        return np.logaddexp(0.0, -sign * (eta[:, :1] + d)) - base[:, None]
+
+    def _shift_operator(self, estimate: str, rows=None) -> "_SoftmaxShifts":
+        """The removal steps of a softmax model as :class:`_SoftmaxShifts` (cached for all
+        rows): each removed row's parameter change relative to the last class,
+        ``delta_theta_i[k] - delta_theta_i[M - 1]`` for ``k < M - 1`` (the softmax sees score
+        differences only, so one class fewer is needed). One product
+        ``(m x P) @ (P x (M - 1) (D + 1))`` with the matching columns of ``H_hat^-1``.
+
+        A feature that is zero in every training row (blank pixels, unused one-hot levels)
+        has, under an L2 penalty, Hessian rows holding only the penalty, so ``H_hat^-1`` has
+        exact zeros between it and every other feature and every step is exactly zero on it.
+        Those columns are checked to be exactly zero in ``H_hat^-1`` (and in the balanced
+        weights' shift) and then left out, which changes no product."""
+        if rows is None and estimate in self._shift_ops:
+            return self._shift_ops[estimate]
+        if self.Hinv is None:
+            raise SolverError("the leverage correction needs the factorised Hessian.")
+        M, D1, P = self.M, self.D1, self.n_params
+        idx = np.arange(self.n_rows) if rows is None else np.asarray(rows, dtype=np.intp)
+        e, cls = self.removal_terms(estimate, idx)
+        H3 = self.Hinv.reshape(P, M, D1)
+        Hrel = H3[:, :-1, :] - H3[:, -1:, :]  # (P, M - 1, D1)
+        Yrel = None
+        if cls is not None:
+            _, _, Y = self._balance_shift()
+            Y3 = Y.reshape(-1, M, D1)
+            Yrel = Y3[:, :-1, :] - Y3[:, -1:, :]
+        zero = self._zero_columns
+        if zero.size:
+            used = np.ones(D1, dtype=bool)
+            used[zero] = False
+            # rows of H_hat^-1 that meet a non-zero feature value
+            meets = Hrel.reshape(M, D1, M - 1, D1)[:, used][:, :, :, zero]
+            exact_zero = ~np.any(meets != 0.0, axis=(0, 1, 2))
+            if Yrel is not None:
+                exact_zero &= ~np.any(Yrel[:, :, zero] != 0.0, axis=(0, 1))
+            zero = zero[exact_zero]
+        live = np.setdiff1d(np.arange(D1), zero) if zero.size else slice(None)
+        Hl = Hrel[:, :, live].reshape(P, -1)
+        rel = _rows_times(idx.size, lambda a, b: self._outer(e[a:b], self.Zt[idx[a:b]]), Hl)
+        if Yrel is not None:
+            rel -= Yrel[:, :, live].reshape(Yrel.shape[0], -1)[cls]
+        op = _SoftmaxShifts(rel.reshape(idx.size, M - 1, -1), live)
+        if rows is None:
+            self._shift_ops[estimate] = op
+        return op
+
+    def prepare(self, estimate: str) -> None:
+        if estimate == "first-order":
+            if self.balanced:
+                self._balance_shift()
+        elif self.M > 1:
+            self._shift_operator(estimate)
+        else:
+            self.removal_steps(estimate)
 
     def ranking_scores(self, X_test, y_test, estimate, U=None):
         """``(S, values)``: ``S`` ``(T, n)`` orders the training rows exactly as the loss
-        changes do, row by row, and ``values(j, idx)`` gives the loss changes of test row ``j``
-        for training rows ``idx``. For a binary model's leverage-corrected estimate the loss
+        changes do, row by row, and ``values(idx)`` gives the loss changes for training rows
+        ``idx`` (``(T, c)``, one row of indices per test row). For a binary model's leverage-corrected estimate the loss
         change is a monotone function of the linear score shift ``J_t delta_theta_i``, so the
         ranking needs only that product and the exact log losses are evaluated for the rows
         kept."""
         y_test = np.asarray(y_test, dtype=np.intp)
         if estimate == "first-order" or self.M > 1:
             S = self.loss_changes(X_test, y_test, estimate, U=U)
-            return S, lambda j, idx: S[j, idx]
+            return S, lambda idx: np.take_along_axis(S, idx, axis=1)
         Zt = self._aug(self.features(X_test))
         eta = (Zt @ self.Theta.T)[:, 0]
         sign = np.where(y_test == 1, 1.0, -1.0)
@@ -691,8 +785,9 @@ class LogisticObjective(Objective):
         S *= -sign[:, None]  # loss change increases with -sign * shift
         base = np.logaddexp(0.0, -sign * eta)
 
-        def values(j, idx):
-            return np.logaddexp(0.0, -sign[j] * eta[j] + S[j, idx]) - base[j]
+        def values(idx):
+            shift = np.take_along_axis(S, idx, axis=1)
+            return np.logaddexp(0.0, (-sign * eta)[:, None] + shift) - base[:, None]
 
         return S, values
 
@@ -834,7 +929,7 @@ class LogisticObjective(Objective):
         first = -(U @ g_sum)
         grad = self._objective_gradient(s_new, self.r, self.Zt, self.Theta).ravel()
         if self.Hinv is not None:
-            H = self.hessian(s_new, self.A, self.Zt)
+            H = self.hessian(s_new, self.A, self.Zt, p=self.p)
             step = -(_inverse(H)[0] @ grad)
         else:
             step = -_cg(lambda v: self._hvp_weighted(v, s_new), grad, self.cg_tol,
@@ -853,6 +948,85 @@ class LogisticObjective(Objective):
         if self.null_cols.size:
             out[:, self.null_cols] += self._null_scale * V[:, self.null_cols].mean(axis=0)
         return out.ravel()
+
+
+class _SoftmaxShifts:
+    """Score shifts of a softmax model for removing each of ``m`` training rows, laid out for
+    evaluating every (test row, removed row) pair's loss change in blocks that stay in cache.
+
+    Built from ``rel`` ``(m, M - 1, L)``: removed row ``i``'s parameter change for class
+    ``k`` minus that of the last class ``r``, on the feature columns ``live`` of ``[z, 1]``
+    (the others are exactly zero, see :meth:`LogisticObjective._shift_operator`). Removing
+    row ``i`` moves test row ``t``'s score differences by ``x_tik = zt_t[live] . rel[i, k]``,
+    and its log loss by
+
+        log(p_tr + sum_{k != r} p_tk exp(x_tik)) - x_tiy          (x_tir = 0)
+
+    (the old log-partition and every common shift cancel). The removed rows are split into
+    chunks of ``width``; chunk ``j`` holds the ``(M - 1) * width`` rows ``rel[i, k]`` class by
+    class, so that one matrix product gives every ``x_tik`` of the chunk.
+    """
+
+    def __init__(self, rel: np.ndarray, live):
+        m, K1, L = rel.shape
+        self.m, self.K1, self.live = m, K1, live
+        c = self.width = max(1, min(m, _SHIFT_CHUNK // max(K1, 1)))
+        n_chunks = -(-m // c)
+        # (chunk, class, row in chunk, column): each chunk's rows class by class
+        B = np.empty((n_chunks, K1, c, L))
+        full, rest = divmod(m, c)
+        if full:
+            B[:full] = rel[:full * c].reshape(full, c, K1, L).transpose(0, 2, 1, 3)
+        if rest:
+            B[full, :, :rest] = rel[full * c:].transpose(1, 0, 2)
+            B[full, :, rest:] = 0.0
+        self.chunks = B.reshape(n_chunks, K1 * c, L)
+
+    def loss_changes(self, Zt: np.ndarray, eta: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """``(T, m)`` loss changes for test rows ``Zt`` (augmented features), scores ``eta``
+        and class indices ``y``: per chunk of removed rows one product, one in-place ``exp``,
+        one probability-weighted sum over classes and one ``log`` (chunks run side by side,
+        :func:`~invaudit.influence._parallel.run_blocks`). Pairs whose sum over- or
+        underflows (score shifts of hundreds) are recomputed with the max-shifted
+        log-sum-exp."""
+        T, K1, c = Zt.shape[0], self.K1, self.width
+        A = np.ascontiguousarray(Zt[:, self.live])
+        p = np.exp(log_softmax(eta, axis=1))
+        p_other, p_r = np.ascontiguousarray(p[:, :-1]), p[:, -1:]
+        t = np.arange(T)
+        other = y < K1
+        yk = np.where(other, y, 0)
+        out = np.empty((T, self.m))
+        finite = np.ones(len(self.chunks), dtype=bool)
+
+        def chunk(j, X):
+            a, b = j * c, min(self.m, (j + 1) * c)
+            np.matmul(A, self.chunks[j].T, out=X)  # x_tik, (T, K1 * c)
+            X3 = X.reshape(T, K1, c)
+            xy = X3[t, yk]  # x_tiy (a copy); 0 for the last class
+            xy[~other] = 0.0
+            with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+                np.exp(X, out=X)
+                acc = np.einsum("tk,tki->ti", p_other, X3)
+                acc += p_r
+                np.log(acc, out=acc)
+                acc -= xy
+            out[:, a:b] = acc[:, :b - a]
+            finite[j] = np.isfinite(acc.sum())
+
+        run_blocks(chunk, len(self.chunks), scratch=lambda: np.empty((T, K1 * c)))
+        for j in np.flatnonzero(~finite):  # extreme shifts only
+            a, b = j * c, min(self.m, (j + 1) * c)
+            sub = out[:, a:b]
+            fix = ~np.isfinite(sub)
+            rows_t = np.flatnonzero(fix.any(axis=1))
+            Bj = self.chunks[j].reshape(K1, c, -1)[:, :b - a]
+            x = np.einsum("td,kid->tki", Zt[rows_t][:, self.live], Bj)
+            x = np.concatenate([x, np.zeros((rows_t.size, 1, b - a))], axis=1)
+            ref = (logsumexp(x + eta[rows_t][:, :, None], axis=1)
+                   - logsumexp(eta[rows_t], axis=1)[:, None] - x[np.arange(rows_t.size), y[rows_t]])
+            sub[rows_t] = np.where(fix[rows_t], ref, sub[rows_t])
+        return out
 
 
 # =============================================================================================
@@ -976,7 +1150,7 @@ class NetworkObjective(Objective):
 
     def ranking_scores(self, X_test, y_test, estimate, U=None):
         S = self.loss_changes(X_test, y_test, estimate, U=U)
-        return S, lambda j, idx: S[j, idx]
+        return S, lambda idx: np.take_along_axis(S, idx, axis=1)
 
     def loss_changes(self, X_test, y_test, estimate, rows=None, U=None):
         """First order: ``g_t^T H^-1 g_i`` (``U = H^-1 G_test`` if already solved)."""
@@ -1037,18 +1211,18 @@ class NetworkObjective(Objective):
 # =============================================================================================
 
 def _inverse(H: np.ndarray) -> tuple[np.ndarray, bool]:
-    """``(H^-1, False)`` by Cholesky for a well-conditioned SPD ``H``; otherwise the
-    pseudo-inverse on the eigenvectors with eigenvalues above ``1e-10 * max`` and ``True``
-    (a singular Hessian: every gradient lies in the data's span, where it is exact)."""
-    P = H.shape[0]
-    try:
-        c, low = linalg.cho_factor(H, lower=True, check_finite=False)
+    """``(H^-1, False)`` by Cholesky for a well-conditioned SPD ``H`` (LAPACK ``potrf`` then
+    ``potri``: the inverse from the factor, a third of the work of solving against the
+    identity); otherwise the pseudo-inverse on the eigenvectors with eigenvalues above
+    ``1e-10 * max`` and ``True`` (a singular Hessian: every gradient lies in the data's span,
+    where it is exact)."""
+    c, info = lapack.dpotrf(H, lower=1, clean=1)  # clean: zeros above the diagonal
+    if info == 0:
         d = np.abs(np.diag(c))
         if d.min() ** 2 > 1e-12 * d.max() ** 2:
-            Hinv = linalg.cho_solve((c, low), np.eye(P), check_finite=False)
-            return 0.5 * (Hinv + Hinv.T), False
-    except linalg.LinAlgError:
-        pass
+            inv, info = lapack.dpotri(c, lower=1, overwrite_c=1)  # writes the lower triangle
+            if info == 0:
+                return _symmetric_from_triangle(inv), False
     lam, V = linalg.eigh(H, check_finite=False)
     top = float(lam.max()) if lam.size else 0.0
     if top <= 0.0:
@@ -1056,6 +1230,112 @@ def _inverse(H: np.ndarray) -> tuple[np.ndarray, bool]:
     keep = lam > 1e-10 * top
     Hinv = (V[:, keep] / lam[keep]) @ V[:, keep].T
     return 0.5 * (Hinv + Hinv.T), bool(np.any(~keep))
+
+
+def _symmetric_from_triangle(T: np.ndarray) -> np.ndarray:
+    """The symmetric matrix ``T + T^T`` with ``T``'s diagonal, for ``T`` holding one
+    triangle and exact zeros in the other (as LAPACK ``potri`` on a cleaned factor leaves
+    it), C-contiguous."""
+    out = np.add(T, T.T, out=np.empty(T.shape))
+    out[np.diag_indices_from(out)] *= 0.5  # exact: the diagonal was doubled
+    return out
+
+
+def _gram(rows_of: Callable[[int, int], np.ndarray], n: int, P: int) -> np.ndarray:
+    """``V^T V`` for the ``(n, P)`` matrix ``V`` whose rows ``a:b`` are ``rows_of(a, b)``:
+    blocks of rows formed and multiplied on separate workers, their products summed.
+    numpy computes ``B.T @ B`` with BLAS ``syrk`` (half the work of a general product, the
+    result exactly symmetric) and releases the GIL, unlike scipy's ``syrk`` wrapper. Each
+    block also costs work in proportion to ``P^2``, so there are two blocks at most, of at
+    least ``P / 2`` rows."""
+    ranges = row_ranges(n, min_rows=max(128, P // 2), max_blocks=2)
+    parts = [None] * len(ranges)
+
+    def block(j):
+        V = rows_of(*ranges[j])
+        parts[j] = V.T @ V
+
+    run_blocks(block, len(ranges))
+    G = np.zeros((P, P)) if not parts else parts[0]
+    for other in parts[1:]:
+        G += other
+    return G
+
+
+def _rows_times(n: int, rows_of: Callable[[int, int], np.ndarray], B: np.ndarray) -> np.ndarray:
+    """``R @ B`` where ``R`` (``n`` rows) is produced block by block by ``rows_of(a, b)``; the
+    blocks run side by side."""
+    out = np.empty((n, B.shape[1]))
+    ranges = row_ranges(n, min_rows=128)
+    run_blocks(lambda j: np.matmul(rows_of(*ranges[j]), B, out=out[ranges[j][0]:ranges[j][1]]),
+               len(ranges))
+    return out
+
+
+#: Doubles in one chunk of row-wise pair products (keeps temporaries near the cache size).
+_PAIR_CHUNK = 250_000
+
+
+def _pair_index(D1: int):
+    """Upper-triangle index pairs ``(a, b)``, ``a <= b``, of a ``D1 x D1`` matrix."""
+    return np.triu_indices(D1)
+
+
+def _row_chunks(n: int, width: int):
+    step = max(1, _PAIR_CHUNK // max(width, 1))
+    return range(0, n, step), step
+
+
+def _weighted_grams(Zt: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """``G[p] = Zt^T diag(W[:, p]) Zt`` for every column ``p`` of ``W``: ``(n_w, D1, D1)``.
+
+    The sums run over the rows' pair products ``zt_a zt_b`` (``a <= b``, half of each
+    symmetric block) in one product with ``W``, a chunk of rows at a time."""
+    n, D1 = Zt.shape
+    nw = W.shape[1]
+    ia, ib = _pair_index(D1)
+    acc = np.zeros((ia.size, nw))
+    starts, step = _row_chunks(n, ia.size)
+    for a in starts:  # chunks of rows, not single rows
+        Zc = Zt[a:a + step]
+        acc += (Zc[:, ia] * Zc[:, ib]).T @ W[a:a + step]
+    G = np.empty((nw, D1, D1))
+    G[:, ia, ib] = acc.T
+    G[:, ib, ia] = acc.T
+    return G
+
+
+def _quadratic_forms(Zt: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """``q[i, p] = zt_i^T B[p] zt_i`` for every row and every ``(D1, D1)`` matrix ``B[p]``.
+
+    One matrix: ``rowsum((Zt @ B) * Zt)``. Several: the symmetric parts of the ``B[p]`` on
+    their upper triangles (off-diagonal entries counted twice) against the rows' pair products,
+    half the work of forming ``Zt @ B[p]`` for each ``p``."""
+    n, D1 = Zt.shape
+    nb = B.shape[0]
+    out = np.empty((n, nb))
+    if nb <= 2:
+        ranges = row_ranges(n, min_rows=1024)
+
+        def rows(j):
+            a, b = ranges[j]
+            for p in range(nb):
+                out[a:b, p] = np.einsum("id,id->i", Zt[a:b] @ B[p], Zt[a:b])
+
+        run_blocks(rows, len(ranges))
+        return out
+    ia, ib = _pair_index(D1)
+    Bs = B[:, ia, ib] + B[:, ib, ia]
+    Bs[:, ia == ib] *= 0.5  # (nb, pairs of features)
+    ZT = np.ascontiguousarray(Zt.T)
+    step = max(1, _PAIR_CHUNK // max(ia.size, 1))
+
+    def block(j):  # chunks of rows: their pair products stay in cache
+        Zc = ZT[:, j * step:(j + 1) * step]
+        out[j * step:(j + 1) * step] = (Bs @ (Zc[ia] * Zc[ib])).T
+
+    run_blocks(block, -(-n // step))
+    return out
 
 
 class _NegativeCurvature(Exception):
