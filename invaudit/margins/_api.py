@@ -71,7 +71,9 @@ def margins(
       point and a lower bound from leaf-exit radii;
     - networks: never; a verified attack (upper bound) and a certified lower bound
       (interval bound propagation and a global Lipschitz bound);
-    - black boxes and invertible-linear forms: never; a verified boundary point, no lower bound.
+    - invertible-linear forms: never; the verified counterfactual to the nearest other class
+      (feature-space projection refined in input space), no lower bound;
+    - black boxes: never; a verified boundary point, no lower bound.
 
     Every perturbation is checked with the estimator's own ``predict`` before it is reported.
     """
@@ -109,6 +111,11 @@ def margins(
         out = solve_trees(form, prob, X_train=X_train, seed=seed, progress=progress,
                           time_limit=time_limit, max_binaries=max_milp_binaries,
                           n_candidates=n_candidates)
+    elif form.kind == "invertible-linear":
+        from invaudit.margins._invertible import solve_invertible
+
+        out = solve_invertible(form, prob, constraints, X_train=X_train, seed=seed, n_candidates=n_candidates,
+                               progress=progress)
     elif form.kind == "differentiable":
         from invaudit.margins._network import solve_network
 

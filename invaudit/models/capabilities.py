@@ -43,7 +43,7 @@ def capabilities(form) -> list:
             "black-box": "segment search toward target rows, bisection and local search, verified",
         }[k]))
         caps.append(Capability("margin", "yes", "partly" if k == "trees" else "no", {
-            "invertible-linear": "verified boundary search (upper bound)",
+            "invertible-linear": "nearest other-class point by feature-space projection refined in input space (verified upper bound)",
             "differentiable": "DeepFool-style attack (verified upper bound) and a certified lower bound",
             "trees": "nearest leaf box (single trees, exact); MILP where affordable, else bounds (ensembles)",
             "black-box": "verified boundary search (upper bound)",
