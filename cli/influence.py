@@ -15,12 +15,12 @@ from invaudit.render import Format
 from ._common import FormatOpt, JsonOut, LabelColumn, Labels, ModelArg, Run, Sha256, Trust, note, progress
 
 
-def parse_group(spec: str, ds) -> np.ndarray:
+def parse_group(spec: str, ds, feature_names=None) -> np.ndarray:
     """``--group``: a row spec (``0-9,15``) or ``COLUMN=VALUE`` (rows whose feature equals VALUE)."""
     if "=" in spec:
         col, _, value = spec.partition("=")
         col = col.strip()
-        names = ds.columns
+        names = ds.columns or (None if feature_names is None else [str(f) for f in feature_names])
         if names is not None and col in names:
             j = names.index(col)
         else:
@@ -79,6 +79,11 @@ def influence(
     for r in results:  # --top N listed; more may have been computed for --verify-loo
         r["helpful"], r["harmful"] = r["helpful"][:top], r["harmful"][:top]
     summary = res.summary()
+    # What "exact" promises here: the influence function itself (an exact Hessian solve), not
+    # that a refit would change the loss by exactly this much; --verify-loo measures that.
+    summary["exact_means"] = ("the influence function is computed with the exact Hessian of the model's own "
+                              "objective" if summary.get("exact") else "the Hessian solve is approximate "
+                              "(damped conjugate gradients)") + "; loss_change_if_removed estimates a refit (see estimate)"
     summary["train"] = {"path": tr.path, "sha256": tr.sha256, "n_rows": tr.n_rows}
     if verify_loo:
         if yt is None:
@@ -88,7 +93,7 @@ def influence(
             check = refit_check(obj, Xt, yt, chosen, estimate=estimate, test_row_ids=rows, progress=update)
         summary["verification"] = check.summary()
     if group is not None:
-        g_rows = parse_group(group, tr)
+        g_rows = parse_group(group, tr, form.feature_names)
         if yt is None:
             raise InputError(f"--group needs labels for the test rows ({te.path}).")
         g = group_influence(obj, Xt, yt, g_rows, test_row_ids=rows, refit=bool(verify_loo))
