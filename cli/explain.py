@@ -13,7 +13,7 @@ from invaudit.explain import DEFAULT_ITERATIONS, DEFAULT_MAX_EXPLANATIONS
 from invaudit.io import parse_rows, write_atomic
 from invaudit.render import Format
 
-from ._common import FormatOpt, JsonOut, LabelColumn, Labels, ModelArg, Rows, Run, Seed, Sha256, Trust, progress
+from ._common import FormatOpt, JsonOut, LabelColumn, Labels, ModelArg, Rows, Run, Seed, Sha256, Trust, note, progress
 
 
 def explain(
@@ -53,6 +53,11 @@ def explain(
         res = explain_rows(form, X, rows=row_ids, baseline=base, shape=hw, confidence=confidence,
                            max_explanations=max_explanations, overlap=overlap, iterations=iterations, seed=seed,
                            progress=lambda done: update(done))
+    same = [int(r.row) for r in res if r.baseline_gets_label]
+    if same:
+        shown = ", ".join(map(str, same[:10])) + (" ..." if len(same) > 10 else "")
+        note(f"the baseline input alone already gets the label for row(s) {shown}: the empty set explains "
+             "them, so they have no explanations; try another --baseline")
     if png is not None:
         _write_pngs(png, res, X, hw)
     params = {"baseline": base.tolist(),
