@@ -12,7 +12,7 @@ import typer
 from invaudit.audit import load_suite, run_suite, starter_suite, summarize, to_junit
 from invaudit.audit.runner import Context
 from invaudit.errors import InputError
-from invaudit.io import dumps, envelope, write_atomic
+from invaudit.io import envelope, write_atomic
 from invaudit.render import Format
 from invaudit.render.markdown import to_markdown
 

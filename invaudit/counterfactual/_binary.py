@@ -117,7 +117,7 @@ def solve_binary(a: np.ndarray, delta: np.ndarray, lz: np.ndarray | None, uz: np
         feasible[free] = ok
 
     if np.any(box_rows):
-        ab, absb, sb, cb, db = a[box_rows], absa[box_rows], sgn[box_rows], cap[box_rows], delta[box_rows]
+        absb, sb, cb, db = absa[box_rows], sgn[box_rows], cap[box_rows], delta[box_rows]
         if norm == "l2":
             lam, ok = _piecewise_root(absb * absb, absb * cb, db)
             zb = sb * np.minimum(lam[:, None] * absb, cb)

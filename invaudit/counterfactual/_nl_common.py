@@ -15,7 +15,6 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from invaudit.counterfactual._common import check_target  # noqa: F401  (part of this module's API)
 from invaudit.counterfactual.constraints import Constraints
 from invaudit.counterfactual.result import CounterfactualBatch
 from invaudit.errors import InputError

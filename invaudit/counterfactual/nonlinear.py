@@ -40,10 +40,10 @@ from invaudit.counterfactual._nl_common import (
     check_constraints,
     check_norm,
     check_rows,
-    check_target,
     merge_other,
     qualifies,
 )
+from invaudit.counterfactual._common import check_target
 from invaudit.counterfactual._nl_plausibility import plausibility
 from invaudit.counterfactual.result import CounterfactualBatch
 from invaudit.errors import InputError, UnsupportedModelError

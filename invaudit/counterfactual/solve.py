@@ -295,7 +295,7 @@ def _solve_multiclass_l2(A, M, s0, t, conf, lz, uz, rank_full):
     # mode "both" (1/K < P <= 1/2): p_t >= P does not imply the argmax. Solve the two
     # relaxations; an optimum of one that satisfies the other constraint is optimal for both.
     solve_mode(idx, "exp")
-    z_e, st_e, k_e, nu_e = sol.z[idx].copy(), sol.state[idx].copy(), sol.kkt[idx].copy(), nu_all[idx].copy()
+    z_e, st_e, nu_e = sol.z[idx].copy(), sol.state[idx].copy(), nu_all[idx].copy()
     it_e = sol.iters[idx].copy()
     d_e = d0[idx] + _apply_Ad(A, t[idx], others[idx], np.nan_to_num(z_e))
     ok_e = (st_e == "ok") & np.all(d_e <= -tau[idx][:, None], axis=1)

@@ -110,7 +110,6 @@ def _random_cuts(length, n_cuts, keys):
 def _split_image(box, rid, it, path, seed, shape):
     """Split each node's box into 4 rectangles by random cuts (2 x 2, or 1 x 4 / 4 x 1 strips)."""
     H, W = shape
-    D = H * W
     rows = np.repeat(np.arange(H), W)
     cols = np.tile(np.arange(W), H)
     r0, r1, c0, c1 = box.T

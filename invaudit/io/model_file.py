@@ -373,7 +373,8 @@ def _scan_stream(fh, size: int, result: _ScanResult, *, wrappers: bool) -> None:
             args, cls = pop(), pop()
             stack.append(_Call(cls, args))
         elif name == "NEWOBJ_EX":
-            _kwargs, args, cls = pop(), pop(), pop()
+            pop()  # keyword arguments: not needed to name the class
+            args, cls = pop(), pop()
             stack.append(_Call(cls, args))
         elif name == "OBJ":
             items = pop_mark()

@@ -74,7 +74,6 @@ def _single_tree(form, prob: Problem, progress=None) -> dict:
     leaf_cls = np.argmax(np.asarray(tree.value), axis=1)
     X, p = prob.X, prob.pred
     n, d = X.shape
-    L = tree.lower.shape[0]
     margin = np.full(n, np.inf)
     point = np.full((n, d), np.nan)
     nearest_leaf = np.full(n, -1, dtype=np.intp)
@@ -288,8 +287,6 @@ class EnsembleMilp:
         row[P:P + self.L] = self.Sc[:, j] - self.Sc[:, p]
         cons.append(LinearConstraint(row[None, :], self.s0[p] - self.s0[j] + strict, np.inf))
         if self.norm == "linf":
-            nb = np.flatnonzero(below)
-            na = np.flatnonzero(~below)
             m = P
             r_idx = np.concatenate([np.arange(m), np.arange(m)])
             c_idx = np.concatenate([np.full(m, self.n_var - 1), np.arange(m)])
@@ -297,7 +294,6 @@ class EnsembleMilp:
             Alin = sparse.csr_matrix((v, (r_idx, c_idx)), shape=(m, self.n_var))
             lbl = np.where(below, 0.0, g)
             cons.append(LinearConstraint(Alin, lbl, np.inf))
-            del nb, na
         lbv = np.zeros(self.n_var)
         ubv = np.ones(self.n_var)
         if self.norm == "linf":
@@ -334,7 +330,7 @@ def _ensemble(form, prob: Problem, *, X_train, seed, progress, time_limit, max_b
               n_candidates) -> dict:
     from invaudit.margins._blackbox import search
 
-    X, p = prob.X, prob.pred
+    X = prob.X
     n, d = X.shape
     Sc, s0, offsets = score_table(form)
     lb_cls, _ = leaf_exit_bounds(form, prob, Sc, s0, offsets)

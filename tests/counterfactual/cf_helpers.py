@@ -6,6 +6,7 @@ import numpy as np
 from scipy.optimize import linprog, minimize
 from scipy.special import expit, log_softmax, softmax
 
+from invaudit.counterfactual import Constraints
 from invaudit.models.base import LinearForm
 
 
@@ -212,3 +213,24 @@ def ref_nonsmooth_conf(W, b, x, t, conf, norm, lower=None, upper=None, weights=N
             dist = float(np.linalg.norm(w * (xp - x), ord=1 if norm == "l1" else np.inf))
             best = dist if best is None else min(best, dist)
     return best
+
+
+def random_problem(seed, K, d, *, box, frozen, scaled, link, n, pad):
+    """A random linear form (``K`` weight rows; ``K == 1`` is binary), ``n`` rows, their
+    constraints (a data box widened by up to ``pad``, one frozen feature, random metric scales)
+    and random target classes."""
+    rng = np.random.default_rng(seed)
+    W = rng.normal(size=(K, d))
+    b = rng.normal(size=K)
+    X = rng.normal(size=(n, d)) * 1.5
+    kw = {}
+    if box:
+        kw = dict(data_lower=X.min(0) - rng.uniform(0, pad, d), data_upper=X.max(0) + rng.uniform(0, pad, d))
+    imm = None
+    if frozen:
+        imm = np.zeros(d, dtype=bool)
+        imm[rng.integers(d)] = True
+    scale = rng.uniform(0.3, 3.0, d) if scaled else None
+    cons = Constraints.build(X, immutable=imm, scale=scale, **kw)
+    t = rng.integers(0, max(K, 2), size=n)
+    return make_form(W, b, link), X, cons, t

@@ -7,27 +7,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cf_helpers import make_form, ref_l2, ref_lp
-from invaudit.counterfactual import Constraints, counterfactuals
+from cf_helpers import make_form, random_problem, ref_l2, ref_lp
+from invaudit.counterfactual import counterfactuals
 
 SEEDS = st.integers(0, 2**32 - 1)
 
 
 def _problem(seed, d, box, frozen, scaled, n=4):
-    rng = np.random.default_rng(seed)
-    W = rng.normal(size=(1, d))
-    b = rng.normal(size=1)
-    X = rng.normal(size=(n, d)) * 1.5
-    kw = {}
-    if box:
-        kw = dict(data_lower=X.min(0) - rng.uniform(0, 1.5, d), data_upper=X.max(0) + rng.uniform(0, 1.5, d))
-    imm = None
-    if frozen:
-        imm = np.zeros(d, dtype=bool)
-        imm[rng.integers(d)] = True
-    scale = rng.uniform(0.3, 3.0, d) if scaled else None
-    cons = Constraints.build(X, immutable=imm, scale=scale, **kw)
-    return make_form(W, b, "sigmoid"), X, cons
+    form, X, cons, _ = random_problem(seed, 1, d, box=box, frozen=frozen, scaled=scaled, link="sigmoid", n=n,
+                                      pad=1.5)
+    return form, X, cons
 
 
 def _check_found(form, r, X, cons, t, conf):

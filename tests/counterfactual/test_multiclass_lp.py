@@ -8,28 +8,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cf_helpers import make_form, ref_lp, ref_nonsmooth_conf
-from invaudit.counterfactual import Constraints, counterfactuals
+from cf_helpers import random_problem, ref_lp, ref_nonsmooth_conf
+from invaudit.counterfactual import counterfactuals
 
 SEEDS = st.integers(0, 2**32 - 1)
 
 
 def _problem(seed, K, d, box, frozen, scaled, link="softmax", n=3):
-    rng = np.random.default_rng(seed)
-    W = rng.normal(size=(K, d))
-    b = rng.normal(size=K)
-    X = rng.normal(size=(n, d)) * 1.5
-    kw = {}
-    if box:
-        kw = dict(data_lower=X.min(0) - rng.uniform(0, 2, d), data_upper=X.max(0) + rng.uniform(0, 2, d))
-    imm = None
-    if frozen:
-        imm = np.zeros(d, dtype=bool)
-        imm[rng.integers(d)] = True
-    scale = rng.uniform(0.3, 3.0, d) if scaled else None
-    cons = Constraints.build(X, immutable=imm, scale=scale, **kw)
-    t = rng.integers(0, K, size=n)
-    return make_form(W, b, link), X, cons, t
+    return random_problem(seed, K, d, box=box, frozen=frozen, scaled=scaled, link=link, n=n, pad=2)
 
 
 def _check_point(form, r, i, cons, t, conf):

@@ -158,7 +158,6 @@ def test_sklearn_models_and_pipelines():
 
 
 def test_everything_frozen_is_unreachable():
-    rng = np.random.default_rng(5)
     W, b, X, _ = _problem(5, 3, 3)
     form = linear_form(W, b)
     batch = margins(form, X, constraints=Box(X, X, np.ones(3)))
