@@ -33,7 +33,7 @@ def out_console() -> Console:
 
 # --- shared option types ------------------------------------------------------------------------
 
-ModelArg = Annotated[Path, typer.Argument(help="Model file (.joblib, .pkl, .pickle).", show_default=False)]
+ModelArg = Annotated[Path, typer.Argument(metavar="MODEL", help="Model file (.joblib, .pkl, .pickle).", show_default=False)]
 Trust = Annotated[bool, typer.Option("--trust", help="Load the model without the allowlist (a pickle can run code; only for files you vouch for).")]
 Sha256 = Annotated[Optional[str], typer.Option("--sha256", metavar="HEX", help="Refuse the model file unless its SHA-256 is HEX.")]
 FormatOpt = Annotated[Format, typer.Option("--format", help="What goes to stdout.", case_sensitive=False)]

@@ -20,7 +20,7 @@ from ._common import FormatOpt, JsonOut, emit_report, progress, warn
 
 
 def audit(
-    suite: Annotated[Optional[Path], typer.Argument(help="The suite (YAML).", show_default=False)] = None,
+    suite: Annotated[Optional[Path], typer.Argument(metavar="SUITE", help="The suite (YAML).", show_default=False)] = None,
     junit: Annotated[Optional[Path], typer.Option("--junit", metavar="PATH", help="Also write JUnit XML.")] = None,
     markdown: Annotated[Optional[Path], typer.Option("--markdown", metavar="PATH", help="Also write a Markdown summary.")] = None,
     init: Annotated[Optional[Path], typer.Option("--init", metavar="MODEL", help="Print a commented starter suite for MODEL and exit.")] = None,

@@ -28,7 +28,7 @@ class Start(str, Enum):
 
 def counterfactual(
     model: ModelArg,
-    data: Annotated[Optional[Path], typer.Argument(help="Rows to explain (.csv, .npy, .npz); not needed with --from.", show_default=False)] = None,
+    data: Annotated[Optional[Path], typer.Argument(metavar="DATA", help="Rows to explain (.csv, .npy, .npz); not needed with --from.", show_default=False)] = None,
     target: Annotated[str, typer.Option("--target", help="Class label to reach, or 'other' (the closest other class).")] = "other",
     confidence: Annotated[Optional[float], typer.Option("--confidence", min=0.0, max=1.0, help="Require p(target | x) >= P.")] = None,
     norm: Annotated[Norm, typer.Option("--norm", help="Distance norm.")] = Norm.l2,

@@ -18,7 +18,7 @@ from ._common import FormatOpt, JsonOut, LabelColumn, Labels, ModelArg, Rows, Ru
 
 def explain(
     model: ModelArg,
-    data: Annotated[Path, typer.Argument(help="Rows to explain (.csv, .npy, .npz).", show_default=False)],
+    data: Annotated[Path, typer.Argument(metavar="DATA", help="Rows to explain (.csv, .npy, .npz).", show_default=False)],
     rows: Rows = None,
     shape: Annotated[Optional[str], typer.Option("--shape", metavar="HxW", help="Treat rows as HxW images (spatial windows, heat maps).")] = None,
     baseline: Annotated[str, typer.Option("--baseline", help="Value for features outside an explanation: zero, mean (of --train) or a number.")] = "zero",

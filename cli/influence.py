@@ -43,8 +43,8 @@ def parse_group(spec: str, ds, feature_names=None) -> np.ndarray:
 
 def influence(
     model: ModelArg,
-    train: Annotated[Path, typer.Argument(help="The training data the model was fitted on (with labels).", show_default=False)],
-    test: Annotated[Path, typer.Argument(help="The rows whose predictions to explain.", show_default=False)],
+    train: Annotated[Path, typer.Argument(metavar="TRAIN", help="The training data the model was fitted on (with labels).", show_default=False)],
+    test: Annotated[Path, typer.Argument(metavar="TEST", help="The rows whose predictions to explain.", show_default=False)],
     test_rows: Annotated[Optional[str], typer.Option("--test-rows", "--rows", metavar="SPEC", help="Test rows to explain, e.g. 0-4 (default: all).")] = None,
     top: Annotated[int, typer.Option("--top", min=1, help="Helpful and harmful training rows listed per test row.")] = 10,
     verify_loo: Annotated[int, typer.Option("--verify-loo", min=0, metavar="N", help="Refit without each of the top N rows and compare.")] = 0,

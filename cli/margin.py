@@ -30,7 +30,7 @@ def parse_eps(spec: Optional[str]) -> Optional[list]:
 
 def margin(
     model: ModelArg,
-    data: Annotated[Path, typer.Argument(help="Rows to measure (.csv, .npy, .npz).", show_default=False)],
+    data: Annotated[Path, typer.Argument(metavar="DATA", help="Rows to measure (.csv, .npy, .npz).", show_default=False)],
     norm: Annotated[Norm, typer.Option("--norm", help="Distance norm.")] = Norm.l2,
     eps: Annotated[Optional[str], typer.Option("--eps", metavar="LIST", help="Radii for robust accuracy, e.g. 0.1,0.5,1 (default: spread over the margins).")] = None,
     scale: ConstraintOpts.Scale = Scale.none,

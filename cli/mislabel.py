@@ -101,7 +101,7 @@ def curve_plot(curve: np.ndarray, width: int = 50, height: int = 10) -> str:
 
 def mislabel(
     model: ModelArg,
-    train: Annotated[Path, typer.Argument(help="The training data with its (possibly wrong) labels.", show_default=False)],
+    train: Annotated[Path, typer.Argument(metavar="TRAIN", help="The training data with its (possibly wrong) labels.", show_default=False)],
     method: Annotated[str, typer.Option("--method", help="auto (the benchmark's best), pruned-loo-loss, loo-loss, self-influence, loss, confidence.")] = "auto",
     top: Annotated[str, typer.Option("--top", metavar="N|all", help="How many suspects to list.")] = "20",
     truth: Annotated[Optional[Path], typer.Option("--truth", metavar="FILE", help="Rows known to be wrong (NPY, or one index per line): report how many the ranking finds.")] = None,
