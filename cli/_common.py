@@ -13,7 +13,7 @@ import warnings
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated, Optional
 
 import numpy as np
 import typer
@@ -178,17 +178,6 @@ def resolve_labels(form, spec: str, what: str) -> int:
         pass
     shown = ", ".join(str(c) for c in classes[:12])
     raise InputError(f"{what} '{spec}' is not a class of the model (classes: {shown}).")
-
-
-def not_yet(command: str, issue: str) -> None:
-    from invaudit.errors import NotImplementedYetError
-
-    raise NotImplementedYetError(
-        f"'invaudit {command}' is not available in this version yet ({issue}); nothing was computed."
-    )
-
-
-Callback = Callable[[int, int], None]
 
 
 class ConstraintOpts:

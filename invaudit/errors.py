@@ -38,15 +38,3 @@ class SolverError(InvauditError):
     """A solver failed to produce an answer it can stand behind."""
 
     exit_code = 4
-
-
-class NotImplementedYetError(InvauditError):
-    """A command whose solver has not landed yet."""
-
-    exit_code = 4
-
-
-class CheckFailed(InvauditError):
-    """An audit check or a --fail-on threshold failed."""
-
-    exit_code = 1
