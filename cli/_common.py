@@ -193,27 +193,9 @@ class ConstraintOpts:
 
 def build_constraints(form, X, train_ds, *, scale: Scale, immutable, increase_only, decrease_only, bounds: Bounds):
     """Per-row boxes on the answer and per-feature metric weights, from the shared flags."""
-    from invaudit.counterfactual import Constraints, spread
-    from invaudit.io import parse_columns
+    from invaudit.counterfactual import Constraints
 
-    names, d = form.feature_names, form.n_features
-    if (scale != Scale.none or bounds == Bounds.data) and train_ds is None:
-        flag = "--scale" if scale != Scale.none else "--bounds data"
-        raise InputError(f"{flag} needs --train TRAIN (spreads and ranges are taken from it).")
-    masks = {k: parse_columns(v, names, d, what=f"--{k.replace('_', '-')}")
-             for k, v in (("immutable", immutable), ("increase_only", increase_only), ("decrease_only", decrease_only))}
-    both = masks["increase_only"] & masks["decrease_only"]
-    if both.any():
-        j = int(np.argmax(both))
-        raise InputError(f"feature {names[j] if names else j} is both --increase-only and --decrease-only "
-                         "(use --immutable to freeze it).")
-    Xtr = None if train_ds is None else np.asarray(train_ds.X)
-    return Constraints.build(
-        X,
-        immutable=masks["immutable"] if masks["immutable"].any() else None,
-        increase_only=masks["increase_only"] if masks["increase_only"].any() else None,
-        decrease_only=masks["decrease_only"] if masks["decrease_only"].any() else None,
-        data_lower=Xtr.min(axis=0) if bounds == Bounds.data else None,
-        data_upper=Xtr.max(axis=0) if bounds == Bounds.data else None,
-        scale=spread(Xtr, scale.value) if scale != Scale.none else None,
-    )
+    return Constraints.from_options(
+        X, feature_names=form.feature_names, X_train=None if train_ds is None else train_ds.X,
+        immutable=immutable, increase_only=increase_only, decrease_only=decrease_only,
+        bounds=bounds.value, scale=scale.value)

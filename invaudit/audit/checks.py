@@ -50,20 +50,14 @@ def _rows(ds, n) -> np.ndarray:
 
 def _constraints(form, X, ctx, spec, p):
     """The suite's constraint keys (scale, bounds, immutable, ...) as solver constraints."""
-    from ..counterfactual import Constraints, spread
-    from ..io import parse_columns
+    from ..counterfactual import Constraints
 
-    needs_train = p.get("scale", "none") != "none" or p.get("bounds", "none") == "data"
-    Xtr = np.asarray(ctx.data(spec.source, "train").X) if needs_train else None
-    names = form.feature_names
-    masks = {k: parse_columns(p.get(k), names, form.n_features, what=f"{spec.where}.{k}") if p.get(k) else None
-             for k in ("immutable", "increase_only", "decrease_only")}
-    return Constraints.build(
-        X, **masks,
-        data_lower=Xtr.min(axis=0) if p.get("bounds") == "data" else None,
-        data_upper=Xtr.max(axis=0) if p.get("bounds") == "data" else None,
-        scale=spread(Xtr, p["scale"]) if p.get("scale", "none") != "none" else None,
-    )
+    X_train = ctx.data(spec.source, "train").X if spec.source.train is not None else None
+    return Constraints.from_options(
+        X, feature_names=form.feature_names, X_train=X_train,
+        **{k: p.get(k) for k in ("immutable", "increase_only", "decrease_only")},
+        bounds=p.get("bounds", "none"), scale=p.get("scale", "none"),
+        option_name=lambda key: f"{spec.where}.{key}", train_hint="a train file (train: in the suite)")
 
 
 CONSTRAINT_KEYS = ("norm", "scale", "bounds", "immutable", "increase_only", "decrease_only")

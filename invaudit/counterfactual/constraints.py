@@ -120,6 +120,43 @@ class Constraints:
                    weights=weights)
 
     @classmethod
+    def from_options(cls, X, *, feature_names=None, X_train=None, immutable=None, increase_only=None,
+                     decrease_only=None, bounds: str = "none", scale: str = "none",
+                     option_name=lambda key: f"--{key.replace('_', '-')}",
+                     train_hint: str = "--train TRAIN") -> "Constraints":
+        """The constraints users ask for by name, as the command line and audit suites spell them.
+
+        ``immutable`` / ``increase_only`` / ``decrease_only``: feature names or indices separated
+        by commas; ``bounds``: ``"none"`` or ``"data"`` (the range of ``X_train``); ``scale``:
+        ``"none"``, ``"std"`` or ``"mad"`` of ``X_train``. ``option_name(key)`` and ``train_hint``
+        word the error messages for the caller (a flag, or a suite's YAML path).
+        """
+        from invaudit.io import parse_columns
+
+        X = np.asarray(X, dtype=np.float64)
+        d = X.shape[1]
+        names = None if feature_names is None else list(feature_names)
+        if (scale != "none" or bounds == "data") and X_train is None:
+            key = "scale" if scale != "none" else "bounds"
+            raise InputError(f"{option_name(key)} needs {train_hint} (spreads and ranges are taken from it).")
+        masks = {k: parse_columns(v, names, d, what=option_name(k))
+                 for k, v in (("immutable", immutable), ("increase_only", increase_only),
+                              ("decrease_only", decrease_only))}
+        both = masks["increase_only"] & masks["decrease_only"]
+        if both.any():
+            j = int(np.argmax(both))
+            raise InputError(f"feature {names[j] if names else j} is both {option_name('increase_only')} and "
+                             f"{option_name('decrease_only')} (use {option_name('immutable')} to freeze it).")
+        Xtr = None if X_train is None else np.asarray(X_train, dtype=np.float64)
+        return cls.build(
+            X,
+            **{k: (m if m.any() else None) for k, m in masks.items()},
+            data_lower=Xtr.min(axis=0) if bounds == "data" else None,
+            data_upper=Xtr.max(axis=0) if bounds == "data" else None,
+            scale=spread(Xtr, scale) if scale != "none" else None,
+        )
+
+    @classmethod
     def none(cls, X) -> "Constraints":
         """No bounds, unit weights."""
         return cls.build(X)

@@ -84,3 +84,24 @@ def test_spread_fallbacks():
     assert spread(X, "std")[1] == 1.0
     with pytest.raises(InputError):
         spread(X, "iqr")
+
+
+def test_from_options_spells_the_user_options():
+    import numpy as np
+    import pytest
+
+    from invaudit.counterfactual import Constraints, spread
+    from invaudit.errors import InputError
+
+    rng = np.random.default_rng(0)
+    X, Xtr = rng.normal(size=(3, 3)), rng.normal(size=(20, 3))
+    c = Constraints.from_options(X, feature_names=["a", "b", "c"], X_train=Xtr, immutable="a",
+                                 increase_only="2", bounds="data", scale="std")
+    ref = Constraints.build(X, immutable=np.array([True, False, False]), increase_only=np.array([False, False, True]),
+                            data_lower=Xtr.min(0), data_upper=Xtr.max(0), scale=spread(Xtr, "std"))
+    for field in ("lower", "upper", "weights"):
+        np.testing.assert_array_equal(getattr(c, field), getattr(ref, field))
+    with pytest.raises(InputError, match="--scale needs --train"):
+        Constraints.from_options(X, scale="mad")
+    with pytest.raises(InputError, match="checks\\[0\\].increase_only and checks\\[0\\].decrease_only"):
+        Constraints.from_options(X, increase_only="1", decrease_only="1", option_name=lambda k: f"checks[0].{k}")
