@@ -60,17 +60,17 @@ def _scalar(v) -> bool:
 
 def _fmt_value(v) -> str:
     if isinstance(v, dict):
-        return "[" + ", ".join(f"{k} {fmt_num(x)}" for k, x in v.items() if _scalar(x)) + "]"
+        return "[" + fmt_num({k: x for k, x in v.items() if _scalar(x)}) + "]"
     return fmt_num(v)
 
 
-def _summary_items(report: dict, keys=None) -> list:
+def _summary_items(report: dict) -> list:
     """Scalar summary entries, and dicts of scalars flattened one level. Lists of records and
     notes (already printed on stderr) stay in the JSON report."""
     s = report.get("summary") or {}
     items = []
     for k, v in s.items():
-        if (keys is not None and k not in keys) or k == "notes":
+        if k == "notes":
             continue
         if isinstance(v, list) and v and isinstance(v[0], dict):
             continue
@@ -106,7 +106,7 @@ INFO = View(
 COUNTERFACTUAL = View(
     title=lambda r: f"counterfactuals: {_model_line(r)}, target {r['params'].get('target')}"
     + (f", p >= {r['params']['confidence']}" if r["params"].get("confidence") is not None else ""),
-    summary=lambda r: _summary_items(r),
+    summary=_summary_items,
     columns=[
         Column("row", lambda x: x["row"]),
         Column("from", lambda x: x["original_class"]),
@@ -121,7 +121,7 @@ COUNTERFACTUAL = View(
 
 MARGIN = View(
     title=lambda r: f"margins ({r['params'].get('norm')}): {_model_line(r)}",
-    summary=lambda r: _summary_items(r),
+    summary=_summary_items,
     rows=lambda r: sorted(r["results"], key=lambda x: (x["margin"] is None, x["margin"] or 0.0)),
     max_rows=20,
     columns=[
@@ -137,7 +137,7 @@ MARGIN = View(
 
 INFLUENCE = View(
     title=lambda r: f"influence: {_model_line(r)}",
-    summary=lambda r: _summary_items(r),
+    summary=_summary_items,
     rows=lambda r: [
         {"test_row": x["test_row"], "kind": kind, **t}
         for x in r["results"] for kind in ("helpful", "harmful") for t in x[kind]
@@ -152,7 +152,7 @@ INFLUENCE = View(
 
 MISLABEL = View(
     title=lambda r: f"suspect labels ({r['params'].get('method')}): {_model_line(r)}",
-    summary=lambda r: _summary_items(r),
+    summary=_summary_items,
     max_rows=50,
     columns=[
         Column("rank", lambda x: x.get("rank")),
@@ -193,7 +193,7 @@ def explain_images(report: dict, limit: int = 4) -> list:
 
 EXPLAIN = View(
     title=lambda r: f"explanations: {_model_line(r)}",
-    summary=lambda r: _summary_items(r),
+    summary=_summary_items,
     rows=lambda r: [
         {"row": x["row"], "predicted_class": x["predicted_class"], "k": k, **e}
         for x in r["results"] for k, e in enumerate(x["explanations"])
@@ -212,7 +212,7 @@ EXPLAIN = View(
 
 AUDIT = View(
     title=lambda r: f"audit {r['params'].get('suite')}: {_model_line(r)}",
-    summary=lambda r: _summary_items(r),
+    summary=_summary_items,
     columns=[
         Column("check", lambda x: x["name"], "left"),
         Column("kind", lambda x: x.get("kind"), "left"),
