@@ -22,11 +22,11 @@ from ._influence import (GroupInfluence, InfluenceResult, LOOVerification, RowIn
                          TrainRowEffect, group_influence, influence, predicted_loss_changes,
                          verify_loo)
 from ._objective import (ESTIMATES, SUPPORTED_MESSAGE, LogisticObjective, NetworkObjective,
-                         Objective, build_objective)
+                         Objective, build_objective, supports)
 
 __all__ = [
     "build_objective", "Objective", "LogisticObjective", "NetworkObjective", "ESTIMATES",
-    "SUPPORTED_MESSAGE", "influence", "InfluenceResult", "RowInfluence", "TrainRowEffect",
+    "SUPPORTED_MESSAGE", "supports", "influence", "InfluenceResult", "RowInfluence", "TrainRowEffect",
     "predicted_loss_changes", "verify_loo", "LOOVerification", "group_influence",
     "GroupInfluence",
 ]

@@ -80,6 +80,22 @@ def _final_and_pre(estimator):
     return estimator, None
 
 
+def supports(form) -> str | None:
+    """Which objective :func:`build_objective` would model for ``form``: ``"logistic"`` (convex,
+    exact Hessian), ``"network"`` (damped, approximate) or ``None`` (no twice-differentiable loss
+    invaudit models). The one place ``info``, ``mislabel`` and ``influence`` decide support."""
+    if isinstance(form, DifferentiableForm):
+        return "network"
+    final, _pre = _final_and_pre(getattr(form, "estimator", None))
+    if type(final).__name__ != "LogisticRegression":
+        return None
+    try:
+        _penalty(final)
+    except UnsupportedModelError:  # an L1 or elastic-net penalty
+        return None
+    return "logistic"
+
+
 def _check_rows(X, y, n_features, what):
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2:

@@ -19,14 +19,6 @@ class Capability:
                 "method": self.method}
 
 
-def _probabilistic_loss(form) -> bool:
-    """True when the final estimator minimises a twice-differentiable log loss we model."""
-    if form.kind == "differentiable":
-        return True
-    final = getattr(form, "final_estimator", None) or getattr(getattr(form, "linear", None), "final_estimator", None)
-    return type(final).__name__ == "LogisticRegression"
-
-
 def capabilities(form) -> list:
     """One :class:`Capability` per command for ``form`` (what this version implements)."""
     k = form.kind
@@ -48,7 +40,9 @@ def capabilities(form) -> list:
             "trees": "nearest leaf box (single trees, exact); MILP where affordable, else bounds (ensembles)",
             "black-box": "verified boundary search (upper bound)",
         }[k]))
-    if _probabilistic_loss(form):
+    from invaudit.influence import supports
+
+    if supports(form) is not None:
         exact = "yes" if k in ("linear", "invertible-linear") else "no"
         caps.append(Capability("influence", "yes", exact,
                                "Koh & Liang influence with a leverage correction, one solve per test row"))

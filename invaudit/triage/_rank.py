@@ -110,10 +110,9 @@ class MislabelRanking:
 
 def available_methods(form: ModelForm) -> tuple:
     """The methods ``form``'s model supports (objective methods need logistic regression)."""
-    final = form.estimator
-    if getattr(final, "steps", None):
-        final = final.steps[-1][1]
-    if type(final).__name__ == "LogisticRegression":
+    from invaudit.influence import supports
+
+    if supports(form) == "logistic":
         return METHODS
     return ("loss", "confidence")
 

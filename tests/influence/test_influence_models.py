@@ -87,3 +87,37 @@ def test_network_influence_tracks_real_refits():
     assert len(res.rows[0].helpful[0].feature_gradient) == 3
     v = verify_loo(obj, X[75:80], y[75:80], np.arange(0, 75, 5), max_iter=500)
     assert v.spearman > 0.85 and v.pearson > 0.9
+
+
+def test_supports_agrees_with_build_objective():
+    """info, mislabel and influence ask supports(); it must say exactly what build_objective does."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.svm import LinearSVC
+    from sklearn.tree import DecisionTreeClassifier
+
+    from invaudit.errors import UnsupportedModelError
+    from invaudit.influence import build_objective, supports
+    from invaudit.models import adapt
+    from invaudit.models.capabilities import capabilities
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 3))
+    y = (X[:, 0] + 0.3 * rng.normal(size=60) > 0).astype(int)
+    models = [LogisticRegression(), LogisticRegression(l1_ratio=1.0, solver="liblinear"), LinearSVC(),
+              DecisionTreeClassifier(max_depth=2), MLPClassifier(hidden_layer_sizes=(3,), max_iter=50)]
+    for est in models:
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            form = adapt(est.fit(X, y))
+        kind = supports(form)
+        try:
+            build_objective(form, X, y)
+            built = True
+        except UnsupportedModelError:
+            built = False
+        assert built == (kind is not None), type(est).__name__
+        influence_cap = next(c for c in capabilities(form) if c.command == "influence")
+        assert (influence_cap.available == "yes") == built
