@@ -3,6 +3,17 @@
 One loader for every command. Everything that can be wrong with a data file becomes an
 :class:`~invaudit.errors.InputError` whose message names the file, and where it applies the row
 and column, in one sentence.
+
+Typed rows. A model whose own preprocessing reads mixed-type rows (a ColumnTransformer with
+encoders and imputers) is given a ``schema``: one ``(name, kind, categories)`` per input column.
+Its CSV is then read with those types into a pandas DataFrame (``Dataset.frame``): numeric columns
+as float64 with NaN for blank cells, categorical columns as the encoder's own values (strings, or
+numbers where the encoder was fitted on numbers) with NaN for blank cells. pandas, because
+scikit-learn pipelines that select columns by name only take a DataFrame.
+
+Column order. Columns are matched by name whenever the model knows its feature names. A model
+without names cannot check a header, so the columns are taken by position and ``column_match``
+says ``"position"`` (the CLI says so on stderr and in the report).
 """
 
 from __future__ import annotations
@@ -10,7 +21,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -31,17 +42,24 @@ class Dataset:
 
     path: str
     sha256: str
-    X: np.ndarray
+    X: Optional[np.ndarray]
     y: Optional[np.ndarray]
     y_index: Optional[np.ndarray]
     columns: Optional[list]
+    ids: Optional[np.ndarray] = None          # --id-column values (strings), one per row
+    frame: Any = None                         # typed rows (pandas DataFrame) for a schema'd model
+    column_match: Optional[str] = None        # "name" or "position" (CSV); None for NPY/NPZ
+    file_columns: Optional[list] = None       # the CSV's feature columns in file order
 
     @property
     def n_rows(self) -> int:
-        return int(self.X.shape[0])
+        return int(self.X.shape[0] if self.X is not None else len(self.frame))
 
     def describe(self) -> dict:
-        return {"path": self.path, "sha256": self.sha256, "n_rows": self.n_rows}
+        out = {"path": self.path, "sha256": self.sha256, "n_rows": self.n_rows}
+        if self.column_match is not None:
+            out["column_match"] = self.column_match
+        return out
 
 
 def load_data(
@@ -53,6 +71,9 @@ def load_data(
     label_column: Optional[str] = None,
     labels_path=None,
     require_labels: bool = False,
+    id_column: Optional[str] = None,
+    schema: Optional[Sequence] = None,
+    id_column_optional: bool = False,
 ) -> Dataset:
     """Read a data file and check it against the model.
 
@@ -65,6 +86,10 @@ def load_data(
     label_column : CSV only: the column holding the labels.
     labels_path : NPY only: a 1-D array of labels.
     require_labels : raise if the file yields no labels.
+    id_column : CSV only: a column naming the rows (not a feature).
+    schema : the model's input columns as ``(name, kind, categories)`` with ``kind`` one of
+        ``numeric``, ``integer``, ``categorical``: the CSV is read with these types into
+        ``Dataset.frame`` (blank cells become NaN) and ``X`` is ``None``.
     """
     p = Path(path)
     if not p.is_file():
@@ -76,11 +101,26 @@ def load_data(
         raise InputError(f"--label-column applies to CSV files; {p} is {suffix[1:].upper()}.")
     if labels_path is not None and suffix != ".npy":
         raise InputError(f"--labels applies to NPY files; {p} is {suffix[1:].upper()}.")
+    if label_column is not None and not require_labels and suffix == ".csv" \
+            and label_column not in _csv_header(p) and _csv_header(p):
+        label_column = None  # labels are optional here (rows to explain need none)
+    if id_column is not None and id_column_optional and (suffix != ".csv" or id_column not in _csv_header(p)):
+        id_column = None  # a second file (--train) without the ID column: its rows keep their numbers
+    if id_column is not None and suffix != ".csv":
+        raise InputError(f"--id-column applies to CSV files; {p} is {suffix[1:].upper()}.")
+    if schema is not None and suffix != ".csv":
+        raise InputError(f"data file {p}: this model reads typed columns (categories, blanks) by name; "
+                         "give it a CSV with a header.")
+    if label_column is not None and id_column is not None and label_column == id_column:
+        raise InputError(f"--id-column and --label-column both name '{id_column}'.")
+    ids = frame = file_columns = column_match = None
 
     try:
         digest = file_sha256(p)
         if suffix == ".csv":
-            X, y_raw, columns = _read_csv(p, label_column, feature_names)
+            X, y_raw, columns, ids, frame, file_columns = _read_csv(p, label_column, feature_names, id_column,
+                                                                    schema)
+            column_match = "name" if (feature_names is not None or schema is not None) else "position"
         elif suffix == ".npy":
             X, y_raw, columns = _read_npy(p, labels_path), None, None
             if labels_path is not None:
@@ -90,14 +130,19 @@ def load_data(
             columns = None
     except OSError as exc:
         raise InputError(f"cannot read data file {p}: {exc.strerror or exc}.") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"data file {p} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                         f"{exc.start}); save it as UTF-8.") from None
 
-    if X.shape[0] == 0:
+    n_rows = X.shape[0] if X is not None else len(frame)
+    if n_rows == 0:
         raise InputError(f"data file {p} has no rows.")
-    if n_features is not None and X.shape[1] != n_features:
-        raise InputError(
-            f"data file {p} has {X.shape[1]} feature columns but the model expects {n_features}."
-        )
-    _check_finite(X, p, columns)
+    if X is not None:
+        if n_features is not None and X.shape[1] != n_features:
+            raise InputError(
+                f"data file {p} has {X.shape[1]} feature columns but the model expects {n_features}."
+            )
+        _check_finite(X, p, columns)
 
     y = y_index = None
     if y_raw is not None:
@@ -106,13 +151,26 @@ def load_data(
         how = {".csv": "pass --label-column NAME", ".npy": "pass --labels FILE.npy",
                ".npz": "store them as array 'y'"}[suffix]
         raise InputError(f"data file {p} has no labels; {how}.")
-    return Dataset(path=str(p), sha256=digest, X=X, y=y, y_index=y_index, columns=columns)
+    return Dataset(path=str(p), sha256=digest, X=X, y=y, y_index=y_index, columns=columns, ids=ids,
+                   frame=frame, column_match=column_match, file_columns=file_columns)
 
 
 # --- CSV ---------------------------------------------------------------------------------------
 
-def _read_csv(p: Path, label_column, feature_names):
-    with open(p, newline="") as fh:
+def _csv_header(p: Path) -> list:
+    try:
+        with open(p, newline="", encoding="utf-8-sig") as fh:
+            return [h.strip() for h in next(csv.reader(fh), [])]
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []  # the full read reports what is wrong
+
+
+_MISSING_NUMBER = frozenset({"", "na", "n/a", "nan", "null", "none"})
+
+
+def _read_csv(p: Path, label_column, feature_names, id_column=None, schema=None):
+    # utf-8-sig: a byte-order mark is not part of the first column's name
+    with open(p, newline="", encoding="utf-8-sig") as fh:
         reader = csv.reader(fh)
         try:
             header = next(reader)
@@ -138,8 +196,13 @@ def _read_csv(p: Path, label_column, feature_names):
 
     if label_column is not None and label_column not in header:
         raise InputError(f"data file {p} has no column '{label_column}' (--label-column).")
-    feature_cols = [h for h in header if h != label_column]
+    if id_column is not None and id_column not in header:
+        raise InputError(f"data file {p} has no column '{id_column}' (--id-column).")
+    feature_cols = [h for h in header if h not in (label_column, id_column)]
+    file_columns = list(feature_cols)
 
+    if schema is not None:
+        feature_names = [c[0] for c in schema]
     if feature_names is not None:
         names = [str(n) for n in feature_names]
         missing = [n for n in names if n not in feature_cols]
@@ -150,16 +213,71 @@ def _read_csv(p: Path, label_column, feature_names):
                 + (f" (and {len(missing) - 1} more)." if len(missing) > 1 else ".")
             )
         if extra:
-            hint = " (pass --label-column if it holds the labels)" if label_column is None else ""
+            hint = (" (pass --label-column if it holds the labels, --id-column if it names the rows)"
+                    if label_column is None or id_column is None else "")
             raise InputError(f"data file {p} has a column '{extra[0]}' the model does not know{hint}.")
         feature_cols = names  # model order
 
     col_pos = {h: j for j, h in enumerate(header)}
     idx = [col_pos[h] for h in feature_cols]
     cells = np.array(rows, dtype=object).reshape(len(rows), width) if rows else np.empty((0, width), object)
-    X = _to_float(cells[:, idx] if rows else np.empty((0, len(idx))), p, feature_cols)
     y_raw = cells[:, col_pos[label_column]] if label_column is not None else None
-    return X, y_raw, list(feature_cols)
+    ids = np.array([str(v).strip() for v in cells[:, col_pos[id_column]]], dtype=object) \
+        if id_column is not None else None
+    if schema is not None:
+        frame = _typed_frame(cells[:, idx], p, schema)
+        return None, y_raw, list(feature_cols), ids, frame, file_columns
+    X = _to_float(cells[:, idx] if rows else np.empty((0, len(idx))), p, feature_cols)
+    return X, y_raw, list(feature_cols), ids, None, file_columns
+
+
+def _typed_frame(cells: np.ndarray, p: Path, schema):
+    """The cells as a DataFrame with the schema's types; blank cells become NaN."""
+    import pandas as pd
+
+    data = {}
+    for j, (name, kind, categories) in enumerate(schema):
+        col = np.array([str(v).strip() for v in cells[:, j]], dtype=object)
+        if kind in ("numeric", "integer"):
+            vals = np.full(col.shape[0], np.nan)
+            for i, v in enumerate(col):
+                if v.lower() in _MISSING_NUMBER:
+                    continue
+                try:
+                    f = float(v)
+                except ValueError:
+                    raise InputError(_cell_message(p, i, name, v, "is not a number")) from None
+                if not np.isfinite(f):
+                    raise InputError(_cell_message(p, i, name, v, "is not finite"))
+                vals[i] = f
+            data[name] = vals
+        else:
+            cats = list(categories) if categories is not None else []
+            numeric_cats = bool(cats) and all(isinstance(c, (int, float, np.integer, np.floating))
+                                              and not isinstance(c, bool) for c in cats)
+            out = np.empty(col.shape[0], dtype=object)
+            for i, v in enumerate(col):
+                if v == "":
+                    out[i] = np.nan
+                elif numeric_cats:
+                    try:
+                        f = float(v)
+                    except ValueError:
+                        raise InputError(_cell_message(p, i, name, v, "is not one of the model's categories "
+                                                       f"({_show(np.asarray(cats, dtype=object))})")) from None
+                    match = [c for c in cats if float(c) == f]
+                    out[i] = match[0] if match else f
+                else:
+                    out[i] = v
+            data[name] = out
+    return pd.DataFrame(data, columns=[c[0] for c in schema])
+
+
+def _cell_message(p: Path, i: int, column: str, v: str, what: str) -> str:
+    if "\x00" in v:
+        return f"data file {p}, line {i + 2}, column '{column}': the cell holds a NUL byte."
+    shown = v if len(v) <= 30 else v[:27] + "..."
+    return f"data file {p}, line {i + 2}, column '{column}': '{shown}' {what}."
 
 
 def _to_float(cells: np.ndarray, p: Path, columns) -> np.ndarray:
@@ -176,10 +294,12 @@ def _to_float(cells: np.ndarray, p: Path, columns) -> np.ndarray:
             float(v)
         except ValueError:
             i, j = divmod(k, cells.shape[1])
-            shown = v if len(str(v)) <= 30 else str(v)[:27] + "..."
-            raise InputError(
-                f"data file {p}, line {i + 2}, column '{columns[j]}': '{shown}' is not a number."
-            ) from None
+            v = str(v)
+            if not v.strip():
+                raise InputError(f"data file {p}, line {i + 2}, column '{columns[j]}' is blank; this model "
+                                 "takes numbers only (impute the blanks, or audit a pipeline whose own "
+                                 "imputer fills them).") from None
+            raise InputError(_cell_message(p, i, columns[j], v, "is not a number")) from None
     raise InputError(f"data file {p} holds cells that are not numbers.")
 
 
@@ -221,19 +341,43 @@ def _read_labels_npy(p: Path, n: int) -> np.ndarray:
 
 
 def _read_npz(p: Path):
+    import zipfile
+
     try:
+        _check_npz_sizes(p)
         with np.load(p, allow_pickle=False) as z:
             if "X" not in z.files:
                 raise InputError(f"data file {p} has no array 'X' (it has: {', '.join(z.files) or 'none'}).")
             X = _numeric_2d(z["X"], p, "array 'X'").astype(np.float64, copy=False)
             y = np.ravel(z["y"]) if "y" in z.files else None
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
         if isinstance(exc, InputError):
             raise
         raise InputError(f"data file {p} is not a readable NPZ archive ({exc}).") from None
     if y is not None and y.shape[0] != X.shape[0]:
         raise InputError(f"data file {p} has {y.shape[0]} labels in 'y' for {X.shape[0]} rows in 'X'.")
     return X, y
+
+
+def _check_npz_sizes(p: Path) -> None:
+    """Refuse, from the headers alone, a member that declares more data than it holds: an array
+    header can declare any shape, and loading would allocate it before finding out."""
+    import zipfile
+
+    with zipfile.ZipFile(p) as zf:
+        for info in zf.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            with zf.open(info) as fh:
+                version = np.lib.format.read_magic(fh)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+                else:
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+            declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            if declared > info.file_size:
+                raise InputError(f"data file {p}: array '{info.filename[:-4]}' declares shape {tuple(shape)} "
+                                 f"({declared:,} bytes) but the archive holds {info.file_size:,} bytes for it.")
 
 
 # --- checks ------------------------------------------------------------------------------------

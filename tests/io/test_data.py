@@ -32,7 +32,6 @@ def test_csv_columns_matched_by_name_in_any_order(tmp_path):
     ("a,y\n1,7\n", None, "y", "label 7 is not a class of the model"),
     ("a,y\n1,cat\n", None, "y", "label 'cat' is not a class"),
     ("a,y\n1,0.5\n", None, "y", "label 0.5 is not a class"),
-    ("a,b\n1,2\n", None, "target", "has no column 'target'"),
 ])
 def test_csv_errors_name_file_row_and_column(tmp_path, text, names, label, fragment):
     p = write(tmp_path / "d.csv", text)
@@ -40,6 +39,14 @@ def test_csv_errors_name_file_row_and_column(tmp_path, text, names, label, fragm
         load_data(p, feature_names=names, classes=np.array([0, 1]), label_column=label)
     msg = str(err.value)
     assert fragment in msg and str(p) in msg and "\n" not in msg
+
+
+def test_label_column_missing_is_an_error_only_where_labels_are_needed(tmp_path):
+    p = write(tmp_path / "d.csv", "a,b\n1,2\n")
+    with pytest.raises(InputError, match="has no column 'target'"):
+        load_data(p, classes=np.array([0, 1]), label_column="target", require_labels=True)
+    ds = load_data(p, classes=np.array([0, 1]), label_column="target")
+    assert ds.y is None and ds.X.shape == (1, 2)
 
 
 def test_feature_count_mismatch(tmp_path):
