@@ -25,36 +25,38 @@ for a leaf's upper bounds and ``l <= 1 - p`` for its lower bounds), the predicti
 2015). Because each feature sits in exactly one cell, its distance to the row *in that cell* is a
 constant, so the L1 distance and the *squared* L2 distance are linear in the cell indicators
 ``p_{j,c+1} - p_{j,c}``, and Linf is one more variable above every feature's term: all three
-norms are exact mixed-integer *linear* programs, solved by HiGHS (``scipy.optimize.milp``). The
-row's box fixes predicates (cells outside it are excluded). The optimum is exact (``exact:
-true``, ``kkt_residual`` the reported MIP gap) when HiGHS proves optimality within the time
-limit and the estimator confirms the point; ties in the prediction are resolved as scikit-learn
-does (the lower class index wins) up to a margin of 1e-7 in the aggregated score.
+norms are exact mixed-integer *linear* programs, solved by HiGHS (``scipy.optimize.milp``)
+through the program shared with the margins (:class:`invaudit.margins._trees.EnsembleMilp`:
+per-row flip variables, normalisation so that the answer is exact at every feature scale,
+predicates dearer than a verified answer fixed, solver tolerances made tiny). The row's box fixes
+predicates (cells outside it are excluded). The answer is exact (``exact: true``,
+``kkt_residual`` the relative gap to the proven lower bound, at most 1e-7) when the estimator
+confirms the point and the solver's proven dual bound, in distance units, meets it. Ties in the
+prediction are resolved as the estimator resolves them (the lower class index; class 1 for
+binary GradientBoosting at ``raw >= 0``) for score gaps below 1e-8 of the score scale; a tuple
+of leaves the estimator does not confirm is cut off and the program solved again.
 
-Fallback (and candidate): *live regions*, the cells of the ensemble that hold reference rows
-(the training data, else the batch). A reference row predicted as the target lies in the
-intersection of its leaves, a box on which the ensemble is constant; projecting the row onto
-every such box gives verified candidates (``exact: false``), which the black-box local search
-(:func:`._nl_blackbox.local_search`) then tries to improve. Used when the MILP is too large
-(``max_binaries``), stopped by the time limit (its incumbent competes; its dual bound is kept
-as ``lower_bound``), or cannot express the constraint (multiclass boosting with a confidence:
-the softmax threshold is not linear in the leaves).
+Fallback: *live regions*, the cells of the ensemble that hold reference rows (the training
+data, else the batch). A reference row predicted as the target lies in the intersection of its
+leaves, a box on which the ensemble is constant; projecting the row onto every such box gives
+verified candidates (``exact: false``), which the black-box local search
+(:func:`._nl_blackbox.local_search`) then tries to improve. Used only for rows the MILP did not
+settle: when it is too large (``max_binaries``), stopped by the time limit (its incumbent
+competes; its proven bound is kept as ``lower_bound``, never above the answer), or cannot express
+the constraint (multiclass boosting with a confidence: the softmax threshold is not linear in
+the leaves). Rows the MILP settles never see the other rows of the batch.
 """
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
-from scipy import sparse
-from scipy.optimize import Bounds, LinearConstraint, milp
 
 from invaudit.counterfactual._nl_common import Answers, Problem, distance, qualifies
+from invaudit.margins._trees import EnsembleMilp, beat_row, score_scale, score_table
 from invaudit.margins.boxes import intersect_boxes, project_to_boxes
 
 __all__ = ["solve_trees", "EnsembleMilp", "live_regions"]
 
-_MARGIN = 1e-7
 _CHUNK = 4_000_000
 
 
@@ -181,227 +183,31 @@ def _region_candidates(prob: Problem, regions, ans: Answers):
 
 # --- the ensemble MILP ----------------------------------------------------------------------------
 
-class EnsembleMilp:
-    """The predicate MILP of an ensemble (module docstring), built once per model; the objective
-    and bounds change per row and the class constraints per target.
-
-    Variables: ``p`` (one binary per distinct (feature, threshold) pair, sorted by feature then
-    threshold), ``l`` (one continuous indicator per leaf), and for Linf one level ``s``.
-    """
-
-    def __init__(self, form):
-        self.form = form
-        trees = form.trees
-        D = int(form.n_features)
-        self.D = D
-        self.T = len(trees)
-        lower = np.concatenate([tb.lower for tb in trees], axis=0)
-        upper = np.concatenate([tb.upper for tb in trees], axis=0)
-        self.values = np.concatenate([tb.value for tb in trees], axis=0)
-        sizes = np.array([tb.lower.shape[0] for tb in trees])
-        self.leaf_tree = np.repeat(np.arange(self.T), sizes)
-        self.n_leaves = len(self.leaf_tree)
-        li, lf = np.nonzero(np.isfinite(lower))
-        ui, uf = np.nonzero(np.isfinite(upper))
-        feats = np.concatenate([lf, uf])
-        vals = np.concatenate([lower[li, lf], upper[ui, uf]])
-        if len(feats):
-            keys = np.column_stack([feats.astype(np.float64), vals])
-            uniq, inv = np.unique(keys, axis=0, return_inverse=True)
-            inv = inv.ravel()
-        else:
-            uniq, inv = np.zeros((0, 2)), np.zeros(0, dtype=np.intp)
-        self.pf = uniq[:, 0].astype(np.intp)           # feature of each predicate
-        self.pt = uniq[:, 1]                            # its threshold
-        self.n_pred = len(self.pf)
-        self.m = np.bincount(self.pf, minlength=D)      # thresholds per feature
-        self.poff = np.concatenate([[0], np.cumsum(self.m)[:-1]]).astype(np.intp)
-        # cells: feature j has m_j + 1 cells (t_{c}, t_{c+1}], t_0 = -inf, t_{m+1} = inf
-        self.cell_feat = np.repeat(np.arange(D), self.m + 1)
-        self.cell_lo = np.insert(self.pt, self.poff, -np.inf)
-        self.cell_hi = np.insert(self.pt, self.poff + self.m, np.inf)
-        self.n_binaries = self.n_pred
-        nv = self.n_pred + self.n_leaves
-        P = self.n_pred
-        rows, cols, data, lb, ub = [], [], [], [], []
-        r = 0
-        # ordering p_{j,k} <= p_{j,k+1}
-        same = np.flatnonzero(self.pf[:-1] == self.pf[1:]) if P > 1 else np.zeros(0, np.intp)
-        k = len(same)
-        rows += [r + np.arange(k), r + np.arange(k)]
-        cols += [same, same + 1]
-        data += [np.ones(k), -np.ones(k)]
-        lb.append(np.full(k, -np.inf)); ub.append(np.zeros(k))
-        r += k
-        # one leaf per tree
-        rows.append(r + self.leaf_tree)
-        cols.append(P + np.arange(self.n_leaves))
-        data.append(np.ones(self.n_leaves))
-        lb.append(np.ones(self.T)); ub.append(np.ones(self.T))
-        r += self.T
-        # a leaf's upper bound x_j <= t:  l - p <= 0
-        nu = len(ui)
-        up_pred = inv[len(li):]
-        rows += [r + np.arange(nu), r + np.arange(nu)]
-        cols += [P + ui, up_pred]
-        data += [np.ones(nu), -np.ones(nu)]
-        lb.append(np.full(nu, -np.inf)); ub.append(np.zeros(nu))
-        r += nu
-        # a leaf's lower bound x_j > t:  l + p <= 1
-        nl = len(li)
-        lo_pred = inv[:len(li)]
-        rows += [r + np.arange(nl), r + np.arange(nl)]
-        cols += [P + li, lo_pred]
-        data += [np.ones(nl), np.ones(nl)]
-        lb.append(np.full(nl, -np.inf)); ub.append(np.ones(nl))
-        r += nl
-        self.A_static = sparse.csr_matrix(
-            (np.concatenate(data), (np.concatenate(rows), np.concatenate(cols))), shape=(r, nv))
-        self.lb_static = np.concatenate(lb)
-        self.ub_static = np.concatenate(ub)
-        self._class_cache = {}
-
-    # -- what the MILP can express ------------------------------------------------------------
-    def supports(self, P) -> bool:
-        f = self.form
-        if f.aggregate == "boosting" and f.init is not None and len(f.init) > 1 and P is not None:
-            return False
-        return True
-
-    def class_rows(self, k: int, P):
-        """Linear constraints on the leaf indicators making class ``k`` the prediction (and
-        ``p_k >= P``): ``(A (r, n_leaves), lb, ub)``."""
-        key = (k, P)
-        if key in self._class_cache:
-            return self._class_cache[key]
-        f = self.form
-        V = self.values
-        K = int(f.n_classes)
-        rows, lbs, ubs = [], [], []
-        if f.aggregate in ("mean-proba", "single"):
-            T = self.T if f.aggregate == "mean-proba" else 1.0
-            for j in range(K):  # a loop over classes
-                if j == k:
-                    continue
-                rows.append(V[:, k] - V[:, j])
-                lbs.append(_MARGIN * T if j < k else 0.0)
-                ubs.append(np.inf)
-            if P is not None:  # p_k >= P exactly (leaf fractions sum exactly at a solution)
-                rows.append(V[:, k])
-                lbs.append(P * T)
-                ubs.append(np.inf)
-        else:  # boosting: raw_m = init_m + scale * sum of the leaves of output m
-            M = V.shape[1]
-            init = np.asarray(f.init, dtype=np.float64)
-            sc = float(f.scale)
-            out_of_leaf = self.leaf_tree % M
-            contrib = sc * V[np.arange(self.n_leaves), out_of_leaf]
-            if M == 1:
-                thr = 0.0 if P is None else float(np.log(P) - np.log1p(-P))
-                if k == 1:   # raw > max(thr, 0)
-                    rows.append(contrib)
-                    lbs.append(max(thr, 0.0) + _MARGIN - init[0]); ubs.append(np.inf)
-                else:        # raw <= min(-thr, 0)
-                    rows.append(contrib)
-                    lbs.append(-np.inf); ubs.append(min(-thr, 0.0) - _MARGIN - init[0])
-            else:
-                for j in range(M):  # a loop over classes
-                    if j == k:
-                        continue
-                    a = np.where(out_of_leaf == k, contrib, 0.0) - np.where(out_of_leaf == j, contrib, 0.0)
-                    rows.append(a)
-                    lbs.append((_MARGIN if j < k else 0.0) - (init[k] - init[j])); ubs.append(np.inf)
-        out = (np.vstack(rows), np.asarray(lbs, dtype=np.float64), np.asarray(ubs, dtype=np.float64))
-        self._class_cache[key] = out
-        return out
-
-    # -- one row ----------------------------------------------------------------------------------
-    def cells(self, x0, lo, hi, w):
-        """Per cell: nearest point coordinate, weighted distance, feasibility (within the box)."""
-        cf = self.cell_feat
-        left = np.maximum(np.nextafter(self.cell_lo, np.inf), lo[cf])
-        right = np.minimum(self.cell_hi, hi[cf])
-        feas = left <= right
-        coord = np.clip(x0[cf], left, right)
-        d = np.where(feas, w[cf] * np.abs(coord - x0[cf]), 0.0)
-        return coord, d, feas
-
-    def solve_row(self, x0, lo, hi, w, norm, k, P, time_limit):
-        """Returns ``dict(status, x, dist, gap, bound)``; ``status`` in optimal / infeasible /
-        limit (``x`` the incumbent or None) / error."""
-        P_ = self.n_pred
-        nL = self.n_leaves
-        D = self.D
-        coord, d, feas = self.cells(x0, lo, hi, w)
-        e = d * d if norm == "l2" else d
-        idx = np.arange(P_)
-        below = idx + self.pf          # cell under predicate k (cell c = k - 1 of its feature)
-        above = below + 1
-        # predicate bounds from the box: cells outside it are excluded
-        p_lb = np.zeros(P_)
-        p_ub = np.ones(P_)
-        p_ub[~feas[below] & (self.pt < lo[self.pf])] = 0.0
-        p_lb[~feas[above] & (self.pt >= hi[self.pf])] = 1.0
-        Ac, clb, cub = self.class_rows(k, P)
-        linf = norm == "linf"
-        nv = P_ + nL + (1 if linf else 0)
-        A_st = self.A_static
-        if linf:
-            A_st = sparse.hstack([A_st, sparse.csr_matrix((A_st.shape[0], 1))]).tocsr()
-        A_cls = sparse.hstack([sparse.csr_matrix((Ac.shape[0], P_)), sparse.csr_matrix(Ac),
-                               sparse.csr_matrix((Ac.shape[0], nv - P_ - nL))]).tocsr()
-        A_blocks = [A_st, A_cls]
-        lbs = [self.lb_static, clb]
-        ubs = [self.ub_static, cub]
-        last_cell = self.poff + np.arange(D) + self.m
-        if linf:
-            # s - sum_k (d_below - d_above) p_k >= d_last  (one row per feature)
-            coefp = -(d[below] - d[above])
-            Lr = sparse.csr_matrix((coefp, (self.pf, idx)), shape=(D, P_ + nL))
-            A_blocks.append(sparse.hstack([Lr, sparse.csr_matrix(np.ones((D, 1)))]).tocsr())
-            lbs.append(d[last_cell])
-            ubs.append(np.full(D, np.inf))
-            c = np.zeros(nv)
-            c[-1] = 1.0
-            integrality = np.concatenate([np.ones(P_), np.zeros(nL + 1)])
-            vlb = np.concatenate([p_lb, np.zeros(nL), [0.0]])
-            vub = np.concatenate([p_ub, np.ones(nL), [np.inf]])
-            const = 0.0
-        else:
-            c = np.concatenate([e[below] - e[above], np.zeros(nL)])
-            const = float(e[last_cell].sum())
-            integrality = np.concatenate([np.ones(P_), np.zeros(nL)])
-            vlb = np.concatenate([p_lb, np.zeros(nL)])
-            vub = np.concatenate([p_ub, np.ones(nL)])
-        A = sparse.vstack(A_blocks).tocsr()
-        cons = LinearConstraint(A, np.concatenate(lbs), np.concatenate(ubs))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            res = milp(c, integrality=integrality, bounds=Bounds(vlb, vub), constraints=cons,
-                       options={"time_limit": float(time_limit), "mip_rel_gap": 0.0,
-                                "mip_abs_gap": 0.0, "mip_feasibility_tolerance": 1e-9,
-                                "primal_feasibility_tolerance": 1e-9, "presolve": True})
-        if res.status == 2:
-            return {"status": "infeasible", "x": None, "dist": np.inf, "gap": 0.0, "bound": np.inf}
-        bound = getattr(res, "mip_dual_bound", None)
-        bound = np.nan if bound is None else float(bound) + const
-        if res.x is None:
-            return {"status": "limit" if res.status == 1 else "error", "x": None, "dist": np.inf,
-                    "gap": np.nan, "bound": _bound_to_dist(bound, norm)}
-        p = np.round(res.x[:P_])
-        cnt = np.bincount(self.pf, weights=1.0 - p, minlength=D).astype(np.intp)  # cell per feature
-        x = coord[self.poff + np.arange(D) + cnt]
-        gap = getattr(res, "mip_gap", None)
-        gap = np.nan if gap is None else float(gap)
-        return {"status": "optimal" if res.status == 0 else "limit", "x": x,
-                "dist": float(distance(x - x0, w, norm)), "gap": gap,
-                "bound": _bound_to_dist(bound, norm)}
+def _target_rows(form, Sc, s0, sigma, k: int, P):
+    """Rows ``C z >= clb`` over the leaf indicators making class ``k`` the prediction (every
+    other class beaten, ties as the estimator resolves them) and, with a confidence, ``p_k >= P``
+    (linear for forests, and for binary boosting as ``raw >= logit(P)``)."""
+    K = int(form.n_classes)
+    rows, lbs = [], []
+    for j in range(K):  # a loop over classes
+        if j != k:
+            r, lb = beat_row(form, Sc, s0, k, j, sigma)
+            rows.append(r)
+            lbs.append(lb)
+    if P is not None:
+        if form.aggregate == "mean-proba":
+            rows.append(Sc[:, k] / sigma)
+            lbs.append(P / sigma)
+        else:  # binary boosting (multiclass boosting with a confidence never comes here)
+            logit = float(np.log(P) - np.log1p(-P))
+            rows.append((Sc[:, k] - Sc[:, 1 - k]) / sigma)
+            lbs.append((logit - (s0[k] - s0[1 - k])) / sigma)
+    return np.vstack(rows), np.asarray(lbs, dtype=np.float64)
 
 
-def _bound_to_dist(bound, norm):
-    if bound is None or not np.isfinite(bound):
-        return np.nan
-    return float(np.sqrt(max(bound, 0.0))) if norm == "l2" else max(float(bound), 0.0)
+def _supports(form, P) -> bool:
+    """The MILP expresses every target except a softmax confidence (multiclass boosting)."""
+    return not (form.aggregate == "boosting" and form.link == "softmax" and P is not None)
 
 
 def _ensemble(prob: Problem, *, time_limit: float, max_binaries: int, progress_offset: int,
@@ -409,15 +215,15 @@ def _ensemble(prob: Problem, *, time_limit: float, max_binaries: int, progress_o
     form = prob.form
     n, D = prob.X.shape
     ans = Answers(n, D)
-    regions = live_regions(form, prob.pool.X if prob.pool is not None else None)
-    _region_candidates(prob, regions, ans)
     model = EnsembleMilp(form)
     total = progress_total if progress_total is not None else n
-    use = model.n_binaries <= max_binaries and model.supports(prob.P)
+    use = model.n_binaries <= max_binaries and _supports(form, prob.P)
+    regions = live_regions(form, prob.pool.X if prob.pool is not None else None)
     if not use:
         why = ("the MILP would need more than {} binaries".format(max_binaries)
                if model.n_binaries > max_binaries else
                "a softmax confidence is not linear in the leaves")
+        _region_candidates(prob, regions, ans)
         _refine_by_queries(prob, ans)
         ans.backing[ans.state == "found"] = np.array(
             [f"{b}; MILP not used: {why}" for b in ans.backing[ans.state == "found"]], dtype=object)
@@ -426,43 +232,69 @@ def _ensemble(prob: Problem, *, time_limit: float, max_binaries: int, progress_o
         if prob.progress is not None:
             prob.progress(progress_offset + n, total)
         return ans
-    for i in range(n):  # the documented per-row loop of the MILP
+    Sc, s0, _ = score_table(form)
+    sigma = score_scale(Sc, s0)
+    milp_lb = np.full(n, np.nan)
+    why_not = np.full(n, None, dtype=object)
+    for i in range(n):  # the documented per-row loop of the MILP: each row on its own
         k = int(prob.target[i])
-        out = model.solve_row(prob.X[i], prob.lower[i], prob.upper[i], prob.weights, prob.norm, k,
-                              prob.P, time_limit)
-        if out["status"] == "infeasible":
+        C, clb = _target_rows(form, Sc, s0, sigma, k, prob.P)
+        x0 = prob.X[i]
+
+        def verify(pt, k=k):
+            ok = qualifies(form, pt[None, :], np.array([k]), prob.P)[0][0]
+            return ok, pt, None if ok else form.leaf_index(pt[None, :])[0] + model.leaf_offsets
+
+        out = model.minimize(x0, prob.lower[i], prob.upper[i], prob.weights, prob.norm, C, clb,
+                             verify, time_limit=time_limit)
+        milp_lb[i] = out["lb"]
+        if out["status"] == "infeasible" and out["exact"]:
             ans.fail([i], "the MILP proves that no point within the constraints reaches the target"
                      + ("" if prob.P is None else f" at p >= {prob.P:g}"), infeasible=True,
                      method="tree-ensemble-milp")
             ans.exact[i] = True
-        elif out["x"] is not None:
-            x = np.clip(out["x"], prob.lower[i], prob.upper[i])
-            ok = qualifies(form, x[None, :], np.array([k]), prob.P)[0][0]
-            optimal = out["status"] == "optimal"
-            if ok:
-                if optimal and out["dist"] <= ans.dist[i] * (1.0 + 1e-12):
-                    ans.dist[i] = np.inf  # the proven optimum replaces any region candidate
-                else:
-                    optimal = False  # a region is closer: the tie margin excluded it
-                ans.offer([i], x[None, :], out["dist"], k,
-                          "tree-ensemble-milp" if optimal else "tree-ensemble-milp (time limit)",
-                          exact=optimal, kkt=out["gap"] if optimal else np.nan, iters=1,
-                          backing=("exact: MILP optimal (HiGHS), MIP gap "
-                                   f"{out['gap']:.1e}" if optimal else
-                                   "verified by the estimator; MILP incumbent at the time limit"),
-                          lower_bound=out["bound"])
-            if not optimal:
-                ans.lower_bound[i] = out["bound"]
-                if ans.state[i] == "found" and not ans.exact[i]:
-                    ans.backing[i] = f"{ans.backing[i]}; MILP stopped at the time limit " \
-                                     f"(lower bound {out['bound']:.4g})"
+        elif out["point"] is not None:
+            d = out["dist"]
+            gap = max(d - out["lb"], 0.0) / d if d > 0 else 0.0
+            if out["exact"]:
+                ans.offer([i], out["point"][None, :], d, k, "tree-ensemble-milp", exact=True,
+                          kkt=gap, iters=1, lower_bound=out["lb"],
+                          backing=f"exact: MILP optimal (HiGHS), relative gap {gap:.1e} to the "
+                                  "proven lower bound, verified by the estimator")
+            else:
+                why_not[i] = ("time limit" if out["status"] == "limit" else
+                              "the estimator disagrees with the leaf boxes" if out["status"] == "unverified"
+                              else "gap")
+                ans.offer([i], out["point"][None, :], d, k, f"tree-ensemble-milp ({why_not[i]})",
+                          iters=1, lower_bound=out["lb"],
+                          backing=f"verified by the estimator; MILP stopped ({why_not[i]}) with "
+                                  f"lower bound {out['lb']:.4g}")
         else:
-            ans.lower_bound[i] = out["bound"]
-            if ans.state[i] != "found":
-                ans.fail([i], "the MILP found no point within the time limit and no live region "
-                              "of the target class is reachable", method="tree-ensemble-milp")
+            why_not[i] = ("time limit" if out["status"] in ("limit", "error") else
+                          "the estimator disagrees with the leaf boxes")
         if prob.progress is not None:
             prob.progress(progress_offset + i + 1, total)
+    # rows the MILP did not settle: live regions and local search may still find a verified point
+    rest = np.flatnonzero(~ans.exact & (ans.state != "infeasible"))
+    if len(rest):
+        sub = prob.subset(rest)
+        sa = Answers(len(rest), D)
+        for name in ("x_cf", "dist", "state", "reason", "exact", "method", "kkt", "iters", "target",
+                     "backing", "lower_bound"):
+            getattr(sa, name)[:] = getattr(ans, name)[rest]
+        _region_candidates(sub, regions, sa)
+        _refine_by_queries(sub, sa)
+        for name in ("x_cf", "dist", "state", "reason", "exact", "method", "kkt", "iters", "target",
+                     "backing", "lower_bound"):
+            getattr(ans, name)[rest] = getattr(sa, name)
+        # the MILP's proven bound stays (never above the answer)
+        ans.lower_bound[rest] = np.fmin(milp_lb[rest], ans.dist[rest])
+        ans.exact[rest] = False
+        nf = rest[ans.state[rest] != "found"]
+        for i in nf:  # a loop over failed rows only, to word the reason
+            ans.fail([i], f"the MILP stopped ({why_not[i] or 'no point'}) without a verified point "
+                          f"(lower bound {milp_lb[i]:.4g}) and no live region of the target class "
+                          "is reachable", method="tree-ensemble-milp")
     return ans
 
 

@@ -19,12 +19,34 @@ values for boosting, whose link is monotone); one program per other class ``j`` 
 ``score_j - score_p >= 0``. The distance is separable over features and piecewise constant over
 each feature's split intervals, so l1 and *squared* l2 are linear in the predicates
 (telescoping increments; Kantchelian et al. eq. 6) and linf is one epigraph variable. Solved with
-HiGHS (``scipy.optimize.milp``) under a time limit: the dual bound is a certified lower bound,
-and the optimum is *exact* when the point rebuilt from its predicates is verified by the
-estimator at that distance.
+HiGHS (``scipy.optimize.milp``) under a time limit.
+
+Scale. HiGHS's tolerances are absolute (its default MIP gap is 1e-6 in objective units), so a
+program whose optimum is 1e-10 (features scaled by 1e-5, squared) would be "solved" by any
+point. Every program is therefore written per row in *flip* variables (``u_i = 1`` when the
+point is on the other side of split ``i`` than the row: all costs non-negative, no constant
+offset, the row itself costs 0) and normalised: costs are divided by a scale ``S``, first the
+largest single flip cost, then the cost ``U`` of the best verified point; flips whose cost alone
+exceeds ``U`` are fixed (they cannot be part of a better answer), and a program is solved again
+until its optimum is at least ``0.1 S``. Both gaps are tiny (``mip_rel_gap`` 1e-10,
+``mip_abs_gap`` 1e-12 in normalised units) and feasibility tolerances 1e-9. The lower bound is
+the solver's proven dual bound, lowered by its tolerances (``(1 - 2e-9) dual - 1e-9`` in
+normalised units), converted back to report units (the square root for l2), or the leaf-exit
+bound below, never a primal value. An answer is *exact* when a point verified by the
+estimator's own ``predict`` is within a relative 1e-7 of that bound (plus the few ulps a float64
+point needs on the open side of a cell).
+
+Ties. Class scores equal up to ``1e-8`` of the score scale (``max|init| + sum_t max|leaf|``)
+count as ties, resolved as the estimator resolves them (the lower class index; class 1 for
+binary GradientBoosting, which predicts it at ``raw >= 0``). Whatever the solver proposes is
+checked by ``predict``; a tuple of leaves the estimator does not confirm is cut off
+(``sum_t z_{leaf_t} <= T - 1``) and the program solved again, so no constant in score units
+decides an answer. Each row is solved on its own, with its own time budget: a row alone gets
+the answer it gets in a batch.
 
 When the program is too large or runs out of time, the upper bound comes from verified boundary
-search (training rows, random directions, points of other leaves), and the lower bound from
+search toward endpoints that depend only on the row (points of the nearest leaves favouring
+another class and the nearest training rows predicted otherwise), and the lower bound from
 *leaf exits*: within radius ``eps`` only trees whose current leaf box can be left within ``eps``
 (distance ``min_f w_f min(x_f - lower_f, upper_f - x_f)``) change their contribution, each by
 at most its largest possible change of ``score_j - score_p``; the smallest ``eps`` at which these
@@ -34,6 +56,7 @@ changes can close the gap is a lower bound.
 from __future__ import annotations
 
 import time
+import warnings
 
 import numpy as np
 from scipy import sparse
@@ -183,19 +206,71 @@ def leaf_exit_bounds(form, prob: Problem, Sc, s0, offsets):
 
 # --- ensembles: the MILP ---------------------------------------------------------------------------
 
-class EnsembleMilp:
-    """The Kantchelian et al. program for one model, built once; :meth:`solve` per row and class."""
+_REL = 1e-7      # exact: the verified distance is within this relative gap of the proven bound
+_TIE = 1e-8      # a score gap below this fraction of the score scale counts as a tie
+_DEFLATE = 2e-9  # solver tolerances: proven bounds are lowered by this fraction before use
+_ABS = 1e-9      # ... and by this much in a program's normalised units
+_SETTLED = 0.1   # a program whose optimum is at least this fraction of its scale is settled
+_ROUNDS = 40     # solves per (row, class): rescaling rounds plus cuts of unconfirmed leaf tuples
+_HIGHS = {"presolve": True, "mip_rel_gap": 1e-10, "mip_abs_gap": 1e-12,
+          "mip_feasibility_tolerance": 1e-9, "primal_feasibility_tolerance": 1e-9,
+          "dual_feasibility_tolerance": 1e-9}
 
-    def __init__(self, form, Sc, s0, weights, norm):
+
+def _ulps(x0, point, w, norm) -> float:
+    """What float64 adds to a cell's closed distance: the open side of a cell is one ulp away
+    and verification may push a point a few ulps outward (:func:`finalize`), on the features
+    that move."""
+    moved = point != x0
+    return float(weighted_norm(np.where(moved, 64 * np.spacing(np.abs(x0) + np.abs(point)), 0.0), w, norm))
+
+
+def score_scale(Sc, s0) -> float:
+    """The size of the class scores: ``max |s0| + sum_t max_leaf |Sc|`` (ties are measured in it)."""
+    return float(np.abs(s0).max(initial=0.0) + np.abs(Sc).max(axis=1).sum()) or 1.0
+
+
+def wins_ties(form, a: int, b: int) -> bool:
+    """Whether class ``a`` is predicted over class ``b`` when their scores are equal: the lower
+    index (``argmax``), except for binary GradientBoosting, which predicts class 1 at ``raw >= 0``."""
+    est = type(getattr(form, "estimator", None)).__name__
+    if form.aggregate == "boosting" and form.link == "sigmoid" and est == "GradientBoostingClassifier":
+        return a == 1
+    return a < b
+
+
+def beat_row(form, Sc, s0, a: int, b: int, sigma: float):
+    """``(row over leaves, lower bound)``: class ``a`` is predicted over class ``b`` iff
+    ``row . z >= lb`` (scores divided by ``sigma``; a tie the estimator resolves for ``b``
+    needs a gap of ``_TIE``)."""
+    row = (Sc[:, a] - Sc[:, b]) / sigma
+    lb = (s0[b] - s0[a]) / sigma + (0.0 if wins_ties(form, a, b) else _TIE)
+    return row, lb
+
+
+class EnsembleMilp:
+    """The Kantchelian et al. program for one model, built once; :meth:`minimize` per row.
+
+    Variables: one binary per distinct split point (sorted by feature, then threshold), one
+    continuous indicator per leaf, and for linf one level. Per row the binaries are written as
+    *flips* ``u_i = |p_i - p_i(x0)|`` so that every cost is non-negative and the row itself costs
+    0: there is no large constant whose difference with the objective would lose the optimum to
+    cancellation. Each program is normalised by a per-row scale (module docstring, "Scale").
+    """
+
+    def __init__(self, form):
         trees = form.trees
-        self.norm = norm
-        self.w = weights
-        self.Sc, self.s0 = Sc, s0
+        self.form = form
+        self.T = len(trees)
         d = int(form.n_features)
         self.d = d
         lowers = np.concatenate([t.lower for t in trees], axis=0)
         uppers = np.concatenate([t.upper for t in trees], axis=0)
         L = lowers.shape[0]
+        self.L = L
+        sizes = np.array([t.lower.shape[0] for t in trees])
+        self.leaf_offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.intp)
+        self.leaf_tree = np.repeat(np.arange(self.T), sizes)
         lu, fu = np.nonzero(np.isfinite(uppers))
         ll, fl = np.nonzero(np.isfinite(lowers))
         pairs = np.column_stack([np.concatenate([fu, fl]).astype(np.float64),
@@ -208,122 +283,197 @@ class EnsembleMilp:
         self.feat = uniq[:, 0].astype(np.intp)
         self.theta = uniq[:, 1]
         P = self.P = uniq.shape[0]
-        self.L = L
         inv_u, inv_l = inv[:lu.size], inv[lu.size:]
         same = np.flatnonzero(self.feat[1:] == self.feat[:-1])
         self.same_next = np.zeros(P, dtype=bool)
         self.same_next[same] = True
+        self.same_prev = np.zeros(P, dtype=bool)
+        self.same_prev[same + 1] = True
         rows, cols, vals, lb, ub = [], [], [], [], []
         r0 = 0
-        # ordering: p_i <= p_{i+1} within a feature
-        m = same.size
+        m = same.size  # ordering: p_i <= p_{i+1} within a feature
         rows += [r0 + np.arange(m)] * 2
         cols += [same, same + 1]
         vals += [np.ones(m), -np.ones(m)]
         lb.append(np.full(m, -np.inf)); ub.append(np.zeros(m)); r0 += m
-        # a leaf needs x_f <= upper: z_l <= p_i
-        m = lu.size
+        m = lu.size  # a leaf needs x_f <= upper: z_l <= p_i
         rows += [r0 + np.arange(m)] * 2
         cols += [P + lu, inv_u]
         vals += [np.ones(m), -np.ones(m)]
         lb.append(np.full(m, -np.inf)); ub.append(np.zeros(m)); r0 += m
-        # a leaf needs x_f > lower: z_l <= 1 - p_i
-        m = ll.size
+        m = ll.size  # a leaf needs x_f > lower: z_l <= 1 - p_i
         rows += [r0 + np.arange(m)] * 2
         cols += [P + ll, inv_l]
         vals += [np.ones(m), np.ones(m)]
         lb.append(np.full(m, -np.inf)); ub.append(np.ones(m)); r0 += m
-        # one leaf per tree
-        tree_of_leaf = np.repeat(np.arange(len(trees)), [t.lower.shape[0] for t in trees])
-        rows.append(r0 + tree_of_leaf)
+        rows.append(r0 + self.leaf_tree)  # one leaf per tree
         cols.append(P + np.arange(L))
         vals.append(np.ones(L))
-        lb.append(np.ones(len(trees))); ub.append(np.ones(len(trees))); r0 += len(trees)
-        self.n_var = P + L + (1 if norm == "linf" else 0)
-        self.A = sparse.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                                   shape=(r0, self.n_var))
+        lb.append(np.ones(self.T)); ub.append(np.ones(self.T)); r0 += self.T
+        self.A = sparse.csc_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                                   shape=(r0, P + L))
         self.A_lb, self.A_ub = np.concatenate(lb), np.concatenate(ub)
-        self.integrality = np.zeros(self.n_var)
-        self.integrality[:P] = 1
+        self.col_nnz = np.diff(self.A.indptr)
 
     @property
     def n_binaries(self) -> int:
         return self.P
 
-    def _objective(self, x0):
-        """Linear objective (and constant) for l1 / squared l2; ``g`` distances for linf."""
-        P = self.P
-        xf = x0[self.feat]
-        g = self.w[self.feat] * np.abs(xf - self.theta)
-        if self.norm == "l2":
-            g = g * g
-        below = self.theta < xf  # p_i = 1 costs: move down to theta_i
-        c = np.zeros(self.n_var)
-        const = 0.0
-        if self.norm == "linf":
-            c[-1] = 1.0
-            return c, const, g, below
-        nxt = np.zeros(P)
-        nb = self.same_next & np.append(below[1:], False)
-        nxt[nb] = g[np.flatnonzero(nb) + 1]
-        cb = g - nxt  # telescoping increments below x0 (descending thresholds)
-        prv = np.zeros(P)
-        above = ~below
-        pa = np.append(False, self.same_next[:-1]) & np.append(False, above[:-1])
-        prv[pa] = g[np.flatnonzero(pa) - 1]
-        ca = g - prv  # increments above x0 (ascending thresholds), paid when p_i = 0
-        c[:P] = np.where(below, cb, -ca)
-        const = float(np.sum(ca[above]))
-        return c, const, g, below
+    # -- one row ------------------------------------------------------------------------------
+    def _row(self, x0, blo, bhi, w, norm):
+        """Per predicate: its value at ``x0``, the closed distance of flipping it alone (report
+        units), whether the box forbids the flip, and the telescoping cost increment."""
+        xf, th = x0[self.feat], self.theta
+        s = xf <= th
+        g = w[self.feat] * np.abs(xf - th)
+        blocked = np.where(s, bhi[self.feat] <= th, blo[self.feat] > th)
+        h = g * g if norm == "l2" else g  # cost units: squared distance for l2
+        inc = h.copy()
+        if norm != "linf":
+            # below x0 (p = 0, thresholds descending from x0): the next closer one is i + 1
+            nb = ~s & self.same_next & np.append(~s[1:], False)
+            inc[nb] -= h[np.flatnonzero(nb) + 1]
+            # above x0 (p = 1, ascending): the previous closer one is i - 1
+            pa = s & self.same_prev & np.append(False, s[:-1])
+            inc[pa] -= h[np.flatnonzero(pa) - 1]
+            inc = np.maximum(inc, 0.0)
+        return s, g, h, blocked, inc
 
-    def solve(self, x0, p, j, lo, hi, *, strict: float = 0.0, time_limit: float = 10.0):
-        """Minimum distance from ``x0`` to a point with ``score_j - score_p >= strict`` inside
-        ``x0 + [lo, hi]``. Returns ``(lower_bound, point or None, status)`` with status
-        "optimal", "time-limit" or "infeasible"."""
-        P = self.P
-        c, const, g, below = self._objective(x0)
-        cons = [LinearConstraint(self.A, self.A_lb, self.A_ub)]
-        row = np.zeros(self.n_var)
-        row[P:P + self.L] = self.Sc[:, j] - self.Sc[:, p]
-        cons.append(LinearConstraint(row[None, :], self.s0[p] - self.s0[j] + strict, np.inf))
-        if self.norm == "linf":
-            m = P
-            r_idx = np.concatenate([np.arange(m), np.arange(m)])
-            c_idx = np.concatenate([np.full(m, self.n_var - 1), np.arange(m)])
-            v = np.concatenate([np.ones(m), np.where(below, -g, g)])
-            Alin = sparse.csr_matrix((v, (r_idx, c_idx)), shape=(m, self.n_var))
-            lbl = np.where(below, 0.0, g)
-            cons.append(LinearConstraint(Alin, lbl, np.inf))
-        lbv = np.zeros(self.n_var)
-        ubv = np.ones(self.n_var)
-        if self.norm == "linf":
-            ubv[-1] = np.inf
-        xf = x0[self.feat]
-        lbv[:P] = np.where(xf + hi[self.feat] <= self.theta, 1.0, 0.0)  # x <= theta forced
-        ubv[:P] = np.where(xf + lo[self.feat] > self.theta, 0.0, 1.0)   # x > theta forced
-        if np.any(lbv > ubv):
-            return np.inf, None, "infeasible"
-        res = milp(c, integrality=self.integrality, bounds=Bounds(lbv, ubv), constraints=cons,
-                   options={"time_limit": max(0.05, float(time_limit)), "mip_rel_gap": 0.0,
-                            "presolve": True})
-        if res.status == 2:
-            return np.inf, None, "infeasible"
-        dual = getattr(res, "mip_dual_bound", None)
-        if res.status == 0:
-            dual = res.fun if dual is None or not np.isfinite(dual) else min(dual, res.fun)
-        lbound = -np.inf if dual is None or not np.isfinite(dual) else dual + const
-        lbound = np.sqrt(max(lbound, 0.0)) if self.norm == "l2" else max(lbound, 0.0)
-        status = "optimal" if res.status == 0 else "time-limit"
-        if res.x is None:
-            return lbound, None, status
-        pv = res.x[:P] > 0.5
+    def _point(self, x0, s, u, blo, bhi):
+        """The nearest point of the cell the flips ``u`` select (one ulp inside its open side)."""
+        pv = s ^ u
         lo_int = np.full(self.d, -np.inf)
         up_int = np.full(self.d, np.inf)
         np.maximum.at(lo_int, self.feat[~pv], self.theta[~pv])
         np.minimum.at(up_int, self.feat[pv], self.theta[pv])
         point = np.minimum(np.maximum(x0, np.nextafter(lo_int, np.inf)), up_int)
-        point = np.clip(point, x0 + lo, x0 + hi)
-        return lbound, point, status
+        return np.clip(point, blo, bhi)
+
+    def minimize(self, x0, blo, bhi, w, norm, C, clb, verify, *, time_limit, cap=np.inf):
+        """Minimum distance from ``x0`` to a point of ``[blo, bhi]`` whose leaf indicators ``z``
+        satisfy ``C z >= clb`` and that ``verify`` confirms.
+
+        ``verify(point) -> (ok, point, leaves)``: the estimator's verdict at the (possibly
+        adjusted) point, and the global leaf ids it reaches there. ``cap``: a distance (report
+        units) beyond which answers are not wanted; with it, "nothing at most cap" proves a lower
+        bound of ``cap``.
+
+        Returns ``dict(point, dist, lb, status, exact)``: ``point`` verified (or None), ``dist``
+        its distance, ``lb`` a proven lower bound (report units, never above ``dist``), status
+        "optimal", "infeasible", "limit" or "unverified".
+        """
+        start = time.perf_counter()
+        P, L = self.P, self.L
+        sq = norm == "l2"
+        to_cost = (lambda v: v * v) if sq else (lambda v: v)
+        to_dist = (lambda v: np.sqrt(max(v, 0.0))) if sq else (lambda v: max(v, 0.0))
+        s, g, h, blocked, inc = self._row(x0, blo, bhi, w, norm)
+        # p = s + sgn * u: the static rows in the flip variables
+        sgn = np.where(s, -1.0, 1.0)
+        scale = np.concatenate([sgn, np.ones(L)])
+        A = self.A.copy()
+        A.data = A.data * np.repeat(scale, self.col_nnz)
+        shift = self.A[:, :P] @ s.astype(np.float64)
+        A_lb, A_ub = self.A_lb - shift, self.A_ub - shift
+        Cz = sparse.hstack([sparse.csr_matrix((C.shape[0], P)), sparse.csr_matrix(C)])
+        cuts = []
+        linf = norm == "linf"
+        best_pt, best_cost, best_dist = None, np.inf, np.inf
+        U = to_cost(cap) if np.isfinite(cap) else np.inf  # verified (or wanted) cost bound
+        lb_cost = 0.0
+        status = "limit"
+        done = False
+        for _ in range(_ROUNDS):
+            left = time_limit - (time.perf_counter() - start)
+            if left <= 0:
+                break
+            # a flip dearer on its own than a known answer is never part of a better one
+            free = ~blocked & ~(h > U * (1 + 1e-9))
+            if not free.any():
+                status = "infeasible" if best_pt is None else "optimal"
+                lb_cost = max(lb_cost, U)
+                done = True
+                break
+            S = U if np.isfinite(U) and U > 0 else float(h[free].max())
+            if not S > 0:
+                S = 1.0
+            nv = P + L + (1 if linf else 0)
+            c = np.zeros(nv)
+            vub = np.concatenate([free.astype(np.float64), np.ones(L), [np.inf] if linf else []])
+            blocks = [A, Cz] + cuts
+            lbs = [A_lb, clb] + [np.array([-np.inf])] * len(cuts)
+            ubs = [A_ub, np.full(clb.size, np.inf)] + [np.array([self.T - 1.0])] * len(cuts)
+            if linf:
+                blocks = [sparse.hstack([b, sparse.csr_matrix((b.shape[0], 1))]) for b in blocks]
+                fi = np.flatnonzero(free & (g > 0))
+                m = fi.size
+                blocks.append(sparse.csr_matrix(
+                    (np.concatenate([np.ones(m), -g[fi] / S]),
+                     (np.concatenate([np.arange(m)] * 2), np.concatenate([np.full(m, nv - 1), fi]))),
+                    shape=(m, nv)))
+                lbs.append(np.zeros(m)); ubs.append(np.full(m, np.inf))
+                c[-1] = 1.0
+            else:
+                c[:P] = np.where(free, inc / S, 0.0)
+            integrality = np.zeros(nv)
+            integrality[:P] = 1
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # options scipy passes to HiGHS verbatim
+                res = milp(c, integrality=integrality, bounds=Bounds(np.zeros(nv), vub),
+                           constraints=LinearConstraint(sparse.vstack(blocks).tocsr(),
+                                                        np.concatenate(lbs), np.concatenate(ubs)),
+                           options={**_HIGHS, "time_limit": max(0.01, float(left))})
+            if res.status == 2:  # nothing (better than U): proven
+                lb_cost = max(lb_cost, U) if np.isfinite(U) else np.inf
+                status = "optimal" if best_pt is not None else "infeasible"
+                done = True
+                break
+            dual = getattr(res, "mip_dual_bound", None)
+            if dual is not None and np.isfinite(dual):
+                # valid for every answer of cost <= U (the only ones wanted); the solver's
+                # tolerances are absolute in this program's units, so the bound is only as good
+                # as the normalisation: an optimum far below S needs another round
+                lb_cost = max(lb_cost, min(max(dual * (1 - _DEFLATE) - _ABS, 0.0) * S, U))
+            if res.x is None:
+                status = "limit" if res.status == 1 else "error"
+                break
+            u = res.x[:P] > 0.5
+            point = self._point(x0, s, u, blo, bhi)
+            ok, point, leaves = verify(point)
+            if not ok:
+                combo = np.flatnonzero(res.x[P:P + L] > 0.5)
+                if leaves is None or combo.size != self.T or not np.array_equal(np.sort(leaves), combo):
+                    status = "unverified"  # the estimator disagrees with the boxes here
+                    break
+                # this tuple of leaves is confirmed not to qualify: cut it off and solve again
+                cut = np.zeros((1, nv if not linf else nv - 1))
+                cut[0, P + combo] = 1.0
+                cuts.append(sparse.csr_matrix(cut))
+                continue
+            dist = float(weighted_norm(point - x0, w, norm))
+            cost = to_cost(dist)
+            if dist < best_dist:
+                best_pt, best_dist, best_cost = point, dist, cost
+            U = min(U, best_cost)
+            if res.status != 0:
+                status = "limit"
+                break
+            status = "optimal"
+            slack = _ulps(x0, best_pt, w, norm)
+            if best_dist <= to_dist(lb_cost) * (1 + _REL) + slack:
+                done = True
+                break
+            if best_cost >= _SETTLED * S:  # the optimum is O(1) in this program's units: settled
+                break
+            # else: solve again, normalised by the answer found (more flips fixed)
+        lbd = to_dist(lb_cost)
+        if best_pt is not None:
+            lbd = min(lbd, best_dist)
+            slack = _ulps(x0, best_pt, w, norm)
+            exact = status == "optimal" and best_dist <= lbd * (1 + _REL) + slack
+        else:
+            exact = status == "infeasible" and done
+        return dict(point=best_pt, dist=best_dist, lb=lbd, status=status, exact=bool(exact))
 
 
 def _ensemble(form, prob: Problem, *, X_train, seed, progress, time_limit, max_binaries,
@@ -344,19 +494,28 @@ def _ensemble(form, prob: Problem, *, X_train, seed, progress, time_limit, max_b
     exact[unreachable] = True
     margin[unreachable] = np.inf
     method[unreachable] = "tree-leaf-exit (unreachable)"
-    model = EnsembleMilp(form, Sc, s0, prob.weights, prob.norm)
+    model = EnsembleMilp(form)
     use_milp = model.n_binaries <= max_binaries
     if use_milp:
         # one program per row and class, each verified by predicting a single point: OpenMP
         # thread start-up (HistGradientBoosting's predict) would dominate those tiny calls
         with threadpool_limits(limits=1, user_api="openmp"):
-            _milp_rows(form, prob, model, Sc, lb_cls, lower, margin, delta, nearest, exact, method,
-                       np.flatnonzero(~unreachable), time_limit, progress)
+            _milp_rows(form, prob, model, Sc, s0, lb_cls, lower, margin, delta, nearest, exact,
+                       method, np.flatnonzero(~unreachable), time_limit, progress)
     todo = np.flatnonzero(np.isnan(margin))
     if todo.size:
-        extra = _leaf_candidates(form, prob, todo, Sc, n_candidates)
-        dl, dist, nk = search(form, prob, todo, X_train=X_train, seed=seed, n_candidates=n_candidates,
-                              extra=extra)
+        # endpoints that depend on nothing but the row (and X_train): the nearest points of
+        # other-class leaves and the nearest training rows predicted otherwise; no random
+        # directions, whose draws (and spread) would depend on the other rows of the batch
+        extra = [_leaf_candidates(form, prob, todo, Sc, n_candidates)]
+        if X_train is not None and X_train.shape[0]:
+            from invaudit.margins._blackbox import _nearest_candidates
+
+            idx = _nearest_candidates(X[todo], prob.pred[todo], X_train, form.predict_index(X_train),
+                                      prob.weights, prob.norm, n_candidates)
+            extra.append(np.where((idx >= 0)[:, :, None], X_train[np.maximum(idx, 0)], np.nan))
+        dl, dist, nk = search(form, prob, todo, X_train=None, seed=seed, n_candidates=0,
+                              extra=np.concatenate(extra, axis=1))
         found = np.isfinite(dist)
         margin[todo[found]] = dist[found]
         delta[todo[found]] = dl[found]
@@ -370,50 +529,61 @@ def _ensemble(form, prob: Problem, *, X_train, seed, progress, time_limit, max_b
                 perturbation_norm=pnorm, exact=exact, method=method)
 
 
-def _milp_rows(form, prob, model, Sc, lb_cls, lower, margin, delta, nearest, exact, method, rows,
-               time_limit, progress):
-    """The MILP for each of ``rows`` (fills the output arrays in place)."""
+def _milp_rows(form, prob, model, Sc, s0, lb_cls, lower, margin, delta, nearest, exact, method,
+               rows, time_limit, progress):
+    """The MILP for each of ``rows`` (fills the output arrays in place). Every row is solved on
+    its own, with its own time budget: nothing carries over from one row to the next."""
     X, p = prob.X, prob.pred
     n = prob.n
     lo_all, hi_all = prob.box()
+    sigma = score_scale(Sc, s0)
     for i in rows:  # one program per row (and other class)
         start = time.perf_counter()
-        best_d, best_pt, best_k = np.inf, None, -1
+        x0 = X[i]
+        blo, bhi = x0 + lo_all[i], x0 + hi_all[i]
+        pi = p[i:i + 1]
+
+        def verify(pt, x0=x0, pi=pi):
+            dl, ok, _ = finalize(form, x0[None, :], pt[None, :], pi)
+            if ok[0]:
+                return True, x0 + dl[0], None
+            return False, pt, form.leaf_index(pt[None, :])[0] + model.leaf_offsets
+
+        best_d, best_dl, best_k = np.inf, None, -1
         lbs = lb_cls[i].copy()
-        timed_out = False
+        stopped = None
         for j in np.argsort(lb_cls[i], kind="stable"):
             if j == p[i] or not np.isfinite(lb_cls[i, j]) or lb_cls[i, j] >= best_d:
                 continue
             left = time_limit - (time.perf_counter() - start)
             if left <= 0:
-                timed_out = True
+                stopped = "time limit"
                 break
-            lbj, pt, st = model.solve(X[i], p[i], j, lo_all[i], hi_all[i], time_limit=left)
-            lbs[j] = max(lbs[j], lbj)
-            if st == "time-limit":
-                timed_out = True
-            if pt is not None:
-                dl, ok, idx = finalize(form, X[i:i + 1], pt[None, :], p[i:i + 1])
-                if not ok[0]:  # a tie the estimator resolves for p: ask for a strict win
-                    scale = 1e-7 * (1.0 + np.abs(Sc).max())
-                    _, pt, _ = model.solve(X[i], p[i], j, lo_all[i], hi_all[i], strict=scale,
-                                           time_limit=max(0.05, time_limit - (time.perf_counter() - start)))
-                    if pt is not None:
-                        dl, ok, idx = finalize(form, X[i:i + 1], pt[None, :], p[i:i + 1])
-                if pt is not None and ok[0]:
+            row, lbv = beat_row(form, Sc, s0, int(j), int(p[i]), sigma)
+            out = model.minimize(x0, blo, bhi, prob.weights, prob.norm, row[None, :], np.array([lbv]),
+                                 verify, time_limit=left, cap=best_d)
+            lbs[j] = max(lbs[j], out["lb"])
+            if out["status"] in ("limit", "error"):
+                stopped = "time limit"
+            elif out["status"] == "unverified":
+                stopped = "the estimator disagrees with the leaf boxes"
+            if out["point"] is not None:
+                dl, ok, idx = finalize(form, x0[None, :], out["point"][None, :], pi)
+                if ok[0]:
                     dist = float(weighted_norm(dl[0], prob.weights, prob.norm))
                     if dist < best_d:
-                        best_d, best_pt, best_k = dist, dl[0], int(idx[0])
+                        best_d, best_dl, best_k = dist, dl[0], int(idx[0])
         lbs[p[i]] = np.inf
         lower[i] = min(np.min(lbs), best_d)  # every other class is bounded below
-        if best_pt is not None:
+        if best_dl is not None:
             margin[i] = best_d
-            delta[i] = best_pt
+            delta[i] = best_dl
             nearest[i] = best_k
-            # exact when the verified point is as near as the certified lower bound
-            exact[i] = best_d <= lower[i] * (1 + 1e-9) + 1e-12
+            # exact when the verified point is as near as the proven lower bound
+            slack = _ulps(x0, x0 + best_dl, prob.weights, prob.norm)
+            exact[i] = best_d <= lower[i] * (1 + _REL) + slack
             method[i] = "tree-ensemble-milp" if exact[i] else \
-                "tree-ensemble-milp (" + ("time limit" if timed_out else "tie") + ": bounds)"
+                f"tree-ensemble-milp ({stopped or 'gap'}: bounds)"
         elif not np.isfinite(lower[i]):
             margin[i] = np.inf
             exact[i] = True

@@ -121,7 +121,7 @@ def test_ensemble_milp_on_a_dense_grid(make):
         assert np.all(batch.method == "tree-ensemble-milp")
         _verified(form, Xq, batch)
         _grid_check(form, Xq, batch, norm)
-        np.testing.assert_allclose(batch.lower_bound, batch.margin, rtol=1e-9)
+        np.testing.assert_allclose(batch.lower_bound, batch.margin, rtol=1e-7)  # bounds allow for solver tolerances
 
 
 def test_binary_boosting_and_leaf_exit_bound_below_the_exact_margin():
