@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from invaudit.audit import load_suite, run_suite, starter_suite, summarize, to_junit
+from invaudit.audit import iter_suite, load_suite, not_run, starter_suite, summarize, to_junit
 from invaudit.audit.runner import Context
 from invaudit.errors import InputError
 from invaudit.io import envelope, write_atomic
@@ -24,11 +26,16 @@ def audit(
     junit: Annotated[Optional[Path], typer.Option("--junit", metavar="PATH", help="Also write JUnit XML.")] = None,
     markdown: Annotated[Optional[Path], typer.Option("--markdown", metavar="PATH", help="Also write a Markdown summary.")] = None,
     init: Annotated[Optional[Path], typer.Option("--init", metavar="MODEL", help="Print a commented starter suite for MODEL and exit.")] = None,
-    trust: Annotated[bool, typer.Option("--trust", help="With --init: load MODEL without the allowlist.")] = False,
+    trust: Annotated[bool, typer.Option("--trust", help="Load every model the suite names without the allowlist, as if "
+                                        "each had 'trust: true' (a pickle can run code; sha256: pins still apply). "
+                                        "With --init: load MODEL so and write 'trust: true'.")] = False,
     format: FormatOpt = Format.table,
     json: JsonOut = None,
 ) -> int:
-    """Run a suite of checks; exit 0 when all pass, 1 when any fails."""
+    """Run a suite of checks; exit 0 when all pass, 1 when any fails.
+
+    Interrupted (SIGTERM from a CI timeout, or Ctrl-C), it still writes every report for the checks
+    finished so far, the rest marked not run, and exits 143 (SIGTERM) or 130 (SIGINT)."""
     if init is not None:
         typer.echo(starter_suite(init, trust=trust), nl=False)
         return 0
@@ -36,13 +43,31 @@ def audit(
         raise InputError("name a suite file (invaudit audit SUITE.yaml) or use --init MODEL.")
     started = time.perf_counter()
     spec = load_suite(suite)
-    ctx = Context(warn=warn)
-    with progress("checks", len(spec.checks)) as update:
-        outcomes = run_suite(spec, ctx, progress=update)
-    loaded, form = ctx.model(spec.source)
-    model = {"path": str(spec.source.model), "sha256": loaded.sha256, **form.describe()}
-    report = envelope("audit", model=model, data=None, params={"suite": str(suite)},
-                      results=[o.as_dict() for o in outcomes], summary=summarize(outcomes),
+    ctx = Context(warn=warn, trust_all=trust)
+    outcomes: list = []
+    interrupted = None
+    try:
+        with _interrupts_raise(), progress("checks", len(spec.checks)) as update:
+            for outcome in iter_suite(spec, ctx):
+                outcomes.append(outcome)
+                update(len(outcomes), len(spec.checks))
+    except _Interrupted as exc:
+        interrupted = exc.name
+    if interrupted is not None:
+        warn(f"interrupted by {interrupted} after {len(outcomes)} of {len(spec.checks)} checks; "
+             "writing the reports for the checks finished so far.")
+        outcomes += [not_run(c, f"not run: the audit was interrupted by {interrupted}")
+                     for c in spec.checks[len(outcomes):]]
+        cached = ctx.loaded_model(spec.source)  # never load a model after an interrupt
+    else:
+        cached = ctx.model(spec.source)
+    model = None if cached is None else {"path": str(spec.source.model), "sha256": cached[0].sha256,
+                                         **cached[1].describe()}
+    params = {"suite": str(suite)}
+    if spec.time_limit is not None:
+        params["time_limit"] = spec.time_limit
+    report = envelope("audit", model=model, data=None, params=params,
+                      results=[o.as_dict() for o in outcomes], summary=summarize(outcomes, interrupted=interrupted),
                       elapsed_s=time.perf_counter() - started)
     # Files first (atomically), then stdout.
     if junit is not None:
@@ -58,7 +83,41 @@ def audit(
         except OSError as exc:
             warn(f"cannot append to $GITHUB_STEP_SUMMARY ({exc.strerror or exc}).")
     emit_report(report, format, json)
+    if interrupted is not None:
+        return 128 + _SIGNALS[interrupted]
     return 0 if report["summary"]["failed"] == 0 else 1
+
+
+_SIGNALS = {"SIGINT": int(signal.SIGINT), "SIGTERM": int(signal.SIGTERM)}
+
+
+class _Interrupted(BaseException):
+    """SIGTERM or SIGINT arrived while the checks ran."""
+
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.name = name
+
+
+@contextlib.contextmanager
+def _interrupts_raise():
+    """While the checks run, SIGTERM and SIGINT raise :class:`_Interrupted` (so the reports can
+    still be written); the previous handlers are back before any report is written, so a second
+    signal stops the process at once (write_atomic never leaves a truncated file)."""
+    def handler(signum, frame):
+        raise _Interrupted(signal.Signals(signum).name)
+
+    previous = {}
+    try:
+        for name, num in _SIGNALS.items():
+            previous[num] = signal.signal(num, handler)
+    except ValueError:  # not the main thread: signals cannot be caught here
+        pass
+    try:
+        yield
+    finally:
+        for num, old in previous.items():
+            signal.signal(num, old)
 
 
 def _write(path: Path, text: str) -> None:

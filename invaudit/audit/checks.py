@@ -35,12 +35,22 @@ class ExplainCheck(Check):
         X = np.asarray(ds.X[:n], dtype=np.float64)
         res = explain_rows(form, X, rows=np.arange(n), baseline=resolve_baseline(p.get("baseline", "zero"), form.n_features),
                            shape=parse_shape(p.get("shape"), form.n_features), confidence=p.get("confidence"),
-                           max_explanations=int(p.get("max_explanations", 5)), seed=int(p.get("seed", 0)))
+                           max_explanations=int(p.get("max_explanations", 5)), seed=int(p.get("seed", 0)),
+                           progress=ctx.tick)
         multiple = sum(sum(e.sufficient for e in r.explanations) >= 2 for r in res)
         value = multiple / n
-        return CheckResult(passed=value >= p["min_multiple"], value=round(value, 6),
-                           threshold=f">= {p['min_multiple']}",
-                           details={"rows": n, "rows_with_multiple": int(multiple)})
+        passed = value >= p["min_multiple"]
+        details = {"rows": n, "rows_with_multiple": int(multiple)}
+        if not passed:
+            details["reason"] = (f"{multiple} of {n} rows ({value:.0%}) have two or more disjoint sufficient "
+                                 f"explanations; needs >= {p['min_multiple']}")
+        return CheckResult(passed=bool(passed), value=round(value, 6), threshold=f">= {p['min_multiple']}",
+                           details=details)
+
+
+def _num(v) -> str:
+    """A value for a one-line reason (4 significant digits)."""
+    return "none" if v is None else f"{v:.4g}"
 
 
 def _rows(ds, n) -> np.ndarray:
@@ -113,23 +123,31 @@ class MarginCheck(Check):
         y = None if ds.y_index is None else ds.y_index[: X.shape[0]]
         X_train = np.asarray(ctx.data(spec.source, "train").X) if spec.source.train is not None else None
         batch = margins(form, X, y_index=y, norm=p.get("norm", "l2"), constraints=_constraints(form, X, ctx, spec, p),
-                        X_train=X_train, seed=int(p.get("seed", 0)))
+                        X_train=X_train, seed=int(p.get("seed", 0)), progress=ctx.tick,
+                        time_limit=ctx.solver_time_limit(10.0))
+        ctx.tick()
         eps = [p["eps"]] if "eps" in p else []
         s = summarize(batch, y, eps)
-        value, threshold, ok = {}, {}, True
+        value, threshold, why = {}, {}, []
         if "min_robust_accuracy" in p:
             ra = s["robust_accuracy"][next(iter(s["robust_accuracy"]))]
             ra_low = ra["lower"] if isinstance(ra, dict) else ra
             value["robust_accuracy"], threshold["robust_accuracy"] = ra, f">= {p['min_robust_accuracy']} at eps {p['eps']}"
-            ok &= ra_low is not None and ra_low >= p["min_robust_accuracy"]
+            if ra_low is None or ra_low < p["min_robust_accuracy"]:
+                why.append(f"robust accuracy at eps {p['eps']} is {_num(ra_low)}"
+                           f"{' (certified lower end)' if isinstance(ra, dict) else ''}, needs >= {p['min_robust_accuracy']}")
         if "min_margin" in p:
             certified = np.where(batch.exact, batch.margin, batch.lower_bound)
             low = float(np.nanmin(certified)) if np.any(~np.isnan(certified)) else None
             value["min_margin"], threshold["min_margin"] = low, f">= {p['min_margin']}"
-            ok &= low is not None and low >= p["min_margin"]
-        return CheckResult(passed=bool(ok), value=value, threshold=threshold,
-                           details={"rows": int(X.shape[0]), "exact": int(np.sum(batch.exact)),
-                                    "median_margin": s["median_margin"]})
+            if low is None:
+                why.append("no row has an exact margin or a certified lower bound")
+            elif low < p["min_margin"]:
+                why.append(f"row {int(np.nanargmin(certified))} is {_num(low)} from the boundary, needs >= {p['min_margin']}")
+        details = {"rows": int(X.shape[0]), "exact": int(np.sum(batch.exact)), "median_margin": s["median_margin"]}
+        if why:
+            details["reason"] = "; ".join(why)
+        return CheckResult(passed=not why, value=value, threshold=threshold, details=details)
 
 
 @register
@@ -166,29 +184,41 @@ class CounterfactualCheck(Check):
             try:
                 k = int(class_indices(form.classes, np.array([target]))[0])
             except KeyError:
-                from ..errors import InputError
+                # YAML read the label as another type than the model's classes (1 vs "1").
+                same = [i for i, c in enumerate(np.asarray(form.classes)) if str(c) == str(target)]
+                if len(same) != 1:
+                    from ..errors import InputError
 
-                raise InputError(f"{spec.where}.target: {target!r} is not a class of the model.") from None
+                    shown = ", ".join(str(c) for c in list(form.classes)[:12])
+                    raise InputError(f"{spec.where}.target: {target!r} is not a class of the model "
+                                     f"(classes: {shown}).") from None
+                k = same[0]
             target = np.full(X.shape[0], k, dtype=np.intp)
         batch = counterfactuals(form, X, target=target, confidence=p.get("confidence"), norm=p.get("norm", "l2"),
-                                constraints=_constraints(form, X, ctx, spec, p))
+                                constraints=_constraints(form, X, ctx, spec, p), progress=ctx.tick,
+                                time_limit=ctx.solver_time_limit(10.0))
+        ctx.tick()
         status = np.asarray(batch.status)
         feasible = np.isin(status, ("found", "already-target"))
         share = float(feasible.mean())
         dist = np.asarray(batch.distance)[status == "found"]
         median = float(np.median(dist)) if dist.size else 0.0
-        value, threshold, ok = {}, {}, True
+        value, threshold, why = {}, {}, []
         if "min_feasible" in p:
             value["feasible"], threshold["feasible"] = round(share, 6), f">= {p['min_feasible']}"
-            ok &= share >= p["min_feasible"]
+            if share < p["min_feasible"]:
+                why.append(f"{int(feasible.sum())} of {feasible.size} rows ({share:.0%}) have a feasible counterfactual, "
+                           f"needs >= {p['min_feasible']}")
         if "max_median_distance" in p:
             value["median_distance"], threshold["median_distance"] = median, f"<= {p['max_median_distance']}"
-            ok &= median <= p["max_median_distance"]
-        return CheckResult(passed=bool(ok), value=value, threshold=threshold,
-                           details={"rows": int(X.shape[0]), "found": int(np.sum(status == "found")),
-                                    "infeasible": int(np.sum(status == "infeasible")),
-                                    "failed": int(np.sum(status == "failed")),
-                                    "exact": int(np.sum(np.asarray(batch.exact) & (status == "found")))})
+            if median > p["max_median_distance"]:
+                why.append(f"median distance {_num(median)}, needs <= {p['max_median_distance']}")
+        details = {"rows": int(X.shape[0]), "found": int(np.sum(status == "found")),
+                   "infeasible": int(np.sum(status == "infeasible")), "failed": int(np.sum(status == "failed")),
+                   "exact": int(np.sum(np.asarray(batch.exact) & (status == "found")))}
+        if why:
+            details["reason"] = "; ".join(why)
+        return CheckResult(passed=not why, value=value, threshold=threshold, details=details)
 
 
 @register
@@ -215,14 +245,23 @@ class InfluenceCheck(Check):
         X = _rows(te, p.get("test_rows", 20))
         y = None if te.y_index is None else te.y_index[: X.shape[0]]
         obj = build_objective(form, np.asarray(tr.X, dtype=np.float64), tr.y_index)
-        changes = np.abs(predicted_loss_changes(obj, X, y))  # (T, m)
+        ctx.tick()
+        parts = []
+        for lo in range(0, X.shape[0], 8):  # in chunks, so a time limit is checked between them
+            parts.append(np.abs(predicted_loss_changes(obj, X[lo:lo + 8], None if y is None else y[lo:lo + 8])))
+            ctx.tick()
+        changes = np.concatenate(parts)  # (T, m)
         totals = changes.sum(axis=1)
         share = np.divide(changes.max(axis=1), totals, out=np.zeros_like(totals), where=totals > 0)
         worst = int(np.argmax(share))
-        return CheckResult(passed=bool(share.max() <= p["max_share"]), value=round(float(share.max()), 6),
-                           threshold=f"<= {p['max_share']}",
-                           details={"test_rows": int(X.shape[0]), "worst_test_row": worst,
-                                    "worst_train_row": int(np.argmax(changes[worst]))})
+        worst_train = int(np.argmax(changes[worst]))
+        passed = bool(share.max() <= p["max_share"])
+        details = {"test_rows": int(X.shape[0]), "worst_test_row": worst, "worst_train_row": worst_train}
+        if not passed:
+            details["reason"] = (f"training row {worst_train} carries {share.max():.0%} of test row {worst}'s total "
+                                 f"absolute influence, allowed <= {p['max_share']}")
+        return CheckResult(passed=passed, value=round(float(share.max()), 6), threshold=f"<= {p['max_share']}",
+                           details=details)
 
 
 @register
@@ -251,8 +290,14 @@ class MislabelCheck(Check):
         p = spec.params
         tr = ctx.data(spec.source, "train", require_labels=True)
         ranking = rank_mislabels(form, np.asarray(tr.X, dtype=np.float64), tr.y_index,
-                                 method=p.get("method", "auto"), seed=int(p.get("seed", 0)))
+                                 method=p.get("method", "auto"), seed=int(p.get("seed", 0)), progress=ctx.tick)
+        ctx.tick()
         above = ranking.order[ranking.score[ranking.order] > p["min_score"]]
-        return CheckResult(passed=bool(above.size <= p["max_suspects"]), value=int(above.size),
-                           threshold=f"<= {p['max_suspects']} rows scoring above {p['min_score']}",
-                           details={"method": ranking.method, "suspects": [int(i) for i in above[:20]]})
+        passed = bool(above.size <= p["max_suspects"])
+        details = {"method": ranking.method, "suspects": [int(i) for i in above[:20]]}
+        if not passed:
+            shown = ", ".join(str(int(i)) for i in above[:5])
+            details["reason"] = (f"{above.size} training rows score above {p['min_score']} ({ranking.method}; "
+                                 f"most suspect: rows {shown}), allowed <= {p['max_suspects']}")
+        return CheckResult(passed=passed, value=int(above.size),
+                           threshold=f"<= {p['max_suspects']} rows scoring above {p['min_score']}", details=details)

@@ -6,6 +6,8 @@ e.g. ``suite.yaml: checks[2].eps: expected a number, got 'high'``.
 
 from __future__ import annotations
 
+import re
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -14,9 +16,53 @@ import yaml
 
 from ..errors import InputError
 
-SUITE_KEYS = {"model", "trust", "sha256", "train", "test", "data", "label_column", "checks"}
+# A suite is a few dozen values. Aliases may share a block (``<<: *defaults``), but a document
+# whose aliases expand to more than this many values ("billion laughs": 599 bytes, 10^9 values)
+# is refused before anything walks it.
+MAX_SUITE_VALUES = 100_000
+SUITE_BYTES = 1 << 20
+
+_repr = reprlib.Repr()
+_repr.maxlevel, _repr.maxlist, _repr.maxdict, _repr.maxstring, _repr.maxother = 2, 4, 4, 60, 60
+
+
+def _shown(value) -> str:
+    """A value for an error message: bounded, whatever its size (never a full repr())."""
+    return _repr.repr(value)
+
+
+class _AliasBomb(Exception):
+    pass
+
+
+class _SuiteLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing documents whose aliases expand beyond MAX_SUITE_VALUES."""
+
+    def construct_document(self, node):
+        sizes: dict = {}
+        todo = [(node, False)]
+        while todo:  # post-order, memoised on node identity: linear in the document's text
+            current, done = todo.pop()
+            if id(current) in sizes:
+                continue
+            children = []
+            if isinstance(current, yaml.SequenceNode):
+                children = list(current.value)
+            elif isinstance(current, yaml.MappingNode):
+                children = [n for pair in current.value for n in pair]
+            if done or not children:
+                total = 1 + sum(sizes.get(id(c), 1) for c in children)
+                if total > MAX_SUITE_VALUES:
+                    raise _AliasBomb()
+                sizes[id(current)] = total
+                continue
+            todo.append((current, True))
+            todo.extend((c, False) for c in children if id(c) not in sizes)
+        return super().construct_document(node)
+
+SUITE_KEYS = {"model", "trust", "sha256", "train", "test", "data", "label_column", "time_limit", "checks"}
 # Keys a check may carry besides its own parameters: it may point at another model or data.
-CHECK_COMMON = {"name", "kind", "model", "trust", "sha256", "train", "test", "data", "label_column"}
+CHECK_COMMON = {"name", "kind", "model", "trust", "sha256", "train", "test", "data", "label_column", "time_limit"}
 
 
 @dataclass(frozen=True)
@@ -38,6 +84,7 @@ class CheckSpec:
     name: str
     params: dict
     source: Source
+    time_limit: Optional[float] = None  # seconds for this check (``time_limit:`` in the check)
 
     @property
     def where(self) -> str:
@@ -49,20 +96,39 @@ class Suite:
     path: Path
     source: Source
     checks: list = field(default_factory=list)
+    time_limit: Optional[float] = None  # seconds for the whole suite (top-level ``time_limit:``)
 
 
 def load_suite(path) -> Suite:
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise InputError(f"suite file {p} does not exist.")
+    from ..io.model_file import open_regular_file
+
     try:
-        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
+        with open_regular_file(p, what="suite file") as fh:
+            raw = fh.read(SUITE_BYTES + 1)
+        if len(raw) > SUITE_BYTES:
+            raise InputError(f"suite file {p} is larger than 1 MiB; a suite is a short YAML file.")
+        doc = yaml.load(raw.decode("utf-8"), Loader=_SuiteLoader)
+    except _AliasBomb:
+        raise InputError(f"suite file {p} was refused: its aliases expand to more than "
+                         f"{MAX_SUITE_VALUES:,} values.") from None
+    except yaml.constructor.ConstructorError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        if "tag" in str(getattr(exc, "problem", "")):
+            raise InputError(f"suite file {p}: tags are not allowed (found one{where}): a suite "
+                             "holds plain YAML values only.") from None
+        raise InputError(f"suite file {p} is not valid YAML{where}.") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise InputError(f"suite file {p} is not valid YAML{where}.") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read suite file {p}: {exc}.") from None
+    except UnicodeDecodeError:
+        raise InputError(f"cannot read suite file {p}: it is not UTF-8 text.") from None
+    except OSError as exc:
+        raise InputError(f"cannot read suite file {p}: {exc.strerror or exc}.") from None
     if not isinstance(doc, dict):
         raise InputError(f"{p}: the suite must be a mapping with 'model' and 'checks'.")
     unknown = sorted(set(doc) - SUITE_KEYS)
@@ -82,8 +148,8 @@ def load_suite(path) -> Suite:
         if not isinstance(raw, dict):
             raise InputError(f"{p}: {where}: expected a mapping with at least 'kind'.")
         kind = raw.get("kind")
-        if kind not in REGISTRY:
-            raise InputError(f"{p}: {where}.kind: unknown kind {kind!r} (known: {', '.join(sorted(REGISTRY))}).")
+        if not isinstance(kind, str) or kind not in REGISTRY:
+            raise InputError(f"{p}: {where}.kind: unknown kind {_shown(kind)} (known: {', '.join(sorted(REGISTRY))}).")
         name = raw.get("name", kind)
         if not isinstance(name, str) or not name:
             raise InputError(f"{p}: {where}.name: expected a non-empty string.")
@@ -93,8 +159,18 @@ def load_suite(path) -> Suite:
         src = _source(raw, base, p, where + ".", default)
         params = {k: v for k, v in raw.items() if k not in CHECK_COMMON}
         params = REGISTRY[kind].validate(params, f"{p}: {where}")
-        specs.append(CheckSpec(index=i, kind=kind, name=name, params=params, source=src))
-    return Suite(path=p, source=default, checks=specs)
+        specs.append(CheckSpec(index=i, kind=kind, name=name, params=params, source=src,
+                               time_limit=_time_limit(raw, p, where + ".")))
+    return Suite(path=p, source=default, checks=specs, time_limit=_time_limit(doc, p, ""))
+
+
+def _time_limit(doc: dict, p: Path, prefix: str) -> Optional[float]:
+    v = doc.get("time_limit")
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+        raise InputError(f"{p}: {prefix}time_limit: expected a positive number of seconds, got {_shown(v)}.")
+    return float(v)
 
 
 def _source(doc: dict, base: Path, p: Path, prefix: str, default: Optional[Source]) -> Source:
@@ -103,7 +179,7 @@ def _source(doc: dict, base: Path, p: Path, prefix: str, default: Optional[Sourc
         if v is None:
             return None if default is None else getattr(default, key if key != "data" else "test")
         if not isinstance(v, str):
-            raise InputError(f"{p}: {prefix}{key}: expected a file path, got {v!r}.")
+            raise InputError(f"{p}: {prefix}{key}: expected a file path, got {_shown(v)}.")
         f = (base / v) if not Path(v).is_absolute() else Path(v)
         if not f.is_file():
             raise InputError(f"{p}: {prefix}{key}: file {f} does not exist.")
@@ -113,13 +189,19 @@ def _source(doc: dict, base: Path, p: Path, prefix: str, default: Optional[Sourc
     if model is None:
         raise InputError(f"{p}: {prefix or ''}model: the suite must name a model file.")
     test = path_of("test") if doc.get("test") is not None else path_of("data")
-    trust = doc.get("trust", default.trust if default else False)
+    # trust and sha256 belong to the model file next to them: a check that names its own model
+    # vouches for and pins it itself; one that does not inherits the suite's model with both.
+    inherits = default is not None and "model" not in doc
+    trust = doc.get("trust", default.trust if inherits else False)
     if not isinstance(trust, bool):
-        raise InputError(f"{p}: {prefix}trust: expected true or false.")
+        raise InputError(f"{p}: {prefix}trust: expected true or false, got {_shown(trust)}.")
     label_column = doc.get("label_column", default.label_column if default else None)
     if label_column is not None and not isinstance(label_column, str):
         raise InputError(f"{p}: {prefix}label_column: expected a column name.")
-    sha = doc.get("sha256", default.sha256 if default and "model" not in doc else None)
+    sha = doc.get("sha256", default.sha256 if inherits else None)
+    if sha is not None and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-fA-F]{64}", sha.strip())):
+        raise InputError(f"{p}: {prefix}sha256: expected the model file's SHA-256 as 64 hexadecimal digits, got {_shown(sha)}.")
+    sha = None if sha is None else sha.strip().lower()
     return Source(model=model, trust=trust, sha256=sha, train=path_of("train"), test=test,
                   label_column=label_column)
 
@@ -134,7 +216,7 @@ def number(params: dict, key: str, where: str, *, default: Any = None, lo=None, 
         return default
     v = params[key]
     if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
-        raise InputError(f"{where}.{key}: expected {'an integer' if integer else 'a number'}, got {v!r}.")
+        raise InputError(f"{where}.{key}: expected {'an integer' if integer else 'a number'}, got {_shown(v)}.")
     if (lo is not None and v < lo) or (hi is not None and v > hi):
         raise InputError(f"{where}.{key}: {v} is outside [{lo}, {hi}].")
     return v
@@ -143,14 +225,14 @@ def number(params: dict, key: str, where: str, *, default: Any = None, lo=None, 
 def choice(params: dict, key: str, where: str, options, *, default=None):
     v = params.get(key, default)
     if v not in options:
-        raise InputError(f"{where}.{key}: expected one of {', '.join(map(str, options))}, got {v!r}.")
+        raise InputError(f"{where}.{key}: expected one of {', '.join(map(str, options))}, got {_shown(v)}.")
     return v
 
 
 def text(params: dict, key: str, where: str, *, default=None):
     v = params.get(key, default)
     if v is not None and not isinstance(v, (str, int)):
-        raise InputError(f"{where}.{key}: expected a string, got {v!r}.")
+        raise InputError(f"{where}.{key}: expected a string, got {_shown(v)}.")
     return None if v is None else str(v)
 
 

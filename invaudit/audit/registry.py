@@ -1,7 +1,9 @@
 """The registry of audit checks: one class per kind, declaring its name and validating its parameters.
 
 Modelled on cleanlab's issue-manager factory: a dict of classes and a ``register`` decorator.
-A check whose solver is not available reports ``passed: None`` ("not run"), never a pass.
+A check the model cannot support (influence for a tree) is *failed* with the reason, never a pass
+and never an abort of the whole suite: a CI gate must not turn green on a check it could not run.
+``passed: None`` ("not run") is only for checks an interrupted run never reached.
 """
 
 from __future__ import annotations
@@ -34,6 +36,19 @@ class Check:
 
         reject_unknown(params, cls.params, where)
         return dict(params)
+
+    @classmethod
+    def unsupported(cls, form) -> Optional[str]:
+        """Why this check cannot run on ``form``, or None when it can.
+
+        The answer is ``info``'s (:func:`invaudit.models.capabilities.capabilities`), so a starter
+        suite, the runner and ``info`` never disagree."""
+        from ..models.capabilities import capabilities
+
+        for cap in capabilities(form):
+            if cap.command == cls.kind and cap.available != "yes":
+                return f"{cls.kind} is not available for {form.describe()['estimator']} ({form.kind} form): {cap.method}"
+        return None
 
     def run(self, ctx, spec) -> CheckResult:  # pragma: no cover - abstract
         raise NotImplementedError

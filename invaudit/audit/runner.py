@@ -1,4 +1,10 @@
-"""Running a suite: load each model and data file once, run each check, collect results."""
+"""Running a suite: load each model and data file once, run each check, collect results.
+
+:func:`iter_suite` yields one :class:`Outcome` per check as it finishes, so the caller (the CLI)
+owns progress and can write a partial report when a run is interrupted. A check the model cannot
+support and a check over its ``time_limit`` are failed checks with a reason in
+``details["reason"]``; neither stops the suite.
+"""
 
 from __future__ import annotations
 
@@ -7,31 +13,75 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 from xml.etree import ElementTree as ET
 
-from ..errors import InvauditError
+from ..errors import InputError, InvauditError, RefusedModelError, UnsupportedModelError
 from ..io import load_data
 from .config import Source, Suite
 from .registry import REGISTRY, CheckResult
 
 
+class TimeLimitExceeded(BaseException):
+    """Raised by :meth:`Context.tick` when the running check is past its time limit (a
+    BaseException, so a solver's ``except Exception`` fallback cannot swallow it)."""
+
+
+TRUST_HINT = ("If you vouch for this file, set 'trust: true' next to it in the suite "
+              "(or pass --trust to audit to trust every model the suite names).")
+
+
 @dataclass
 class Context:
-    """Caches what several checks share: loaded models (with their forms) and data files."""
+    """Caches what several checks share: loaded models (with their forms) and data files.
+
+    ``trust_all`` is ``audit --trust``: every model file is loaded as if its ``trust:`` were true
+    (``sha256:`` pins are still enforced, before anything is unpickled)."""
 
     warn: Callable[[str], None] = lambda msg: None
+    trust_all: bool = False
     _models: dict = field(default_factory=dict)
     _data: dict = field(default_factory=dict)
+    _deadline: Optional[float] = None  # perf_counter() by which the running check must stop
 
     def model(self, src: Source):
-        from ..io.model_file import load_model
+        from ..io.model_file import file_sha256, load_model
         from ..models import adapt
 
-        key = (src.model, src.trust, src.sha256)
+        trust = src.trust or self.trust_all
+        key = (src.model, trust, src.sha256)
         if key not in self._models:
-            loaded = load_model(src.model, trust=src.trust, sha256=src.sha256)
+            if src.sha256 is not None:
+                digest = file_sha256(src.model)
+                if digest != src.sha256:
+                    raise InputError(f"{src.model} has sha256 {digest}, but the suite pins sha256: {src.sha256} "
+                                     "(update the pin if the model changed on purpose).")
+            try:
+                loaded = load_model(src.model, trust=trust, sha256=src.sha256)
+            except RefusedModelError as exc:
+                shown = ", ".join(f"{m}.{n}" for m, n in exc.names[:8])
+                raise InputError(f"refused to load {src.model}: it names objects outside the allowlist ({shown}); "
+                                 f"nothing was run. {TRUST_HINT}") from None
             for w in loaded.warnings:
                 self.warn(w)
             self._models[key] = (loaded, adapt(loaded.estimator))
         return self._models[key]
+
+    def loaded_model(self, src: Source):
+        """The model already loaded for ``src`` (None when no check got that far)."""
+        return self._models.get((src.model, src.trust or self.trust_all, src.sha256))
+
+    # --- time limits: checked between rows (solvers' progress callbacks) and between checks ----
+
+    def tick(self, *_args) -> None:
+        """Raise :class:`TimeLimitExceeded` when the running check is past its deadline. Takes
+        any arguments so it can be passed to solvers as their ``progress`` callback."""
+        if self._deadline is not None and time.perf_counter() >= self._deadline:
+            raise TimeLimitExceeded
+
+    def solver_time_limit(self, default: float) -> float:
+        """Seconds a solver with its own limit (a MILP per row) may take: its default, or what is
+        left of the check's time when that is less."""
+        if self._deadline is None:
+            return default
+        return max(0.05, min(default, self._deadline - time.perf_counter()))
 
     def data(self, src: Source, which: str, *, require_labels: bool = False):
         path = getattr(src, which)
@@ -68,29 +118,79 @@ class Outcome:
                 "threshold": r.threshold, "details": r.details, "elapsed_s": round(self.elapsed_s, 4)}
 
 
-def run_suite(suite: Suite, ctx: Optional[Context] = None, progress=None) -> list:
+def _failed(reason: str) -> CheckResult:
+    return CheckResult(passed=False, value=None, threshold=None, details={"reason": reason})
+
+
+def not_run(spec, reason: str) -> Outcome:
+    """The outcome of a check an interrupted run never finished: ``passed: None`` with the reason."""
+    return Outcome(spec.name, spec.kind, spec.source.model.name,
+                   CheckResult(passed=None, value=None, threshold=None, details={"reason": reason}), 0.0)
+
+
+def iter_suite(suite: Suite, ctx: Optional[Context] = None):
+    """Run the checks in order, yielding each :class:`Outcome` as it finishes.
+
+    A bad model or data file (refused, unreadable, mismatched) still aborts with its exit code:
+    that is a broken suite, not a finding. A check the model cannot support and a check over its
+    time limit (its own ``time_limit`` or what is left of the suite's) are failed checks."""
     ctx = ctx or Context()
-    out = []
-    for i, spec in enumerate(suite.checks):
+    started = time.perf_counter()
+    suite_deadline = None if suite.time_limit is None else started + suite.time_limit
+    for spec in suite.checks:
         t0 = time.perf_counter()
         try:
-            result = REGISTRY[spec.kind]().run(ctx, spec)
+            result = _run_one(ctx, spec, suite, t0, suite_deadline)
         except InvauditError as exc:  # say which check; keep the error's exit code
             wrapped = InvauditError(f"{suite.path}: {spec.where} ({spec.name}): {exc}")
             wrapped.exit_code = exc.exit_code
             raise wrapped from None
-        out.append(Outcome(spec.name, spec.kind, spec.source.model.name, result, time.perf_counter() - t0))
+        finally:
+            ctx._deadline = None
+        yield Outcome(spec.name, spec.kind, spec.source.model.name, result, time.perf_counter() - t0)
+
+
+def _run_one(ctx: Context, spec, suite: Suite, t0: float, suite_deadline: Optional[float]) -> CheckResult:
+    if suite_deadline is not None and t0 >= suite_deadline:
+        return _failed(f"time limit: the suite's time_limit of {suite.time_limit:g} s ran out before this check started")
+    deadlines = [d for d in (suite_deadline, None if spec.time_limit is None else t0 + spec.time_limit) if d is not None]
+    check = REGISTRY[spec.kind]()
+    form = ctx.model(spec.source)[1]
+    why = check.unsupported(form)
+    if why is not None:
+        return _failed(why)
+    ctx._deadline = min(deadlines) if deadlines else None
+    try:
+        return check.run(ctx, spec)
+    except TimeLimitExceeded:
+        own = spec.time_limit is not None and (suite_deadline is None or t0 + spec.time_limit <= suite_deadline)
+        limit = f"its time_limit of {spec.time_limit:g} s" if own else f"the suite's time_limit of {suite.time_limit:g} s"
+        return _failed(f"time limit: stopped after {time.perf_counter() - t0:.1f} s ({limit})")
+    except UnsupportedModelError as exc:  # a solver's own refusal, for what capabilities() let through
+        return _failed(str(exc))
+
+
+def run_suite(suite: Suite, ctx: Optional[Context] = None, progress=None) -> list:
+    """Every check's :class:`Outcome` (see :func:`iter_suite`); ``progress(done, total)`` after each."""
+    out = []
+    for o in iter_suite(suite, ctx):
+        out.append(o)
         if progress:
-            progress(i + 1, len(suite.checks))
+            progress(len(out), len(suite.checks))
     return out
 
 
-def summarize(outcomes: list) -> dict:
+def summarize(outcomes: list, *, interrupted: Optional[str] = None) -> dict:
+    """Counts of passed / failed / not-run checks; ``ok`` only when every check ran and passed.
+    ``interrupted`` names the signal that stopped the run (the report is then partial)."""
     passed = sum(o.result.passed is True for o in outcomes)
     failed = sum(o.result.passed is False for o in outcomes)
     not_run = sum(o.result.passed is None for o in outcomes)
-    return {"checks": len(outcomes), "passed": passed, "failed": failed, "not_run": not_run,
-            "ok": failed == 0}
+    out = {"checks": len(outcomes), "passed": passed, "failed": failed, "not_run": not_run,
+           "ok": failed == 0 and not_run == 0 and interrupted is None}
+    if interrupted is not None:
+        out["interrupted"] = interrupted
+    return out
 
 
 def to_junit(report: dict) -> str:

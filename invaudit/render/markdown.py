@@ -11,7 +11,59 @@ def _cell(v) -> str:
     return fmt_num(v).replace("|", "\\|")
 
 
+#: Characters Markdown (CommonMark, GitHub's tables and strikethrough) would read as syntax in a cell.
+_ACTIVE = str.maketrans({c: "\\" + c for c in "\\`*_<>[]|~"})
+
+
+def _text(v) -> str:
+    """Any value as literal text inside one table cell: one line, Markdown syntax escaped."""
+    return " ".join(fmt_num(v).split()).translate(_ACTIVE)
+
+
+_STATUS = {True: "✅ PASS", False: "❌ FAIL", None: "⏭️ not run"}
+
+
+def _threshold(t) -> str:
+    if isinstance(t, dict):
+        return "; ".join(f"{k.replace('_', ' ')} {v}" for k, v in t.items())
+    return "-" if t is None else str(t)
+
+
+def _why(r: dict) -> str:
+    """One line saying why a check failed or did not run (empty for a pass)."""
+    if r["passed"] is True:
+        return ""
+    reason = r["details"].get("reason") if isinstance(r.get("details"), dict) else None
+    if reason:
+        return str(reason)
+    if r["passed"] is None:
+        return "not run"
+    return f"value {fmt_num(r['value'])} does not meet {_threshold(r['threshold'])}"
+
+
+def audit_markdown(report: dict) -> str:
+    """An audit as a GitHub step summary: a verdict line, then one row per check with its value
+    next to its threshold and, for a failure, one line saying why."""
+    view = view_for(report)
+    s = report.get("summary", {})
+    verdict = ("✅ all {checks} checks passed".format(**s) if s.get("ok") else
+               f"❌ {s.get('failed', 0)} of {s.get('checks', 0)} checks failed"
+               + (f", {s['not_run']} not run" if s.get("not_run") else ""))
+    lines = [f"### {_text(view.title(report))}", "", f"**{verdict}**"]
+    if s.get("interrupted"):
+        lines += ["", f"_Interrupted by {s['interrupted']}: a partial report; checks not run are marked._"]
+    lines += ["", "| status | check | kind | model | value | threshold | why |",
+              "|:---|:---|:---|:---|---:|:---|:---|"]
+    for r in report.get("results", []):
+        lines.append("| " + " | ".join([_STATUS[r["passed"]], _text(r["name"]), _text(r.get("kind")),
+                                         _text(r.get("model")), _text(r["value"]), _text(_threshold(r["threshold"])),
+                                         _text(_why(r))]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def to_markdown(report: dict) -> str:
+    if report.get("command") == "audit":
+        return audit_markdown(report)
     view = view_for(report)
     lines = [f"### {view.title(report)}", ""]
     for key, value in view.summary(report):

@@ -76,10 +76,15 @@ def test_pass_fail_exit_codes_and_outputs(invaudit, suite_dir, tmp_path, monkeyp
     assert r.code == 0, r.err
 
 
-def test_unsupported_analysis_for_a_model_is_bad_input(invaudit, suite_dir):
-    body = "  - kind: influence\n    model: breast_cancer_tree.joblib\n    max_share: 0.5\n"
-    r = invaudit("audit", write(suite_dir, body))
-    assert r.code == 3 and "checks[0]" in r.err and "LogisticRegression" in r.err
+def test_unsupported_check_is_one_failed_check_with_the_reason(invaudit, suite_dir, validate):
+    # Issue 17: a check the model cannot support fails with its reason; the suite goes on.
+    body = ("  - kind: influence\n    model: breast_cancer_tree.joblib\n    max_share: 0.5\n"
+            "  - name: after\n    kind: margin\n    min_margin: 0\n    rows: 5\n")
+    r = invaudit("audit", write(suite_dir, body), "--format", "json")
+    assert r.code == 1, r.err
+    first, after = validate(r.json())["results"]
+    assert first["passed"] is False and "LogisticRegression" in first["details"]["reason"]
+    assert "trees form" in first["details"]["reason"] and after["passed"] is True
 
 
 def test_init_prints_a_suite_that_loads(invaudit, suite_dir):
@@ -98,3 +103,161 @@ def test_bundled_suite_passes(invaudit, samples, validate):
     rep = validate(r.json())
     assert {x["kind"] for x in rep["results"]} == set(REGISTRY)
     assert all(x["passed"] for x in rep["results"])
+
+
+# --- issue 17: trust and sha256 in suites, the Markdown summary ---------------------------------
+
+def test_refused_model_error_names_the_suite_rule(invaudit, suite_dir, monkeypatch):
+    from invaudit.errors import RefusedModelError
+    from invaudit.io import model_file
+
+    def refuse(path, *, trust=False, sha256=None, **kw):
+        if not trust:
+            raise RefusedModelError(path, [("evil", "thing")])
+        return real(path, trust=False, sha256=sha256, **kw)
+
+    real = model_file.load_model
+    monkeypatch.setattr(model_file, "load_model", refuse)
+    body = "  - kind: margin\n    min_margin: 0\n    rows: 5\n"
+    r = invaudit("audit", write(suite_dir, body))
+    assert r.code == 3 and "trust: true" in r.err and "--trust" in r.err and "Pass --trust" not in r.err
+    assert invaudit("audit", write(suite_dir, body), "--trust").code == 0  # --trust applies to every model
+    p = write(suite_dir, body)
+    p.write_text("trust: true\n" + p.read_text())
+    assert invaudit("audit", p).code == 0  # and so does the key next to the model
+    # A check naming another model does not inherit the suite's trust.
+    p.write_text(p.read_text() + "  - kind: margin\n    model: breast_cancer_tree.joblib\n    min_margin: 0\n")
+    r = invaudit("audit", p)
+    assert r.code == 3 and "checks[1]" in r.err and "breast_cancer_tree.joblib" in r.err
+
+
+def test_sha256_pins_are_checked_and_validated(invaudit, suite_dir):
+    from invaudit.io.model_file import file_sha256
+
+    good = file_sha256(suite_dir / "breast_cancer_logreg.joblib")
+    body = "  - kind: margin\n    min_margin: 0\n    rows: 5\n"
+    p = write(suite_dir, body)
+    p.write_text(f'sha256: "{good}"\n' + p.read_text())
+    assert invaudit("audit", p).code == 0
+    p.write_text(p.read_text().replace(good, "0" * 64))
+    r = invaudit("audit", p)
+    assert r.code == 3 and "pins sha256" in r.err and good in r.err
+    p.write_text(p.read_text().replace("0" * 64, "abc"))
+    r = invaudit("audit", p)
+    assert r.code == 3 and "sha256: expected the model file's SHA-256" in r.err
+
+
+def _cells(html: str) -> list:
+    """The table of an HTML page as rows of cell texts."""
+    from html.parser import HTMLParser
+
+    class Cells(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.rows, self.cell = [], None
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "tr":
+                self.rows.append([])
+            elif tag in ("td", "th"):
+                self.cell = ""
+
+        def handle_endtag(self, tag):
+            if tag in ("td", "th"):
+                self.rows[-1].append(self.cell.strip())
+                self.cell = None
+
+        def handle_data(self, data):
+            if self.cell is not None:
+                self.cell += data
+
+    parser = Cells()
+    parser.feed(html)
+    return parser.rows
+
+
+def test_markdown_summary_renders_value_threshold_and_why(invaudit, suite_dir, tmp_path):
+    markdown_it = pytest.importorskip("markdown_it")
+    body = ("  - name: easy_one\n    kind: margin\n    eps: 0.0\n    min_robust_accuracy: 0.5\n    rows: 10\n"
+            "  - name: impossible|*x*\n    kind: margin\n    min_margin: 1000000\n    rows: 10\n"
+            "  - name: tree-influence\n    kind: influence\n    model: breast_cancer_tree.joblib\n    max_share: 0.5\n")
+    md = tmp_path / "r.md"
+    r = invaudit("audit", write(suite_dir, body), "--markdown", md)
+    assert r.code == 1, r.err
+    html = markdown_it.MarkdownIt("commonmark").enable("table").render(md.read_text())
+    rows = _cells(html)
+    assert rows[0] == ["status", "check", "kind", "model", "value", "threshold", "why"]
+    by = {row[1]: dict(zip(rows[0], row)) for row in rows[1:]}
+    assert set(by) == {"easy_one", "impossible|*x*", "tree-influence"}  # names survive as literal text
+    easy, bad, tree = by["easy_one"], by["impossible|*x*"], by["tree-influence"]
+    assert easy["status"].endswith("PASS") and easy["value"].startswith("robust accuracy")
+    assert easy["threshold"] == "robust accuracy >= 0.5 at eps 0.0" and easy["why"] == ""
+    assert bad["status"].endswith("FAIL") and bad["value"].startswith("min margin")
+    assert bad["threshold"] == "min margin >= 1000000"
+    assert bad["why"].startswith("row ") and "needs >= 1000000" in bad["why"]
+    assert tree["status"].endswith("FAIL") and "not available" in tree["why"] and tree["model"] == "breast_cancer_tree.joblib"
+    assert "<em>" not in html and "1 of 3" not in html and "2 of 3 checks failed" in html
+
+
+# --- issue 14: hostile suites ---------------------------------------------------------------
+
+def _corpus():
+    """tests/io/attack_corpus.py, the script that builds the hostile files."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "io" / "attack_corpus.py"
+    spec = importlib.util.spec_from_file_location("attack_corpus", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_alias_bomb_is_refused_quickly_without_expanding(suite_dir):
+    import time
+
+    YAML_ALIAS_BOMB = _corpus().YAML_ALIAS_BOMB
+
+    p = suite_dir / "bomb.yaml"
+    p.write_text(YAML_ALIAS_BOMB.replace("m.joblib", "breast_cancer_logreg.joblib"))
+    start = time.perf_counter()
+    with pytest.raises(InputError, match="aliases expand to more than") as err:
+        load_suite(p)
+    assert time.perf_counter() - start < 2
+    assert "lol" not in str(err.value) and len(str(err.value)) < 300
+
+
+def test_small_aliases_still_work(suite_dir):
+    p = suite_dir / "anchors.yaml"
+    p.write_text(HEAD.replace("checks:\n", "") + "defaults: &d {kind: margin, min_margin: 0}\n"
+                 "checks:\n  - *d\n  - *d\n".replace("defaults", "x-defaults"))
+    with pytest.raises(InputError, match="x-defaults: unknown key"):
+        load_suite(p)  # the aliases themselves were fine; the extra top-level key is not
+    p.write_text(HEAD + "  - &d {kind: margin, min_margin: 0}\n  - *d\n")
+    assert [c.kind for c in load_suite(p).checks] == ["margin", "margin"]
+
+
+def test_python_tags_say_tags_are_not_allowed(suite_dir):
+    YAML_PYTHON_TAG = _corpus().YAML_PYTHON_TAG
+
+    p = suite_dir / "tag.yaml"
+    p.write_text(YAML_PYTHON_TAG)
+    with pytest.raises(InputError, match="tags are not allowed"):
+        load_suite(p)
+
+
+def test_a_fifo_suite_is_refused_not_waited_on(tmp_path):
+    import os
+
+    fifo = tmp_path / "suite.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match="not a regular file"):
+        load_suite(fifo)
+
+
+def test_error_messages_never_print_a_whole_value(suite_dir):
+    p = suite_dir / "big.yaml"
+    p.write_text(HEAD + "  - kind: [" + ", ".join(["x"] * 5000) + "]\n")
+    with pytest.raises(InputError, match="unknown kind") as err:
+        load_suite(p)
+    assert len(str(err.value)) < 400
