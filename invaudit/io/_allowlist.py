@@ -154,8 +154,110 @@ for _name in _CY_LOSSES:
         _LOSSES.add((_module, f"__pyx_unpickle_{_name}"))
 del _name, _module
 
+# Every classifier in ``sklearn.utils.all_estimators(type_filter="classifier")`` (scikit-learn 1.9.1),
+# and the transformers people ship in a Pipeline, ColumnTransformer or FeatureUnion, with the
+# sub-objects they pickle. Recorded by fitting each (binary and multiclass; meta-estimators around
+# a LogisticRegression) and pickling at protocols 0-5 and with joblib.dump; the few marked
+# "by hand" are siblings a user's option reaches. Compiled parts whose state scikit-learn trusts
+# (libsvm arrays, KD/ball trees, trees) are checked after loading (model_file._check_fitted_state).
+_CLASSIFIERS = {
+    ("sklearn.calibration", "CalibratedClassifierCV"),
+    ("sklearn.calibration", "_CalibratedClassifier"),
+    ("sklearn.calibration", "_SigmoidCalibration"),
+    ("sklearn.isotonic", "IsotonicRegression"),  # by hand: method="isotonic"
+    ("sklearn.discriminant_analysis", "QuadraticDiscriminantAnalysis"),  # by hand
+    ("sklearn.ensemble._bagging", "BaggingClassifier"),
+    ("sklearn.ensemble._stacking", "StackingClassifier"),
+    ("sklearn.ensemble._voting", "VotingClassifier"),
+    ("sklearn.ensemble._weight_boosting", "AdaBoostClassifier"),
+    ("sklearn.gaussian_process._gpc", "GaussianProcessClassifier"),
+    ("sklearn.gaussian_process._gpc", "_BinaryGaussianProcessClassifierLaplace"),
+    ("sklearn.linear_model._logistic", "LogisticRegressionCV"),
+    ("sklearn.linear_model._passive_aggressive", "PassiveAggressiveClassifier"),
+    ("sklearn.linear_model._perceptron", "Perceptron"),
+    ("sklearn.linear_model._ridge", "RidgeClassifierCV"),
+    ("sklearn.model_selection._classification_threshold", "TunedThresholdClassifierCV"),
+    ("sklearn.model_selection._classification_threshold", "FixedThresholdClassifier"),  # by hand
+    ("sklearn.metrics._scorer", "_CurveScorer"),
+    ("sklearn.multiclass", "OneVsOneClassifier"),
+    ("sklearn.multiclass", "OutputCodeClassifier"),
+    ("sklearn.multioutput", "ClassifierChain"),
+    ("sklearn.multioutput", "MultiOutputClassifier"),
+    ("sklearn.naive_bayes", "BernoulliNB"),
+    ("sklearn.naive_bayes", "CategoricalNB"),
+    ("sklearn.naive_bayes", "ComplementNB"),
+    ("sklearn.naive_bayes", "GaussianNB"),
+    ("sklearn.naive_bayes", "MultinomialNB"),
+    ("sklearn.neighbors._classification", "KNeighborsClassifier"),
+    ("sklearn.neighbors._classification", "RadiusNeighborsClassifier"),
+    ("sklearn.neighbors._nearest_centroid", "NearestCentroid"),
+    ("sklearn.neighbors._kd_tree", "KDTree"),
+    ("sklearn.neighbors._kd_tree", "newObj"),  # newObj(cls): only for these classes (checked)
+    ("sklearn.neighbors._ball_tree", "BallTree"),  # by hand: algorithm="ball_tree"
+    ("sklearn.neighbors._ball_tree", "newObj"),
+    ("sklearn.metrics._dist_metrics", "newObj"),
+    ("sklearn.semi_supervised._label_propagation", "LabelPropagation"),
+    ("sklearn.semi_supervised._label_propagation", "LabelSpreading"),
+    ("sklearn.semi_supervised._self_training", "SelfTrainingClassifier"),
+    ("sklearn.svm._classes", "SVC"),
+    ("sklearn.svm._classes", "NuSVC"),
+    ("sklearn.utils._bunch", "Bunch"),  # StackingClassifier's named_estimators_
+    ("sklearn.utils._metadata_requests", "MetadataRequest"),
+    ("sklearn.utils._metadata_requests", "MethodMetadataRequest"),
+}
+# KNN's distance metrics (Euclidean recorded; the other built-in metrics by hand).
+_CLASSIFIERS |= {("sklearn.metrics._dist_metrics", f"{name}Distance{bits}")
+                 for name in ("Euclidean", "SEuclidean", "Manhattan", "Chebyshev", "Minkowski")
+                 for bits in ("64", "32")}
+# GaussianProcessClassifier's kernels (RBF, ConstantKernel, Product recorded; the rest by hand).
+_CLASSIFIERS |= {("sklearn.gaussian_process.kernels", name) for name in (
+    "ConstantKernel", "Product", "RBF", "Sum", "WhiteKernel", "Matern", "RationalQuadratic",
+    "DotProduct", "ExpSineSquared", "Exponentiation")}
+
+_TRANSFORMERS = {
+    ("sklearn.impute._base", "SimpleImputer"),
+    ("sklearn.impute._base", "MissingIndicator"),
+    ("sklearn.impute._knn", "KNNImputer"),
+    ("sklearn.preprocessing._encoders", "OneHotEncoder"),
+    ("sklearn.preprocessing._target_encoder", "TargetEncoder"),
+    ("sklearn.preprocessing._discretization", "KBinsDiscretizer"),
+    ("sklearn.preprocessing._polynomial", "PolynomialFeatures"),
+    ("sklearn.preprocessing._data", "Binarizer"),
+    ("sklearn.preprocessing._data", "Normalizer"),
+    ("sklearn.decomposition._truncated_svd", "TruncatedSVD"),
+    ("sklearn.pipeline", "FeatureUnion"),
+    ("sklearn.compose._column_transformer", "make_column_selector"),
+    ("sklearn.feature_selection._variance_threshold", "VarianceThreshold"),
+    ("sklearn.feature_selection._univariate_selection", "SelectKBest"),
+    ("sklearn.feature_selection._univariate_selection", "SelectPercentile"),
+    ("sklearn.feature_selection._univariate_selection", "SelectFpr"),
+    ("sklearn.feature_selection._univariate_selection", "SelectFdr"),  # by hand
+    ("sklearn.feature_selection._univariate_selection", "SelectFwe"),  # by hand
+    ("sklearn.feature_selection._univariate_selection", "GenericUnivariateSelect"),
+    ("sklearn.feature_selection._univariate_selection", "f_classif"),
+    ("sklearn.feature_selection._univariate_selection", "chi2"),  # by hand
+    ("sklearn.feature_selection._mutual_info", "mutual_info_classif"),
+    ("sklearn.feature_selection._from_model", "SelectFromModel"),
+    ("sklearn.feature_selection._rfe", "RFE"),
+    ("sklearn.feature_selection._rfe", "RFECV"),  # by hand
+    ("sklearn.feature_selection._sequential", "SequentialFeatureSelector"),  # by hand
+}
+
+# What protocols 0-2 need for ordinary objects and bytes (the unpickler checks each use:
+# _reconstructor only builds an allowlisted class on object (or a dict subclass on dict),
+# _codecs.encode only turns a str into latin-1 bytes, bytes() only makes b"").
+_OLD_PROTOCOLS = {
+    ("copy_reg", "_reconstructor"),
+    ("__builtin__", "object"),
+    ("__builtin__", "dict"),
+    ("__builtin__", "slice"),
+    ("__builtin__", "bytes"),
+    ("_codecs", "encode"),
+}
+
 ALLOWED: frozenset[tuple[str, str]] = frozenset(
-    _NUMPY | _NUMPY_RANDOM | _UFUNCS | _JOBLIB | _ESTIMATORS | _LOSSES
+    _NUMPY | _NUMPY_RANDOM | _UFUNCS | _JOBLIB | _ESTIMATORS | _LOSSES | _CLASSIFIERS
+    | _TRANSFORMERS | _OLD_PROTOCOLS
 )
 
 # scikit-learn 1.5 wheels name the Cython module ``sklearn._loss._loss`` as ``_loss`` in pickles

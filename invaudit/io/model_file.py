@@ -32,9 +32,11 @@ import inspect
 import io
 import lzma
 import math
+import os
 import pickle
 import pickletools
 import re
+import stat
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -51,6 +53,19 @@ _WRAPPER = ("joblib.numpy_pickle", "NumpyArrayWrapper")
 _GETATTR = ("builtins", "getattr")
 _DTYPE = ("numpy", "dtype")
 _CHUNK = 1 << 20
+
+# What a model file may materialise (issue 14): a compressed stream may expand to at most
+# _RATIO times the file's size (but always to _FLOOR), and no file, compressed or not, to more than
+# the absolute cap, which INVAUDIT_MAX_MODEL_BYTES (or ``load_model(max_bytes=...)``) raises for a
+# real giant model.
+MAX_MODEL_BYTES_ENV = "INVAUDIT_MAX_MODEL_BYTES"
+DEFAULT_MAX_MODEL_BYTES = 4 << 30
+_RATIO = 200
+_FLOOR = 128 << 20
+# Shared structure (memo references) may not expand beyond these many nodes where something
+# would walk it in full: a hashed key or set member, a dtype description, the whole object.
+_MAX_KEY_NODES = 10_000
+_MAX_GRAPH_NODES = 20_000_000
 
 
 @dataclass(frozen=True)
@@ -91,7 +106,7 @@ def file_sha256(path) -> str:
 
 
 def load_model(path, *, trust: bool = False, sha256: str | None = None,
-               expect: str = "classifier") -> LoadedModel:
+               expect: str = "classifier", max_bytes: int | None = None) -> LoadedModel:
     """Load a pickled fitted classifier, refusing any file that names a global off the allowlist.
 
     Parameters
@@ -108,6 +123,10 @@ def load_model(path, *, trust: bool = False, sha256: str | None = None,
     expect : "classifier" or "transformer"
         What the file must hold: a fitted classifier (the default), or a fitted transformer with
         ``transform`` and ``inverse_transform`` (``--manifold PATH``).
+    max_bytes : int, optional
+        The most bytes the file may hold or expand to once decompressed; default: the
+        ``INVAUDIT_MAX_MODEL_BYTES`` environment variable (e.g. ``8G``), else 4 GiB. A compressed
+        file may also expand to at most 200 times its own size (at least 128 MiB).
 
     Returns
     -------
@@ -127,14 +146,16 @@ def load_model(path, *, trust: bool = False, sha256: str | None = None,
     if p.suffix.lower() not in MODEL_SUFFIXES:
         raise InputError(f"{shown} is not a model file: expected a .joblib, .pkl or .pickle file")
     expected = _expected_digest(sha256)
-    data = _read_file(p, shown)
+    limit = max_model_bytes(max_bytes)
+    data = _read_file(p, shown, limit)
     digest = hashlib.sha256(data).hexdigest()
     if expected is not None and digest != expected:
         raise InputError(f"{shown} has sha256 {digest}, expected {expected}")
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        estimator = _load_trusted(data, shown) if trust else _load_restricted(data, shown)
+        estimator = (_load_trusted(data, shown) if trust
+                     else _load_restricted(data, shown, limit))
     notes = []
     if trust:
         notes.append(f"loaded {shown} without restriction (--trust): a pickle can run code")
@@ -146,7 +167,7 @@ def load_model(path, *, trust: bool = False, sha256: str | None = None,
                              "with transform and inverse_transform")
     else:
         _check_fitted_classifier(estimator, shown, versions)
-    _check_tree_nodes(estimator, shown)
+    _check_fitted_state(estimator, shown)
     return LoadedModel(estimator=estimator, path=shown, sha256=digest, trusted=bool(trust),
                        warnings=tuple(notes))
 
@@ -164,23 +185,97 @@ def _expected_digest(sha256: str | None) -> str | None:
     return text
 
 
-def _read_file(p: Path, shown: str) -> bytes:
-    # Read once: the digest, the scan and the load all see the same bytes.
+def max_model_bytes(override: int | None = None) -> int:
+    """The absolute cap on what a model file may hold or expand to (bytes)."""
+    if override is not None:
+        return int(override)
+    raw = os.environ.get(MAX_MODEL_BYTES_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_MODEL_BYTES
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt]i?b?)?", raw.lower())
+    if not m:
+        raise InputError(f"{MAX_MODEL_BYTES_ENV} must be a number of bytes such as 8G, got {raw!r}")
+    scale = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[(m.group(2) or "")[:1]]
+    return int(float(m.group(1)) * scale)
+
+
+def _size(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.3g} {unit}"
+    return f"{n} bytes"
+
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+          (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"))
+
+
+def open_regular_file(path, *, what: str = "file", shown: str | None = None):
+    """Open ``path`` for binary reading; refuse (InputError) anything but a regular file.
+
+    A FIFO, socket or device would block or never end: it is opened without blocking and refused
+    by what ``fstat`` says about the opened descriptor (no race between a check and the open).
+    Data files can use the same function.
+    """
+    shown = str(path) if shown is None else shown
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        with open(p, "rb") as fh:
-            return fh.read()
+        fd = os.open(path, flags)
     except FileNotFoundError:
-        raise InputError(f"model file {shown} does not exist") from None
+        raise InputError(f"{what} {shown} does not exist") from None
     except IsADirectoryError:
-        raise InputError(f"model file {shown} is a directory, not a file") from None
+        raise InputError(f"{what} {shown} is a directory, not a file") from None
     except OSError as exc:
-        raise InputError(f"cannot read model file {shown}: {exc.strerror or exc}") from None
+        raise InputError(f"cannot read {what} {shown}: {exc.strerror or exc}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((label for test, label in _KINDS if test(mode)), "not a regular file")
+            raise InputError(f"{what} {shown} is {kind}, not a regular file")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
-def _decompress(data: bytes, shown: str) -> bytes:
-    """The pickle stream inside ``data``: joblib's compressors are detected by magic bytes."""
+def _read_file(p: Path, shown: str, limit: int = DEFAULT_MAX_MODEL_BYTES) -> bytes:
+    # Read once: the digest, the scan and the load all see the same bytes.
+    with open_regular_file(p, what="model file", shown=shown) as fh:
+        try:
+            size = os.fstat(fh.fileno()).st_size
+            if size > limit:
+                raise InputError(_too_big(shown, f"holds {_size(size)}", limit))
+            chunks, total = [], 0
+            while total <= limit:  # in chunks: read(limit) would reserve the whole limit
+                chunk = fh.read(min(max(size - total, 0) + 1, _CHUNK * 16))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                total += len(chunk)
+            data = b"".join(chunks)
+        except OSError as exc:
+            raise InputError(f"cannot read model file {shown}: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise InputError(_too_big(shown, f"holds more than {_size(limit)}", limit))
+    return data
+
+
+def _too_big(shown: str, what: str, limit: int) -> str:
+    return (f"{shown} {what}, over the {_size(limit)} limit on model files; it was refused "
+            f"(set {MAX_MODEL_BYTES_ENV}, e.g. to 16G, for a model you know is that large)")
+
+
+def _decompress(data: bytes, shown: str, limit: int = DEFAULT_MAX_MODEL_BYTES) -> bytes:
+    """The pickle stream inside ``data``: joblib's compressors are detected by magic bytes.
+
+    Decompressed as a stream, stopping at a ceiling: ``_RATIO`` times the file's size (at least
+    ``_FLOOR``) and never more than ``limit``, so a decompression bomb is refused after reading
+    at most the ceiling.
+    """
     # joblib's own detection, so whatever joblib.dump(compress=...) wrote is recognised.
-    from joblib.compressor import _COMPRESSORS
     from joblib.numpy_pickle_utils import _detect_compressor
 
     kind = _detect_compressor(io.BytesIO(data))
@@ -189,12 +284,76 @@ def _decompress(data: bytes, shown: str) -> bytes:
     if kind == "compat":
         raise InputError(f"{shown} was written by joblib older than 0.10, a format invaudit "
                          "does not read; save the model again with a current joblib")
+    if kind == "lz4":
+        import importlib.util
+
+        if importlib.util.find_spec("lz4") is None:
+            raise InputError(f"{shown} is lz4-compressed, and reading it needs the lz4 package, "
+                             "which is not installed (pip install lz4)")
+    by_ratio = max(_FLOOR, _RATIO * len(data))
+    ceiling = min(limit, by_ratio)
+    chunks, total = [], 0  # a list, not a growing bytearray: no reallocation doubles the peak
     try:
-        with _COMPRESSORS[kind].decompressor_file(io.BytesIO(data)) as fh:
-            return fh.read()
+        for chunk in _decompressed_chunks(kind, data):
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > ceiling:
+                chunks.clear()
+                why = (f"the {_size(limit)} limit on model files" if ceiling < by_ratio
+                       else f"{_RATIO} times its {_size(len(data))}, at least {_size(_FLOOR)}")
+                raise InputError(
+                    f"{shown} is {kind}-compressed and expands to more than {_size(ceiling)} "
+                    f"({why}); it was refused as a possible decompression bomb (set "
+                    f"{MAX_MODEL_BYTES_ENV} to a larger size for a model you know is that large)")
+    except InputError:
+        raise
     except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError, MemoryError) as exc:
         raise InputError(f"{shown} is {kind}-compressed but cannot be decompressed "
-                         f"({_one_line(exc)})") from None
+                         f"({_one_line(exc) or type(exc).__name__})") from None
+    return b"".join(chunks)
+
+
+def _decompressed_chunks(kind: str, data: bytes):
+    """Yield the decompressed stream in pieces of at most 4 MiB, whatever the ratio.
+
+    The standard library's readers bound each step's output (joblib's own reader does not: a
+    multi-member gzip file made it allocate tens of GB before returning its first read).
+    """
+    step = _CHUNK * 4
+    if kind == "zlib":  # joblib.dump(compress="zlib"): one zlib stream
+        d = zlib.decompressobj()
+        pending = data
+        while True:
+            out = d.decompress(pending, step)
+            pending = d.unconsumed_tail
+            if out:
+                yield out
+            elif d.eof or not pending:
+                break
+        if not d.eof:
+            raise EOFError("the compressed stream ends early")
+        return
+    import bz2
+    import gzip
+
+    if kind == "gzip":
+        reader = gzip.GzipFile(fileobj=io.BytesIO(data), mode="rb")
+    elif kind == "bz2":
+        reader = bz2.BZ2File(io.BytesIO(data))
+    elif kind in ("xz", "lzma"):
+        reader = lzma.LZMAFile(io.BytesIO(data))
+    elif kind == "lz4":
+        import lz4.frame
+
+        reader = lz4.frame.LZ4FrameFile(io.BytesIO(data), mode="rb")
+    else:
+        raise ValueError(f"unknown compression {kind}")
+    with reader:
+        while True:
+            out = reader.read(step)
+            if not out:
+                break
+            yield out
 
 
 # --------------------------------------------------------------------------------------------
@@ -203,6 +362,10 @@ def _decompress(data: bytes, shown: str) -> bytes:
 
 class _Corrupt(Exception):
     """The stream is not a well-formed pickle (reason in args[0])."""
+
+
+class _Refused(_Corrupt):
+    """The stream is well formed but asks for something hostile (reason in args[0])."""
 
 
 class _Global:
@@ -221,7 +384,13 @@ class _Call:
         self.func, self.args, self.state = func, args, None
 
     def pair(self):
-        return self.func.pair if isinstance(self.func, _Global) else None
+        if not isinstance(self.func, _Global):
+            return None
+        # protocols 0-1 build plain objects as copy_reg._reconstructor(cls, object, None)
+        if self.func.pair in _COPYREG and isinstance(self.args, tuple) and self.args \
+                and isinstance(self.args[0], _Global):
+            return self.args[0].pair
+        return self.func.pair
 
 
 class _Opaque:
@@ -274,6 +443,27 @@ def _scan(stream: bytes) -> _ScanResult:
 def _scan_stream(fh, size: int, result: _ScanResult, *, wrappers: bool) -> None:
     stack: list = []
     memo: dict = {}
+    sizes: dict = {}  # id(tuple) -> (tuple, its size expanded through shared references)
+
+    def tuple_of(items):
+        # A tuple is hashed (as a key or set member) by walking it in full, shared references
+        # included: 30 levels of (t, t) take forever. Sizes are memoised, so this is linear.
+        value = tuple(items)
+        total = 1
+        for item in value:
+            known = sizes.get(id(item)) if isinstance(item, tuple) else None
+            total += known[1] if known is not None and known[0] is item else 1
+        sizes[id(value)] = (value, total)
+        return value
+
+    def hashed(k):
+        if isinstance(k, tuple):
+            known = sizes.get(id(k))
+            if known is not None and known[0] is k and known[1] > _MAX_KEY_NODES:
+                raise _Refused(f"a dictionary key or set member expands to more than "
+                               f"{_MAX_KEY_NODES:,} values through shared references "
+                               "(a \"billion laughs\" structure)")
+        return _key(k)
 
     def pop():
         if not stack:
@@ -298,6 +488,9 @@ def _scan_stream(fh, size: int, result: _ScanResult, *, wrappers: bool) -> None:
             stack.append(arg)
         elif name in _LITERALS:
             stack.append(_LITERALS[name])
+        elif name == "STOP":
+            if stack:
+                _check_expansion(stack[-1])
         elif name in _IGNORED:
             pass
         elif name == "MARK":
@@ -308,33 +501,37 @@ def _scan_stream(fh, size: int, result: _ScanResult, *, wrappers: bool) -> None:
             stack.append({})
         elif name == "EMPTY_TUPLE":
             stack.append(())
-        elif name in ("LIST", "FROZENSET"):
+        elif name == "LIST":
             stack.append(pop_mark())
+        elif name == "FROZENSET":
+            stack.append([hashed(v) for v in pop_mark()])
         elif name == "TUPLE":
-            stack.append(tuple(pop_mark()))
+            stack.append(tuple_of(pop_mark()))
         elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
             n = int(name[-1])
             items = [pop() for _ in range(n)][::-1]
-            stack.append(tuple(items))
+            stack.append(tuple_of(items))
         elif name == "DICT":
             items = pop_mark()
-            stack.append({_key(k): v for k, v in zip(items[::2], items[1::2])})
+            stack.append({hashed(k): v for k, v in zip(items[::2], items[1::2])})
         elif name == "APPEND":
             value = pop()
             if stack and isinstance(stack[-1], list):
                 stack[-1].append(value)
         elif name in ("APPENDS", "ADDITEMS"):
             items = pop_mark()
+            if name == "ADDITEMS":
+                items = [hashed(v) for v in items]
             if stack and isinstance(stack[-1], list):
                 stack[-1].extend(items)
         elif name == "SETITEM":
             value, key = pop(), pop()
             if stack and isinstance(stack[-1], dict):
-                stack[-1][_key(key)] = value
+                stack[-1][hashed(key)] = value
         elif name == "SETITEMS":
             items = pop_mark()
             if stack and isinstance(stack[-1], dict):
-                stack[-1].update({_key(k): v for k, v in zip(items[::2], items[1::2])})
+                stack[-1].update({hashed(k): v for k, v in zip(items[::2], items[1::2])})
         elif name == "POP":
             pop()
         elif name == "POP_MARK":
@@ -403,12 +600,47 @@ def _scan_stream(fh, size: int, result: _ScanResult, *, wrappers: bool) -> None:
             raise _Corrupt(f"unknown opcode {name}")
 
 
+def _check_expansion(root) -> None:
+    """Refuse an object whose shared references expand to more than ``_MAX_GRAPH_NODES`` values.
+
+    Anything that later walks the loaded object without memoising (``repr``, equality, a
+    parameter check) would take as long as the expansion: 40 levels of ``[x, x]`` are 2**40
+    values in a few hundred bytes. Sizes are memoised per object, so this walk is linear.
+    """
+    sizes: dict = {}
+    todo = [(root, False)]
+    while todo:
+        obj, done = todo.pop()
+        key = id(obj)
+        if key in sizes and not done:
+            continue
+        if isinstance(obj, (list, tuple)):
+            children = obj
+        elif isinstance(obj, dict):
+            children = list(obj.values())
+        elif isinstance(obj, _Call):
+            children = (obj.args, obj.state)
+        else:
+            continue
+        if not done:
+            sizes[key] = (obj, 1)  # in progress: a cycle counts once
+            todo.append((obj, True))
+            todo.extend((c, False) for c in children
+                        if isinstance(c, (list, tuple, dict, _Call)) and id(c) not in sizes)
+            continue
+        total = 1
+        for c in children:
+            known = sizes.get(id(c))
+            total += known[1] if known is not None and known[0] is c else 1
+        if total > _MAX_GRAPH_NODES:
+            raise _Refused(f"its objects expand to more than {_MAX_GRAPH_NODES:,} values through "
+                           "shared references (a \"billion laughs\" structure)")
+        sizes[key] = (obj, total)
+
+
 def _key(k):
-    try:
-        hash(k)
-    except TypeError:
-        return _Opaque()
-    return k
+    # the scan only ever looks values up by string keys: anything else stands for itself
+    return k if isinstance(k, (str, int, float, bytes, bool, type(None))) else _Opaque()
 
 
 def _check_getattr(args, result: _ScanResult) -> None:
@@ -446,26 +678,39 @@ def _skip_wrapped_array(fh, size: int, state, result: _ScanResult) -> None:
 
 
 def _concrete_dtype(value) -> np.dtype:
-    if not (isinstance(value, _Call) and value.pair() == _DTYPE):
+    return _concrete(value, [0], dtype_only=True)
+
+
+def _concrete(value, budget, dtype_only=False):
+    """Turn a symbolic value made of constants and dtypes back into Python objects.
+
+    ``budget[0]`` counts the values made, so that shared references cannot expand forever. A
+    dtype is always a new object (never numpy's shared float64) and its state is checked before
+    it is set, as in the load.
+    """
+    budget[0] += 1
+    if budget[0] > _MAX_KEY_NODES:
+        raise _Refused("a joblib array's dtype expands to too many values")
+    if isinstance(value, _Call) and value.pair() == _DTYPE:
+        args = _concrete(value.args, budget)
+        if not (isinstance(args, tuple) and args and isinstance(args[0], (str, np.dtype))):
+            raise _Corrupt("a joblib array wrapper has an unreadable dtype")
+        dtype = np.dtype(args[0], bool(args[1]) if len(args) > 1 else False, True)
+        if value.state is not None:
+            state = _concrete(value.state, budget)
+            _check_dtype_state(dtype, state)
+            dtype.__setstate__(state)
+        return dtype
+    if dtype_only:
         raise _Corrupt("a joblib array wrapper has no dtype")
-    dtype = np.dtype(*_concrete(value.args))
-    if value.state is not None:
-        dtype.__setstate__(_concrete(value.state))
-    return dtype
-
-
-def _concrete(value):
-    """Turn a symbolic value made of constants and dtypes back into Python objects."""
     if value is None or isinstance(value, (bool, int, float, str, bytes, bytearray)):
         return value
     if isinstance(value, tuple):
-        return tuple(_concrete(v) for v in value)
+        return tuple(_concrete(v, budget) for v in value)
     if isinstance(value, list):
-        return [_concrete(v) for v in value]
+        return [_concrete(v, budget) for v in value]
     if isinstance(value, dict):
-        return {_concrete(k): _concrete(v) for k, v in value.items()}
-    if isinstance(value, _Call) and value.pair() == _DTYPE:
-        return _concrete_dtype(value)
+        return {_concrete(k, budget): _concrete(v, budget) for k, v in value.items()}
     raise _Corrupt("a joblib array wrapper has an unreadable dtype")
 
 
@@ -477,13 +722,121 @@ def _checked_shape(shape) -> tuple:
 
 
 # --------------------------------------------------------------------------------------------
-# the load: unpicklers whose find_class enforces the allowlist
+# the load: unpicklers whose find_class enforces the allowlist, and whose calls and BUILDs that
+# numpy or compiled scikit-learn code would trust are checked first
+
+
+_RECONSTRUCT = {("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct")}
+_FROMBUFFER = {("numpy._core.numeric", "_frombuffer"), ("numpy.core.numeric", "_frombuffer")}
+_SCALAR = {("numpy._core.multiarray", "scalar"), ("numpy.core.multiarray", "scalar")}
+_COPYREG = {("copy_reg", "_reconstructor"), ("copyreg", "_reconstructor")}
+_CODECS = ("_codecs", "encode")
+_BYTES = {("__builtin__", "bytes"), ("builtins", "bytes")}
+_NEWOBJ = {("sklearn.neighbors._kd_tree", "newObj"), ("sklearn.neighbors._ball_tree", "newObj"),
+           ("sklearn.metrics._dist_metrics", "newObj")}
+_MAX_DIMS = 64
+
+
+def _dtype_has_object(dtype: np.dtype) -> bool:
+    """Whether an object field hides anywhere inside ``dtype`` (by structure, not by its flags)."""
+    todo, seen = [dtype], 0
+    while todo:
+        d = todo.pop()
+        seen += 1
+        if seen > _MAX_KEY_NODES:
+            return True
+        if d.kind == "O" or d.char == "O":
+            return True
+        if d.subdtype is not None:
+            todo.append(d.subdtype[0])
+        if d.fields:
+            todo.extend(f[0] for f in d.fields.values())
+    return False
+
+
+def _shape_of(shape, what: str) -> tuple:
+    if not (isinstance(shape, tuple) and len(shape) <= _MAX_DIMS
+            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)):
+        raise _Corrupt(f"{what} has an invalid shape")
+    return shape
+
+
+def _check_dtype_state(dtype: np.dtype, state) -> None:
+    """Refuse a dtype state (``dtype.__setstate__``) that numpy would trust into a crash.
+
+    No object field anywhere inside a record or subarray (numpy would read raw bytes as
+    pointers), every field inside the item size, and flags exactly those numpy computes itself
+    for the same layout (a flag can claim "holds no references" for a record that does).
+    """
+    bad = _Refused
+    if not (isinstance(state, tuple) and len(state) in (8, 9)):
+        raise bad("a numpy dtype has a malformed state")
+    version, order, sub, names, fields, elsize, align, flags = state[:8]
+    if len(state) == 9 and state[8] is not None:
+        raise bad("a numpy dtype carries metadata")
+    if version not in (3, 4) or order not in ("<", ">", "|", "=") or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in (elsize, align, flags)):
+        raise bad("a numpy dtype has a malformed state")
+    if dtype.kind != "V":
+        if sub is not None or names is not None or fields is not None or flags != dtype.flags \
+                or elsize not in (-1, dtype.itemsize) or align not in (-1, dtype.alignment):
+            raise bad(f"a numpy {dtype.kind}-kind dtype has a state that does not match it")
+        return
+    if not 0 <= elsize <= 1 << 30 or align not in (-1, 1, 2, 4, 8, 16):
+        raise bad("a numpy record dtype has an invalid item size")
+    if sub is not None:
+        if names is not None or fields is not None or not (isinstance(sub, tuple) and len(sub) == 2):
+            raise bad("a numpy subarray dtype has a malformed state")
+        base, shape = sub
+        shape = _shape_of(shape if isinstance(shape, tuple) else (shape,), "a numpy subarray dtype")
+        if not isinstance(base, np.dtype) or _dtype_has_object(base) \
+                or base.itemsize * math.prod(shape) != elsize:
+            raise bad("a numpy subarray dtype holds objects or does not fit its item size")
+        reference = np.dtype((base, shape))
+    elif fields is not None:
+        if not (isinstance(names, tuple) and isinstance(fields, dict) and len(names) == len(fields)
+                and set(names) == set(fields) and all(isinstance(n, str) for n in names)):
+            raise bad("a numpy record dtype has malformed fields")
+        formats, offsets = [], []
+        for n in names:
+            entry = fields[n]
+            if not (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], np.dtype)
+                    and isinstance(entry[1], int) and not isinstance(entry[1], bool)):
+                raise bad(f"a numpy record dtype has a malformed field {n!r}")
+            sub_dtype, offset = entry
+            if _dtype_has_object(sub_dtype):
+                raise bad(f"a numpy record dtype hides an object field {n!r}")
+            if offset < 0 or offset + sub_dtype.itemsize > elsize:
+                raise bad(f"a numpy record dtype has a field {n!r} outside its item size")
+            formats.append(sub_dtype)
+            offsets.append(offset)
+        try:
+            reference = np.dtype({"names": list(names), "formats": formats, "offsets": offsets,
+                                  "itemsize": elsize})
+        except (TypeError, ValueError) as exc:
+            raise bad(f"a numpy record dtype is invalid ({_one_line(exc)})") from None
+    elif names is not None:
+        raise bad("a numpy record dtype has names but no fields")
+    else:
+        reference = np.dtype((np.void, elsize)) if elsize else np.dtype("V")
+    if flags & ~0x80 != reference.flags & ~0x80 or reference.hasobject:
+        raise bad("a numpy dtype's flags do not match its layout")
 
 
 class _RestrictedMixin:
-    """``find_class`` that only returns allowlisted globals (and a restricted ``getattr``)."""
+    """``find_class`` that only returns allowlisted globals, and checked calls and BUILDs.
+
+    Only usable with the pure-Python :class:`pickle._Unpickler` (its dispatch table is copied
+    and four entries replaced by :func:`_install_checks`).
+    """
 
     _shown = ""
+    _size = 0
+
+    def _init_checks(self, shown: str, size: int) -> None:
+        self._shown = shown
+        self._size = size
+        self._fresh: dict[int, np.dtype] = {}  # dtypes built here whose state is not set yet
 
     def find_class(self, module, name):
         pair = (module, name)
@@ -491,14 +844,125 @@ class _RestrictedMixin:
             raise RefusedModelError(self._shown, [pair])
         if pair == _GETATTR:
             return self._bound_method
+        if pair in _RECONSTRUCT:
+            return self._reconstruct
+        if pair in _FROMBUFFER:
+            return self._frombuffer
+        if pair in _SCALAR:
+            return self._scalar
+        if pair in _COPYREG:
+            return self._copyreg_reconstructor
+        if pair == _CODECS:
+            return _latin1_encode
+        if pair in _BYTES:
+            return _empty_bytes
         real_module = MODULE_ALIASES.get(module, module)
         try:
-            return super().find_class(real_module, name)
+            found = pickle._Unpickler.find_class(self, real_module, name)
         except (ImportError, AttributeError):
             raise InputError(
                 f"{self._shown} needs {module}.{name}, which this installation does not provide "
                 "(was it pickled with another scikit-learn or numpy version?)"
             ) from None
+        if pair in _NEWOBJ:
+            return functools.partial(self._new_object, found)
+        return found
+
+    # -- numpy: every dtype is checked before an array can use it ---------------------------
+
+    def _usable_dtype(self, dtype, what: str) -> np.dtype:
+        if isinstance(dtype, (bytes, str)) and len(dtype) <= 8:
+            dtype = np.dtype(dtype)
+        if not isinstance(dtype, np.dtype):
+            raise _Corrupt(f"{what} has no dtype")
+        if id(dtype) in self._fresh:
+            raise _Refused(f"{what} uses a dtype before its layout is set")
+        if dtype.kind == "V" and _dtype_has_object(dtype):
+            raise _Refused(f"{what} has a record dtype that hides an object field")
+        return dtype
+
+    def _declared(self, shape, dtype: np.dtype, what: str) -> int:
+        nbytes = math.prod(shape) * max(dtype.itemsize, 1)
+        if nbytes > self._size:
+            raise _Refused(f"{what} declares {_size(nbytes)} of data ({shape} x "
+                           f"{dtype.itemsize} bytes) that the {_size(self._size)} file cannot back")
+        return nbytes
+
+    def _make_dtype(self, spec, align=False, copy=False):
+        # always a new dtype: __setstate__ on numpy's shared float64 would change it everywhere
+        if not isinstance(spec, (str, np.dtype)):
+            raise _Refused("a numpy dtype is built from something other than a type code")
+        dtype = np.dtype(spec, bool(align), True)
+        self._fresh[id(dtype)] = dtype
+        return dtype
+
+    def _reconstruct(self, subtype, shape, typecode):
+        if subtype is not np.ndarray:
+            raise _Refused("a numpy array is reconstructed as something other than an ndarray")
+        shape = _shape_of(shape if isinstance(shape, tuple) else (shape,), "a numpy array")
+        dtype = self._usable_dtype(typecode, "a numpy array")
+        self._declared(shape, dtype, "a numpy array")
+        return _numpy_core("multiarray", "_reconstruct")(np.ndarray, shape, dtype)
+
+    def _frombuffer(self, buf, dtype, shape, order):
+        dtype = self._usable_dtype(dtype, "a numpy array")
+        shape = _shape_of(shape, "a numpy array")
+        if dtype.hasobject:
+            raise _Refused("a numpy object array is read from raw bytes")
+        view = memoryview(buf)
+        if view.nbytes != math.prod(shape) * dtype.itemsize or order not in ("C", "F", "A", "K"):
+            raise _Corrupt("a numpy array's buffer does not match its shape")
+        return _numpy_core("numeric", "_frombuffer")(buf, dtype, shape, order)
+
+    def _scalar(self, dtype, obj=None):
+        dtype = self._usable_dtype(dtype, "a numpy scalar")
+        if not dtype.hasobject and not (isinstance(obj, (bytes, bytearray))
+                                        and len(obj) == dtype.itemsize):
+            raise _Corrupt("a numpy scalar's bytes do not match its dtype")
+        if dtype.hasobject and dtype.kind != "O":
+            raise _Refused("a numpy scalar has a record dtype that holds objects")
+        scalar = _numpy_core("multiarray", "scalar")
+        return scalar(dtype, obj) if obj is not None else scalar(dtype)
+
+    def _check_array_state(self, array: np.ndarray, state) -> None:
+        if not (isinstance(state, tuple) and len(state) in (4, 5)):
+            raise _Corrupt("a numpy array has a malformed state")
+        shape, dtype, _fortran, raw = state[-4:]
+        shape = _shape_of(shape, "a numpy array")
+        dtype = self._usable_dtype(dtype, "a numpy array")
+        count = math.prod(shape)
+        if dtype.hasobject:
+            if dtype.kind != "O" or not isinstance(raw, list) or len(raw) != count:
+                raise _Refused("a numpy object array does not match its description")
+        else:
+            try:
+                nbytes = memoryview(raw).nbytes if not isinstance(raw, str) else len(raw)
+            except TypeError:
+                raise _Corrupt("a numpy array has no data") from None
+            if nbytes != count * dtype.itemsize:
+                raise _Corrupt("a numpy array's data does not match its shape")
+
+    # -- protocols 0-2 ---------------------------------------------------------------------
+
+    def _copyreg_reconstructor(self, cls, base, state):
+        # copyreg._reconstructor(cls, object, None) is object.__new__(cls); dict subclasses
+        # (scikit-learn's Bunch) pass dict and their items.
+        if not isinstance(cls, type) or issubclass(cls, (np.ndarray, np.generic, np.dtype)):
+            raise _Refused("copy_reg._reconstructor is asked for something other than a class")
+        if base is object and state is None:
+            return object.__new__(cls)
+        if base is dict and issubclass(cls, dict) and isinstance(state, dict):
+            obj = dict.__new__(cls)
+            dict.update(obj, state)
+            return obj
+        raise _Refused("copy_reg._reconstructor is asked for a base other than object")
+
+    def _new_object(self, new_obj, cls):
+        # scikit-learn's Cython ``newObj(cls)`` is cls.__new__(cls): only for its own classes
+        if not (isinstance(cls, type) and (cls.__module__, cls.__name__) in ALLOWED
+                and cls.__module__.startswith(("sklearn.neighbors.", "sklearn.metrics."))):
+            raise _Refused("a scikit-learn newObj call names an unexpected class")
+        return new_obj(cls)
 
     def _bound_method(self, obj, name, *default):
         # stands in for builtins.getattr: only the bound methods listed in BOUND_METHODS
@@ -513,21 +977,135 @@ class _RestrictedMixin:
             raise refusal
         return value
 
+    # -- calls -----------------------------------------------------------------------------
 
-class _RestrictedUnpickler(_RestrictedMixin, pickle.Unpickler):
-    """Plain pickles (the C unpickler)."""
+    def _call(self, func, args, kwargs=None, *, new=False):
+        if not isinstance(args, tuple) or (kwargs is not None and not isinstance(kwargs, dict)):
+            raise _Corrupt("a call's arguments are not a tuple")
+        if func is np.dtype:
+            if kwargs:
+                raise _Refused("a numpy dtype is built with keyword arguments")
+            return self._make_dtype(*args)
+        if isinstance(func, type) and issubclass(func, np.ndarray):
+            # numpy never pickles ndarray(shape): it would allocate what the file never holds
+            shape = args[0] if args else ()
+            try:
+                shape = tuple(int(n) for n in (shape if isinstance(shape, (tuple, list))
+                                               else (shape,)))
+            except (TypeError, ValueError, OverflowError):
+                shape = ()
+            dtype = args[1] if len(args) > 1 and isinstance(args[1], np.dtype) else np.dtype(float)
+            if shape and all(n >= 0 for n in shape):
+                self._declared(shape, dtype, "a numpy.ndarray call")
+            raise _Refused("it calls numpy.ndarray directly, which numpy never pickles")
+        if _is_tree_class(func):
+            _check_tree_args(args)
+        if new:
+            return func.__new__(func, *args, **(kwargs or {}))
+        return func(*args, **(kwargs or {}))
 
-    def __init__(self, file, shown: str):
-        super().__init__(file)
-        self._shown = shown
+    def _checked_build(self, default_build) -> None:
+        stack = self.stack
+        if len(stack) < 2:
+            raise _Corrupt("stack underflow")
+        state, inst = stack[-1], stack[-2]
+        if isinstance(inst, np.dtype):
+            if self._fresh.pop(id(inst), None) is not inst:
+                raise _Refused("a numpy dtype's layout is set twice or after it was used")
+            _check_dtype_state(inst, state)
+        elif isinstance(inst, np.ndarray):
+            self._check_array_state(inst, state)
+        default_build(self)
+
+
+def _numpy_core(module: str, name: str):
+    # numpy 2 spells it numpy._core, numpy 1 numpy.core
+    import importlib
+
+    try:
+        found = importlib.import_module(f"numpy._core.{module}")
+    except ImportError:  # pragma: no cover - numpy 1
+        found = importlib.import_module(f"numpy.core.{module}")
+    return getattr(found, name)
+
+
+def _latin1_encode(obj, encoding="utf-8", errors="strict"):
+    # protocols 0-2 spell bytes as _codecs.encode(str, 'latin1'): nothing else
+    if not isinstance(obj, str) or encoding not in ("latin1", "latin-1") or errors != "strict":
+        raise _Refused("_codecs.encode is used for something other than bytes")
+    return obj.encode("latin1")
+
+
+def _empty_bytes(*args):
+    # protocols 0-2 spell b"" as bytes(); bytes(n) would allocate n bytes
+    if args:
+        raise _Refused("bytes() is called with arguments")
+    return b""
+
+
+def _is_tree_class(func) -> bool:
+    return isinstance(func, type) and func.__name__ == "Tree" \
+        and func.__module__ == "sklearn.tree._tree"
+
+
+def _check_tree_args(args) -> None:
+    # Tree(n_features, n_classes, n_outputs): compiled code sizes buffers from these
+    ok = len(args) == 3
+    if ok:
+        n_features, n_classes, n_outputs = args
+        ok = (isinstance(n_features, (int, np.integer)) and isinstance(n_outputs, (int, np.integer))
+              and isinstance(n_classes, np.ndarray) and n_classes.ndim == 1
+              and 1 <= int(n_outputs) <= 1 << 16 and n_classes.shape[0] == int(n_outputs)
+              and 0 <= int(n_features) < 1 << 31
+              and n_classes.dtype.kind in "iu" and bool(np.all(n_classes >= 1))
+              and bool(np.all(n_classes < 1 << 24)))
+    if not ok:
+        raise _Refused("a decision tree is built with impossible sizes")
+
+
+def _install_checks(cls) -> None:
+    """Route REDUCE, NEWOBJ, NEWOBJ_EX and BUILD of ``cls`` through the mixin's checks."""
+    base_build = cls.dispatch[pickle.BUILD[0]]
+    dispatch = dict(cls.dispatch)
+
+    def load_reduce(self):
+        args = self.stack.pop()
+        self.stack[-1] = self._call(self.stack[-1], args)
+
+    def load_newobj(self):
+        args = self.stack.pop()
+        self.stack[-1] = self._call(self.stack[-1], args, new=True)
+
+    def load_newobj_ex(self):
+        kwargs, args = self.stack.pop(), self.stack.pop()
+        self.stack[-1] = self._call(self.stack[-1], args, kwargs, new=True)
+
+    def load_build(self):
+        self._checked_build(base_build)
+
+    dispatch[pickle.REDUCE[0]] = load_reduce
+    dispatch[pickle.NEWOBJ[0]] = load_newobj
+    dispatch[pickle.NEWOBJ_EX[0]] = load_newobj_ex
+    dispatch[pickle.BUILD[0]] = load_build
+    cls.dispatch = dispatch
+
+    def _instantiate(self, klass, args):  # INST and OBJ
+        self.append(self._call(klass, tuple(args)))
+
+    cls._instantiate = _instantiate
 
 
 class _RestrictedPyUnpickler(_RestrictedMixin, pickle._Unpickler):
-    """A joblib object-dtype array's nested stream (pure Python: reads no further than STOP)."""
+    """Plain pickles, and a joblib object-dtype array's nested stream (reads no further than STOP)."""
 
-    def __init__(self, file, shown: str):
+    def __init__(self, file, shown: str, size: int | None = None):
         super().__init__(file)
-        self._shown = shown
+        self._init_checks(shown, size if size is not None else 1 << 62)
+
+
+_install_checks(_RestrictedPyUnpickler)
+# the name the tests and older callers know
+_RestrictedUnpickler = _RestrictedPyUnpickler
 
 
 @functools.cache
@@ -542,8 +1120,7 @@ def _make_numpy_unpickler():
 
         def __init__(self, file, shown: str, size: int):
             NumpyUnpickler.__init__(self, shown, file, ensure_native_byte_order=True)
-            self._shown = shown
-            self._size = size
+            self._init_checks(shown, size)
 
         def load_build(self):
             pickle._Unpickler.load_build(self)
@@ -559,13 +1136,17 @@ def _make_numpy_unpickler():
             if not isinstance(dtype, np.dtype) or order not in ("C", "F") \
                     or getattr(wrapper, "subclass", None) is not np.ndarray:
                 raise _Corrupt("a joblib array wrapper is malformed")
+            dtype = self._usable_dtype(dtype, "a joblib array")
             shape = _checked_shape(shape)
             frame = self._unframer.current_frame
             if frame is not None and frame.read(1):
                 raise _Corrupt("array data starts inside a pickle frame")
             fh = self.file_handle
             if dtype.hasobject:
-                array = _RestrictedPyUnpickler(fh, self._shown).load()
+                if dtype.kind != "O":
+                    raise _Refused("a joblib array has a record dtype that holds objects")
+                self._declared(shape, np.dtype("u1"), "a joblib object array")
+                array = _RestrictedPyUnpickler(fh, self._shown, self._size).load()
                 if not (isinstance(array, np.ndarray) and array.dtype.hasobject
                         and array.shape == shape):
                     raise _Corrupt("a joblib object array does not match its description")
@@ -579,7 +1160,9 @@ def _make_numpy_unpickler():
             if nbytes > self._size - fh.tell():
                 raise _Corrupt("array data is truncated")
             if nbytes == 0:
-                flat = np.empty(count, dtype=dtype)
+                flat = np.empty(count if count <= self._size else 0, dtype=dtype)
+                if count > self._size:
+                    raise _Refused("a joblib array declares more elements than the file holds")
             else:
                 buf = bytearray(nbytes)
                 if fh.readinto(buf) != nbytes:
@@ -590,28 +1173,51 @@ def _make_numpy_unpickler():
                 array = array.astype(array.dtype.newbyteorder("="))
             return array
 
+    _install_checks(_RestrictedNumpyUnpickler)
     return _RestrictedNumpyUnpickler
 
 
-def _load_restricted(data: bytes, shown: str):
-    stream = _decompress(data, shown)
+_OPTIONAL = {"lightgbm": "lightgbm", "xgboost": "xgboost"}
+
+
+def _missing_optional(shown: str, modules) -> None:
+    """A pickle of a LightGBM or XGBoost model, without that package here: say so."""
+    import importlib.util
+
+    for module in modules:
+        root = str(module).partition(".")[0]
+        if root in _OPTIONAL and importlib.util.find_spec(root) is None:
+            raise InputError(f"{shown} holds a {root} model, which needs the optional package "
+                             f"{root} (pip install 'invaudit[{_OPTIONAL[root]}]')")
+
+
+def _load_restricted(data: bytes, shown: str, limit: int = DEFAULT_MAX_MODEL_BYTES):
+    stream = _decompress(data, shown, limit)
     try:
         scan = _scan(stream)
         problem = None
     except _Corrupt as exc:
-        scan, problem = exc.result, exc.args[0]
+        scan, problem = exc.result, exc
     refused = [pair for pair in scan.requested if pair not in ALLOWED] + scan.pseudo
     if refused:
+        _missing_optional(shown, [m for m, _ in refused])
         raise RefusedModelError(shown, refused)
     if problem is not None:
-        raise InputError(f"{shown} is not a readable model file (truncated or corrupt: {problem})")
+        raise _input_error(shown, problem)
 
     fh = io.BytesIO(stream)
     if scan.has_wrapper or _WRAPPER in scan.requested:
         unpickler = _make_numpy_unpickler()(fh, shown, len(stream))
     else:
-        unpickler = _RestrictedUnpickler(fh, shown)
+        unpickler = _RestrictedPyUnpickler(fh, shown, len(stream))
     return _guarded_load(unpickler.load, shown)
+
+
+def _input_error(shown: str, exc: _Corrupt) -> InputError:
+    if isinstance(exc, _Refused):
+        return InputError(f"{shown} was refused: {exc.args[0]} (nothing was run)")
+    return InputError(f"{shown} is not a readable model file (truncated or corrupt: "
+                      f"{exc.args[0]})")
 
 
 def _load_trusted(data: bytes, shown: str):
@@ -626,8 +1232,14 @@ def _guarded_load(load, shown: str):
     except InputError:
         raise
     except _Corrupt as exc:
-        raise InputError(f"{shown} is not a readable model file (truncated or corrupt: "
-                         f"{exc.args[0]})") from None
+        raise _input_error(shown, exc) from None
+    except ModuleNotFoundError as exc:
+        _missing_optional(shown, [exc.name or ""])
+        raise InputError(f"{shown} could not be unpickled (it needs the module {exc.name}, "
+                         "which is not installed)") from None
+    except RecursionError:
+        raise InputError(f"{shown} could not be unpickled (it nests too deeply); it may be "
+                         "truncated or corrupt") from None
     except Exception as exc:  # unpickling runs (allowlisted) code: anything can go wrong
         raise InputError(f"{shown} could not be unpickled ({type(exc).__name__}: "
                          f"{_one_line(exc)}); it may be truncated or corrupt") from exc
@@ -699,49 +1311,192 @@ def _one_line(obj) -> str:
     return line if len(line) <= 200 else line[:197] + "..."
 
 
-def _check_tree_nodes(estimator, shown: str) -> None:
-    """Refuse decision trees whose node links or feature indices point outside their arrays.
+def _check_fitted_state(estimator, shown: str) -> None:
+    """Refuse a fitted state that scikit-learn's compiled code would trust into a crash.
 
-    scikit-learn's compiled tree code (``Tree.predict``, HistGradientBoosting's predictors) trusts
-    the unpickled node arrays and reads memory wherever a child or feature index points: an
-    allowlisted but crafted file can crash the process. Every ``Tree`` and ``TreePredictor`` in the
-    object graph is checked: children come after their parent and inside the node array (which
-    also rules out cycles), and split features are below the input width — the smallest
-    ``n_features_in_`` of the estimators enclosing the tree (the one that calls the tree code
-    validates its input against its own ``n_features_in_``).
+    scikit-learn's compiled code (``Tree.predict``, GradientBoosting's ``predict_stages``,
+    HistGradientBoosting's predictors, libsvm, the KD and ball trees) trusts the unpickled arrays
+    and reads or writes memory wherever an index or a shape points: an allowlisted but crafted
+    file can crash the process or corrupt its heap. The whole object graph is walked once
+    (memoised, so shared references cost nothing) and checked before anything calls that code:
+
+    - every estimator's input width is its own ``n_features_in_``; an ensemble that calls its
+      members without validating the input (forests, gradient boosting) needs the same width in
+      every member; a tree or predictor with no known width is refused;
+    - trees: children after their parent and inside the node array (no cycles), split features
+      below the width, ``n_features`` equal to it; HistGradientBoosting predictor nodes have
+      exactly scikit-learn's record layout;
+    - GradientBoosting's ``estimators_`` has one column per class (one for two classes); libsvm's
+      arrays agree with each other; KD/ball tree indices are in range.
     """
     from sklearn.ensemble._hist_gradient_boosting.predictor import TreePredictor
     from sklearn.tree._tree import Tree
 
-    todo = [(estimator, None)]
+    todo = [(estimator, None, None)]
     seen: set = set()
     while todo:
-        obj, width = todo.pop()
-        if (id(obj), width) in seen:
+        obj, width, required = todo.pop()
+        key = (id(obj), width, required)
+        if key in seen:
             continue
-        seen.add((id(obj), width))
+        seen.add(key)
+        if len(seen) > _MAX_GRAPH_NODES:
+            raise InputError(f"{shown} was refused: its fitted state has more than "
+                             f"{_MAX_GRAPH_NODES:,} parts")
+        problem, children, child_required = None, (), None
         if isinstance(obj, Tree):
-            ok, children = _tree_ok(obj, width), ()
+            problem = _tree_problem(obj, width)
         elif isinstance(obj, TreePredictor):
-            ok, children = _predictor_ok(obj, width), ()
+            problem = _predictor_problem(obj, width)
+        elif type(obj).__name__ in ("KDTree", "BallTree") \
+                and type(obj).__module__.startswith("sklearn.neighbors"):
+            problem = _binary_tree_problem(obj, width)
         elif isinstance(obj, np.ndarray):
-            ok, children = True, (obj.ravel() if obj.dtype.hasobject else ())
+            children, child_required = (obj.ravel() if obj.dtype.hasobject else ()), required
         elif isinstance(obj, (list, tuple)):
-            ok, children = True, obj
+            children, child_required = obj, required
         elif isinstance(obj, dict):
-            ok, children = True, obj.values()
+            children, child_required = obj.values(), required
         elif isinstance(getattr(obj, "__dict__", None), dict) and not isinstance(obj, type):
-            n_in = obj.__dict__.get("n_features_in_")
+            state = obj.__dict__
+            n_in = state.get("n_features_in_")
             if isinstance(n_in, (int, np.integer)) and not isinstance(n_in, bool):
-                width = int(n_in) if width is None else min(width, int(n_in))
-            ok, children = True, obj.__dict__.values()
-        else:
-            ok, children = True, ()
-        if not ok:
-            raise InputError(f"{shown} holds a decision tree whose node or feature indices are "
-                             "out of range (scikit-learn would read outside its memory); "
-                             "it was refused")
-        todo.extend((child, width) for child in children)
+                if required is not None and int(n_in) != required:
+                    problem = (f"a member of an ensemble expects {int(n_in)} features where the "
+                               f"ensemble has {required}")
+                width = int(n_in)
+            problem = problem or _estimator_problem(obj, state, width)
+            if _calls_members_unchecked(obj):
+                child_required = width
+            children = state.values()
+        if problem:
+            raise InputError(f"{shown} was refused: {problem}, which would make scikit-learn's "
+                             "compiled code read or write outside its memory")
+        todo.extend((child, width, child_required) for child in children)
+
+
+def _calls_members_unchecked(obj) -> bool:
+    module = type(obj).__module__
+    return module.startswith(("sklearn.ensemble._forest", "sklearn.ensemble._gb"))
+
+
+def _as_int(value):
+    return int(value) if isinstance(value, (int, np.integer)) and not isinstance(value, bool) \
+        else None
+
+
+def _estimator_problem(obj, state: dict, width) -> str | None:
+    name = type(obj).__name__
+    module = type(obj).__module__
+    if module.startswith("sklearn.ensemble._gb") and "estimators_" in state:
+        est = state["estimators_"]
+        classes = state.get("classes_")
+        n_classes = _as_int(state.get("n_classes_"))
+        if n_classes is None and classes is not None:
+            n_classes = len(classes)
+        per_stage = 1 if n_classes is None or n_classes <= 2 else n_classes
+        if "Regressor" in name:
+            per_stage = 1
+        if not (isinstance(est, np.ndarray) and est.ndim == 2 and est.shape[1] == per_stage):
+            return (f"a gradient boosting model whose estimators_ has shape "
+                    f"{getattr(est, 'shape', '?')} where {per_stage} column(s) are expected")
+        n_est = _as_int(state.get("n_estimators_"))
+        if n_est is not None and est.shape[0] != n_est:
+            return "a gradient boosting model whose estimators_ disagrees with n_estimators_"
+        for tree in est.ravel():
+            if type(tree).__name__ != "DecisionTreeRegressor":
+                return "a gradient boosting stage that is not a regression tree"
+            inner = getattr(tree, "tree_", None)
+            if inner is None or int(inner.n_outputs) != 1:
+                return "a gradient boosting stage with more than one output"
+    if module.startswith("sklearn.ensemble._hist_gradient_boosting") and "_predictors" in state:
+        per_iter = _as_int(state.get("n_trees_per_iteration_"))
+        classes = state.get("classes_")
+        if classes is not None and per_iter is not None \
+                and per_iter != (1 if len(classes) <= 2 else len(classes)):
+            return "a HistGradientBoosting model whose trees per iteration disagree with classes_"
+        rows = state["_predictors"]
+        if not isinstance(rows, list) or any(
+                not isinstance(r, list) or (per_iter is not None and len(r) != per_iter)
+                for r in rows):
+            return "a HistGradientBoosting model whose predictors disagree with its classes"
+    if "_n_support" in state and "support_vectors_" in state:
+        return _libsvm_problem(state, width)
+    if "_fit_X" in state and module.startswith("sklearn.neighbors"):
+        fit_x = state["_fit_X"]
+        if isinstance(fit_x, np.ndarray) and (fit_x.ndim != 2 or
+                                              (width is not None and fit_x.shape[1] != width)):
+            return "a nearest-neighbours model whose training data disagrees with its width"
+    return None
+
+
+def _libsvm_problem(state: dict, width) -> str | None:
+    sv = state.get("support_vectors_")
+    n_support = state.get("_n_support")
+    support = state.get("support_")
+    dual = state.get("_dual_coef_")
+    intercept = state.get("_intercept_")
+    prob_a, prob_b = state.get("_probA"), state.get("_probB")
+    arrays = (sv, n_support, support, dual, intercept, prob_a, prob_b)
+    if not all(isinstance(a, np.ndarray) for a in arrays):
+        return None if not isinstance(sv, np.ndarray) else "an SVM with missing support arrays"
+    if sv.ndim != 2 or n_support.ndim != 1 or n_support.dtype.kind not in "iu":
+        return "an SVM whose support arrays have the wrong dimensions"
+    n_class, n_sv = n_support.shape[0], sv.shape[0]
+    n_pairs = n_class * (n_class - 1) // 2
+    shape_fit = state.get("shape_fit_")
+    ok = (n_class >= 2 and bool(np.all(n_support >= 0)) and int(n_support.sum()) == n_sv
+          and support.shape == (n_sv,) and dual.shape == (n_class - 1, n_sv)
+          and intercept.shape == (n_pairs,)
+          and prob_a.shape in ((0,), (n_pairs,)) and prob_b.shape == prob_a.shape)
+    if ok and width is not None:
+        ok = sv.shape[1] == width or (sv.shape[1] == 0)
+    if ok and isinstance(shape_fit, tuple) and len(shape_fit) == 2 and n_sv:
+        ok = bool(np.all((support >= 0) & (support < int(shape_fit[0]))))
+        if sv.shape[1]:
+            ok = ok and int(shape_fit[1]) == sv.shape[1]
+    classes = state.get("classes_")
+    if ok and classes is not None and len(classes) != n_class:
+        ok = False
+    return None if ok else "an SVM whose support vectors, coefficients and counts disagree"
+
+
+def _binary_tree_problem(tree, width) -> str | None:
+    try:
+        (data, idx, node_data, bounds, _leaf, n_levels, n_nodes, *_rest, metric,
+         weight) = tree.__getstate__()
+    except Exception:  # an uninitialised tree: scikit-learn cannot use it either
+        return "a nearest-neighbours tree with no data"
+    bad = "a nearest-neighbours tree whose indices or shapes are out of range"
+    if not all(isinstance(a, np.ndarray) for a in (data, idx, node_data, bounds)) \
+            or data.ndim != 2 or idx.shape != (data.shape[0],):
+        return bad
+    n, d = data.shape
+    if width is None or d != width or n_nodes != node_data.shape[0] \
+            or n_nodes != 2 ** n_levels - 1 or n_levels < 1 or n_levels > 62:
+        return bad
+    if bounds.ndim != 3 or bounds.shape[1:] != (n_nodes, d) or bounds.shape[0] not in (1, 2):
+        return bad
+    if weight is not None and (not isinstance(weight, np.ndarray) or weight.shape != (n,)):
+        return bad
+    if n and not bool(np.all((idx >= 0) & (idx < n))):
+        return bad
+    names = node_data.dtype.names or ()
+    if not {"idx_start", "idx_end", "is_leaf"} <= set(names):
+        return bad
+    start, end = node_data["idx_start"], node_data["idx_end"]
+    inner = np.flatnonzero(node_data["is_leaf"] == 0)
+    if not bool(np.all((start >= 0) & (start <= end) & (end <= n))) \
+            or (inner.size and int(inner.max()) * 2 + 2 >= n_nodes):
+        return bad
+    try:
+        _p, vec, mat = metric.__getstate__()[:3]
+        for arr in (vec, mat):
+            if isinstance(arr, np.ndarray) and arr.size > 1 and d not in arr.shape:
+                return bad
+    except Exception:
+        pass
+    return None
 
 
 def _links_ok(left, right, feature, inner, width) -> bool:
@@ -752,35 +1507,50 @@ def _links_ok(left, right, feature, inner, width) -> bool:
                 and np.all((feature >= 0) & (feature < width)))
 
 
-def _tree_ok(tree, width) -> bool:
+def _tree_problem(tree, width) -> str | None:
+    bad = "a decision tree whose node or feature indices are out of range"
+    if width is None:
+        return "a decision tree with no known input width (no n_features_in_)"
+    if int(tree.n_features) != width:
+        return (f"a decision tree built for {int(tree.n_features)} features inside an estimator "
+                f"that takes {width}")
     n = int(tree.node_count)
     if n < 1 or n > int(tree.capacity):
-        return False
+        return bad
     left = np.asarray(tree.children_left, dtype=np.int64)
     right = np.asarray(tree.children_right, dtype=np.int64)
     leaf = left == -1
     if left.shape != (n,) or right.shape != (n,) or not np.array_equal(leaf, right == -1):
-        return False
-    bound = int(tree.n_features) if width is None else min(int(tree.n_features), width)
-    return _links_ok(left, right, np.asarray(tree.feature, dtype=np.int64), ~leaf, bound)
+        return bad
+    if not _links_ok(left, right, np.asarray(tree.feature, dtype=np.int64), ~leaf, width):
+        return bad
+    return None
 
 
-_PREDICTOR_FIELDS = ("left", "right", "is_leaf", "feature_idx", "is_categorical", "bitset_idx")
+def _predictor_problem(predictor, width) -> str | None:
+    from sklearn.ensemble._hist_gradient_boosting.common import PREDICTOR_RECORD_DTYPE
 
-
-def _predictor_ok(predictor, width) -> bool:
+    bad = "a HistGradientBoosting tree whose node or feature indices are out of range"
     nodes = getattr(predictor, "nodes", None)
-    if width is None or not isinstance(nodes, np.ndarray) or nodes.ndim != 1 \
-            or nodes.shape[0] < 1 or not set(_PREDICTOR_FIELDS) <= set(nodes.dtype.names or ()):
-        return False
+    if width is None:
+        return "a HistGradientBoosting tree with no known input width"
+    if not isinstance(nodes, np.ndarray) or nodes.ndim != 1 or nodes.shape[0] < 1:
+        return bad
+    if nodes.dtype != PREDICTOR_RECORD_DTYPE or not nodes.flags.c_contiguous:
+        return "a HistGradientBoosting tree whose node records are not scikit-learn's layout"
     inner = nodes["is_leaf"] == 0
     if not _links_ok(nodes["left"].astype(np.int64), nodes["right"].astype(np.int64),
                      nodes["feature_idx"].astype(np.int64), inner, width):
-        return False
+        return bad
     categorical = inner & (nodes["is_categorical"] != 0)
     if not categorical.any():
-        return True
-    n_sets = min(len(getattr(predictor, "raw_left_cat_bitsets", ())),
-                 len(getattr(predictor, "binned_left_cat_bitsets", ())))
+        return None
+    raw = getattr(predictor, "raw_left_cat_bitsets", None)
+    binned = getattr(predictor, "binned_left_cat_bitsets", None)
+    if not (isinstance(raw, np.ndarray) and isinstance(binned, np.ndarray)):
+        return bad
+    n_sets = min(len(raw), len(binned))
     at = nodes["bitset_idx"][categorical].astype(np.int64)
-    return bool(np.all((at >= 0) & (at < n_sets)))
+    if not bool(np.all((at >= 0) & (at < n_sets))):
+        return bad
+    return None

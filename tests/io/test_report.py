@@ -37,3 +37,106 @@ def test_atomic_write_leaves_old_file_when_interrupted(tmp_path, monkeypatch):
 def test_dumps_refuses_nan():
     with pytest.raises(ValueError):
         dumps({"x": math.nan})
+
+
+# --- issue 14: signals, stale temporaries, modes, links, writability checked up front ----------
+
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from invaudit.errors import InputError
+from invaudit.io.report import check_writable, sweep_stale_temporaries
+
+
+def test_sigterm_mid_write_removes_the_temporary_and_keeps_the_old_report(tmp_path):
+    target = tmp_path / "report.json"
+    target.write_text("old\n")
+    root = Path(__file__).resolve().parents[2]
+    script = textwrap.dedent(f"""
+        import os, sys
+        sys.path.insert(0, {str(root)!r})
+        from invaudit.io import report
+
+        class Slow(str):
+            pass
+
+        real_fsync = os.fsync
+        def fsync(fd):
+            print("writing", flush=True)
+            sys.stdin.readline()  # wait here, mid-write, until the test has sent SIGTERM
+        os.fsync = fsync
+        report.write_atomic({str(target)!r}, "new " * 1000)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline().strip() == b"writing"
+    assert any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGTERM
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+    assert target.read_text() == "old\n"
+
+
+def test_stale_temporaries_of_the_same_target_are_swept(tmp_path):
+    target = tmp_path / "r.json"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    orphan = tmp_path / f".r.json.{dead}.abc123.tmp"
+    orphan.write_text("x" * 100)
+    old = tmp_path / ".r.json.zzz.tmp"  # an older naming, without a pid: swept by age
+    old.write_text("x")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    fresh_other = tmp_path / f".r.json.{os.getpid()}.live.tmp"  # ours, in progress: kept
+    fresh_other.write_text("x")
+    unrelated = tmp_path / ".other.json.1.x.tmp"
+    unrelated.write_text("x")
+    write_atomic(target, "new\n")
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted(["r.json", fresh_other.name, unrelated.name])
+    assert sweep_stale_temporaries(target) == []
+
+
+def test_existing_mode_is_kept_and_new_files_follow_the_umask(tmp_path):
+    target = tmp_path / "r.json"
+    write_atomic(target, "a\n")
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~mask
+    target.chmod(0o640)
+    write_atomic(target, "b\n")
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640
+    assert target.read_text() == "b\n"
+
+
+def test_a_symlinked_report_is_written_through_to_its_target(tmp_path):
+    real = tmp_path / "reports" / "r.json"
+    real.parent.mkdir()
+    real.write_text("old\n")
+    link = tmp_path / "latest.json"
+    link.symlink_to(real)
+    write_atomic(link, "new\n")
+    assert link.is_symlink() and real.read_text() == "new\n"
+
+
+def test_check_writable_refuses_before_any_work(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="is not a folder"):
+        check_writable(tmp_path / "file" / "r.json")
+    with pytest.raises(InputError, match="this is a folder"):
+        check_writable(tmp_path)
+    assert check_writable(tmp_path / "new" / "deeper" / "r.json") == tmp_path / "new" / "deeper" / "r.json"
+    assert not (tmp_path / "new").exists()  # nothing created by the check
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]
+
+
+def test_unwritable_json_path_fails_before_the_model_is_even_read(tmp_path, invaudit):
+    (tmp_path / "file").write_text("x")
+    r = invaudit("info", str(tmp_path / "missing-model.joblib"), "--json",
+                 str(tmp_path / "file" / "r.json"))
+    assert r.code == 3 and "not a folder" in r.err
