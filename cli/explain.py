@@ -13,7 +13,7 @@ from invaudit.explain import DEFAULT_ITERATIONS, DEFAULT_MAX_EXPLANATIONS
 from invaudit.io import parse_rows, write_atomic
 from invaudit.render import Format
 
-from ._common import FormatOpt, JsonOut, LabelColumn, Labels, ModelArg, Rows, Run, Seed, Sha256, Trust, note, progress
+from ._common import FormatOpt, JsonOut, IdColumn, LabelColumn, Labels, ModelArg, Rows, Run, Seed, Sha256, Trust, note, progress
 
 
 def explain(
@@ -30,6 +30,7 @@ def explain(
     seed: Seed = 0,
     png: Annotated[Optional[Path], typer.Option("--png", metavar="DIR", help="Write heat maps and explanations as PNG images (needs --shape).")] = None,
     label_column: LabelColumn = None,
+    id_column: IdColumn = None,
     labels: Labels = None,
     trust: Trust = False,
     sha256: Sha256 = None,
@@ -41,13 +42,13 @@ def explain(
 
     run = Run("explain", model, trust=trust, sha256=sha256)
     form = run.form
-    ds = run.data(data, label_column=label_column, labels=labels)
+    ds = run.data(data, label_column=label_column, id_column=id_column, labels=labels)
     row_ids = parse_rows(rows, ds.n_rows)
     X = np.asarray(ds.X[row_ids], dtype=np.float64)
     hw = parse_shape(shape, form.n_features)
     if png is not None and hw is None:
         raise InputError("--png draws images and needs --shape HxW.")
-    X_train = run.data(train, label_column=label_column, primary=False).X if train is not None else None
+    X_train = run.data(train, label_column=label_column, id_column=id_column, primary=False).X if train is not None else None
     base = resolve_baseline(baseline, form.n_features, X_train=X_train)
     with progress("explaining", len(row_ids)) as update:
         res = explain_rows(form, X, rows=row_ids, baseline=base, shape=hw, confidence=confidence,

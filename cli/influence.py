@@ -12,7 +12,7 @@ from invaudit.errors import InputError
 from invaudit.io import parse_rows
 from invaudit.render import Format
 
-from ._common import FormatOpt, JsonOut, LabelColumn, Labels, ModelArg, Run, Sha256, Trust, note, progress
+from ._common import FormatOpt, JsonOut, IdColumn, LabelColumn, Labels, ModelArg, Run, Sha256, Trust, note, progress
 
 
 def parse_group(spec: str, ds, feature_names=None) -> np.ndarray:
@@ -52,6 +52,7 @@ def influence(
     group: Annotated[Optional[str], typer.Option("--group", metavar="SPEC", help="Predict the effect of removing a set of training rows: a row spec or COLUMN=VALUE.")] = None,
     estimate: Annotated[str, typer.Option("--estimate", help="auto, first-order or leverage-corrected.")] = "auto",
     label_column: LabelColumn = None,
+    id_column: IdColumn = None,
     labels: Labels = None,
     trust: Trust = False,
     sha256: Sha256 = None,
@@ -66,8 +67,8 @@ def influence(
 
     run = Run("influence", model, trust=trust, sha256=sha256)
     form = run.form
-    tr = run.data(train, label_column=label_column, labels=labels, require_labels=True, primary=False)
-    te = run.data(test, label_column=label_column)  # --labels belongs to an NPY TRAIN
+    tr = run.data(train, label_column=label_column, id_column=id_column, labels=labels, require_labels=True, primary=False)
+    te = run.data(test, label_column=label_column, id_column=id_column)  # --labels belongs to an NPY TRAIN
     rows = parse_rows(test_rows, te.n_rows, what="--test-rows")
     Xt = np.asarray(te.X[rows], dtype=np.float64)
     yt = None if te.y_index is None else te.y_index[rows]

@@ -12,7 +12,12 @@ def info(model: ModelArg, trust: Trust = False, sha256: Sha256 = None,
          format: FormatOpt = Format.table, json: JsonOut = None) -> None:
     """Say what the model is, which form invaudit reads it as, and which answers are exact."""
     run = Run("info", model, trust=trust, sha256=sha256)
-    results = [c.as_dict() for c in capabilities(run.form)]
+    if run.tabular is not None:
+        from invaudit.models.capabilities import tabular_capabilities
+
+        results = [c.as_dict() for c in tabular_capabilities(run.tabular)]
+    else:
+        results = [c.as_dict() for c in capabilities(run.form)]
     run.emit(params={"trust": trust}, results=results,
              summary={"form": run.form.kind, "trusted": run.loaded.trusted}, fmt=format, json_path=json)
 

@@ -14,7 +14,7 @@ from invaudit.errors import InputError
 from invaudit.io import write_atomic
 from invaudit.render import Format
 
-from ._common import FormatOpt, JsonOut, LabelColumn, Labels, ModelArg, Run, Seed, Sha256, Trust, note, progress
+from ._common import FormatOpt, JsonOut, IdColumn, LabelColumn, Labels, ModelArg, Run, Seed, Sha256, Trust, note, progress
 
 
 def read_truth(path: Path, n: int) -> np.ndarray:
@@ -110,6 +110,7 @@ def mislabel(
     folds: Annotated[int, typer.Option("--folds", min=2, help="Folds for out-of-sample probabilities.")] = 5,
     seed: Seed = 0,
     label_column: LabelColumn = None,
+    id_column: IdColumn = None,
     labels: Labels = None,
     trust: Trust = False,
     sha256: Sha256 = None,
@@ -131,7 +132,7 @@ def mislabel(
         if n_top < 1:
             raise InputError("--top must be at least 1.")
     run = Run("mislabel", model, trust=trust, sha256=sha256)
-    ds = run.data(train, label_column=label_column, labels=labels, require_labels=True)
+    ds = run.data(train, label_column=label_column, id_column=id_column, labels=labels, require_labels=True)
     mask = read_truth(truth, ds.n_rows) if truth is not None else None
     with progress("ranking", folds) as update:
         ranking = rank_mislabels(run.form, np.asarray(ds.X, dtype=np.float64), ds.y_index, method=method,

@@ -7,6 +7,10 @@ Only data sets that ship with scikit-learn are used (no downloads). Run from the
 It writes, next to this file, for each data set ``<name>_train.csv`` / ``<name>_test.csv``
 (features plus a ``target`` column) and ``<name>_train.npz`` / ``<name>_test.npz`` (arrays ``X``,
 ``y``), and one ``.joblib`` file per model. ``audit.yaml`` is written by hand, not by this script.
+
+``credit_train.csv`` / ``credit_test.csv`` are a synthetic loan table as users have them (string
+categories, blank cells, a ``customer`` ID column, columns in another order than the model's) and
+``credit_logreg.joblib`` the ColumnTransformer pipeline that reads it.
 """
 
 from __future__ import annotations
@@ -108,7 +112,53 @@ def main() -> int:
         _set_feature_names(est, names)
         joblib.dump(est, HERE / f"{fname}.joblib", compress=3)
         print(f"wrote {fname}.joblib ({type(est).__name__}, train accuracy {accuracy:.3f})")
+    write_credit()
     return 0
+
+
+CREDIT_NUMERIC = ["income", "age", "n_loans"]
+CREDIT_CATEGORICAL = ["employment", "housing"]
+
+
+def credit_table(n: int, seed: int):
+    """A synthetic loan table: approval depends on income, loans, employment and housing."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({
+        "customer": [f"C{seed}{i:04d}" for i in range(n)],
+        "housing": rng.choice(["rent", "own", "mortgage"], n).astype(object),
+        "income": np.round(rng.lognormal(10, 0.6, n), 2),
+        "employment": rng.choice(["unemployed", "salaried", "self-employed", "retired"], n).astype(object),
+        "age": rng.integers(18, 80, n),
+        "n_loans": rng.integers(0, 6, n),
+    })
+    score = (np.log(df["income"]) - 10) * 2 - 0.4 * df["n_loans"] + 1.5 * (df["employment"] == "salaried") \
+        - 1.5 * (df["employment"] == "unemployed") + 0.7 * (df["housing"] == "own")
+    df["approved"] = (score + rng.normal(0, 0.5, n) > 0).astype(int)
+    df.loc[rng.random(n) < 0.08, "income"] = np.nan
+    df.loc[rng.random(n) < 0.08, "employment"] = np.nan
+    return df
+
+
+def write_credit() -> None:
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.preprocessing import OneHotEncoder
+
+    train, test = credit_table(600, 1), credit_table(60, 2)
+    pre = ColumnTransformer([
+        ("num", Pipeline([("impute", SimpleImputer()), ("scale", StandardScaler())]), CREDIT_NUMERIC),
+        ("cat", Pipeline([("impute", SimpleImputer(strategy="most_frequent")),
+                          ("onehot", OneHotEncoder(handle_unknown="ignore"))]), CREDIT_CATEGORICAL),
+    ])
+    est = Pipeline([("pre", pre), ("clf", LogisticRegression(max_iter=1000))])
+    est.fit(train[CREDIT_NUMERIC + CREDIT_CATEGORICAL], train["approved"])
+    for part, df in (("train", train), ("test", test)):
+        df.to_csv(HERE / f"credit_{part}.csv", index=False, lineterminator="\n")
+    joblib.dump(est, HERE / "credit_logreg.joblib", compress=3)
+    acc = est.score(train[CREDIT_NUMERIC + CREDIT_CATEGORICAL], train["approved"])
+    print(f"wrote credit_logreg.joblib (ColumnTransformer + LogisticRegression, train accuracy {acc:.3f})")
 
 
 def _set_feature_names(est, names) -> None:

@@ -108,7 +108,7 @@ def load_data(
         id_column = None  # a second file (--train) without the ID column: its rows keep their numbers
     if id_column is not None and suffix != ".csv":
         raise InputError(f"--id-column applies to CSV files; {p} is {suffix[1:].upper()}.")
-    if schema is not None and suffix != ".csv":
+    if schema is not None and suffix != ".csv" and not _numeric_schema(schema):
         raise InputError(f"data file {p}: this model reads typed columns (categories, blanks) by name; "
                          "give it a CSV with a header.")
     if label_column is not None and id_column is not None and label_column == id_column:
@@ -120,7 +120,7 @@ def load_data(
         if suffix == ".csv":
             X, y_raw, columns, ids, frame, file_columns = _read_csv(p, label_column, feature_names, id_column,
                                                                     schema)
-            column_match = "name" if (feature_names is not None or schema is not None) else "position"
+            column_match = "name" if feature_names is not None else "position"
         elif suffix == ".npy":
             X, y_raw, columns = _read_npy(p, labels_path), None, None
             if labels_path is not None:
@@ -134,6 +134,14 @@ def load_data(
         raise InputError(f"data file {p} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
                          f"{exc.start}); save it as UTF-8.") from None
 
+    if schema is not None and frame is None:
+        # NPY/NPZ for a model whose categories are numbers (e.g. HistGradientBoosting with
+        # categorical_features): the same typed rows, with blanks as NaN
+        X = np.asarray(X, dtype=np.float64)
+        if X.shape[1] != len(schema):
+            raise InputError(f"data file {p} has {X.shape[1]} feature columns but the model expects {len(schema)}.")
+        frame = _frame_from_array(X, p, schema)
+        X = None
     n_rows = X.shape[0] if X is not None else len(frame)
     if n_rows == 0:
         raise InputError(f"data file {p} has no rows.")
@@ -201,7 +209,10 @@ def _read_csv(p: Path, label_column, feature_names, id_column=None, schema=None)
     feature_cols = [h for h in header if h not in (label_column, id_column)]
     file_columns = list(feature_cols)
 
-    if schema is not None:
+    positional = schema is not None and feature_names is None
+    if positional and len(feature_cols) != len(schema):
+        raise InputError(f"data file {p} has {len(feature_cols)} feature columns but the model expects {len(schema)}.")
+    if schema is not None and not positional:
         feature_names = [c[0] for c in schema]
     if feature_names is not None:
         names = [str(n) for n in feature_names]
@@ -225,8 +236,9 @@ def _read_csv(p: Path, label_column, feature_names, id_column=None, schema=None)
     ids = np.array([str(v).strip() for v in cells[:, col_pos[id_column]]], dtype=object) \
         if id_column is not None else None
     if schema is not None:
+        # a model without feature names gets the file's columns by position, under its own names
         frame = _typed_frame(cells[:, idx], p, schema)
-        return None, y_raw, list(feature_cols), ids, frame, file_columns
+        return None, y_raw, [c[0] for c in schema] if positional else list(feature_cols), ids, frame, file_columns
     X = _to_float(cells[:, idx] if rows else np.empty((0, len(idx))), p, feature_cols)
     return X, y_raw, list(feature_cols), ids, None, file_columns
 
@@ -270,6 +282,33 @@ def _typed_frame(cells: np.ndarray, p: Path, schema):
                 else:
                     out[i] = v
             data[name] = out
+    return pd.DataFrame(data, columns=[c[0] for c in schema])
+
+
+def _numeric_schema(schema) -> bool:
+    """Every categorical column's categories are numbers (so an array can hold the rows)."""
+    return all(kind != "categorical" or (cats is not None and all(
+        isinstance(c, (int, float, np.integer, np.floating)) and not isinstance(c, bool) for c in cats))
+        for _, kind, cats in schema)
+
+
+def _frame_from_array(X: np.ndarray, p: Path, schema):
+    import pandas as pd
+
+    data = {}
+    for j, (name, kind, cats) in enumerate(schema):
+        col = X[:, j]
+        if np.any(np.isinf(col)):
+            i = int(np.flatnonzero(np.isinf(col))[0])
+            raise InputError(f"data file {p}, row {i}, column {j}: {col[i]} (infinity is not allowed).")
+        if kind == "categorical":
+            vals = np.empty(col.shape[0], dtype=object)
+            known = {float(c): c for c in cats}
+            for i, v in enumerate(col):
+                vals[i] = np.nan if np.isnan(v) else known.get(float(v), float(v))
+            data[name] = vals
+        else:
+            data[name] = col.copy()
     return pd.DataFrame(data, columns=[c[0] for c in schema])
 
 

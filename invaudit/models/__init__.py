@@ -68,6 +68,11 @@ def adapt(estimator) -> ModelForm:
         When no form applies: the object cannot be queried for class scores, or it is not a
         fitted classifier.
     """
+    classes = getattr(estimator, "classes_", None)
+    if isinstance(classes, list) and classes and all(hasattr(c, "__len__") for c in classes):
+        raise UnsupportedModelError(
+            f"{type(estimator).__name__} predicts several labels per row (multi-output); invaudit audits "
+            "classifiers with one label per row (audit each output's own classifier instead)")
     for name in _FORM_MODULES:
         module = importlib.import_module(f".{name}", __name__)
         form = module.from_estimator(estimator)

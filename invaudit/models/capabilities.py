@@ -53,3 +53,22 @@ def capabilities(form) -> list:
         caps.append(Capability("mislabel", "yes", "-", "loss and out-of-sample confidence only (no twice-differentiable loss)"))
     caps.append(Capability("explain", "yes", "no", "causal responsibility and multiple sufficient explanations (MultiReX); sufficiency verified"))
     return caps
+
+
+def tabular_capabilities(tm, typed_commands=("counterfactual", "margin")) -> list:
+    """What a model that reads typed rows (a ColumnTransformer pipeline) can be asked today."""
+    final = getattr(tm.final_form, "kind", None)
+    exact_linear = final == "linear" and tm.linear_decomposition() is not None
+    caps = [
+        Capability("counterfactual", "yes", "yes" if exact_linear else "no",
+                   "every category combination that can matter, each solved exactly in the numeric columns "
+                   "(linear final estimator)" if exact_linear else
+                   "search over category changes near the row plus the numeric columns, verified with predict"),
+        Capability("margin", "yes", "yes" if exact_linear else "no",
+                   "the same mixed search with target 'any other class'" + (" (exact)" if exact_linear else
+                                                                             " (verified upper bound)")),
+    ]
+    for cmd in COMMANDS:
+        if cmd not in typed_commands:
+            caps.append(Capability(cmd, "not yet", "-", "not available for models whose input has typed columns"))
+    return caps

@@ -49,8 +49,26 @@ class View:
     extras: list = field(default_factory=list)  # callables report -> list of (heading, text) blocks
 
 
+def _row(x: dict):
+    """A row as the user names it: its --id-column value when there is one, else its number."""
+    return x.get("row_id", x["row"])
+
+
+def _schema_line(schema: list) -> str:
+    """``income (numeric), employment (categorical: retired, salaried +2)``."""
+    parts = []
+    for c in schema:
+        if c["kind"] == "categorical":
+            parts.append(f"{c['name']} (categorical: {fmt_list(c.get('categories') or [], 3)})")
+        else:
+            parts.append(f"{c['name']} ({c['kind']})")
+    return "; ".join(parts)
+
+
 def _model_line(report: dict) -> str:
     m = report.get("model") or {}
+    if m.get("input_schema"):
+        return f"{m.get('estimator', '?')} (typed rows, {m.get('final_form') or 'black-box'} final estimator)"
     return f"{m.get('estimator', '?')} ({m.get('form', '?')} form)"
 
 
@@ -93,6 +111,7 @@ INFO = View(
         ("features", f"{r['model']['n_features']}"
          + (f" ({fmt_list(r['model']['feature_names'], 8)})" if r["model"].get("feature_names") else " (unnamed)")),
         ("preprocessing", fmt_list(r["model"].get("preprocessing")) if r["model"].get("preprocessing") else "none"),
+        *([("input", _schema_line(r["model"]["input_schema"]))] if r["model"].get("input_schema") else []),
         ("sha256", r["model"]["sha256"]),
     ],
     columns=[
@@ -108,14 +127,15 @@ COUNTERFACTUAL = View(
     + (f", p >= {r['params']['confidence']}" if r["params"].get("confidence") is not None else ""),
     summary=_summary_items,
     columns=[
-        Column("row", lambda x: x["row"]),
+        Column("row", _row),
         Column("from", lambda x: x["original_class"]),
         Column("to", lambda x: x["target_class"]),
         Column("status", lambda x: x["status"], "left"),
         Column("distance", lambda x: x["distance"]),
         Column("p(target)", lambda x: x["target_probability"]),
         Column("exact", lambda x: x["exact"], "left"),
-        Column("changed", lambda x: fmt_list(x["changed_features"], 4), "left"),
+        Column("changed", lambda x: fmt_list(x["changes"], 3) if x.get("changes") is not None
+               else fmt_list(x["changed_features"], 4), "left"),
     ],
 )
 
@@ -125,7 +145,7 @@ MARGIN = View(
     rows=lambda r: sorted(r["results"], key=lambda x: (x["margin"] is None, x["margin"] or 0.0)),
     max_rows=20,
     columns=[
-        Column("row", lambda x: x["row"]),
+        Column("row", _row),
         Column("label", lambda x: x.get("label")),
         Column("predicted", lambda x: x["predicted_class"]),
         Column("margin", lambda x: x["margin"]),
@@ -139,13 +159,14 @@ INFLUENCE = View(
     title=lambda r: f"influence: {_model_line(r)}",
     summary=_summary_items,
     rows=lambda r: [
-        {"test_row": x["test_row"], "kind": kind, **t}
+        {"test_row": x["test_row"], **({"test_row_id": x["test_row_id"]} if "test_row_id" in x else {}),
+         "kind": kind, **t}
         for x in r["results"] for kind in ("helpful", "harmful") for t in x[kind]
     ],
     columns=[
-        Column("test row", lambda x: x["test_row"]),
+        Column("test row", lambda x: x.get("test_row_id", x["test_row"])),
         Column("", lambda x: x["kind"], "left"),
-        Column("train row", lambda x: x["train_row"]),
+        Column("train row", lambda x: x.get("train_row_id", x["train_row"])),
         Column("loss change if removed", lambda x: x["loss_change_if_removed"]),
     ],
 )
@@ -156,7 +177,7 @@ MISLABEL = View(
     max_rows=50,
     columns=[
         Column("rank", lambda x: x.get("rank")),
-        Column("train row", lambda x: x["train_row"]),
+        Column("train row", lambda x: x.get("train_row_id", x["train_row"])),
         Column("score", lambda x: x["score"]),
         Column("given", lambda x: x["given_label"]),
         Column("suggested", lambda x: x["suggested_label"]),
@@ -199,7 +220,7 @@ EXPLAIN = View(
         for x in r["results"] for k, e in enumerate(x["explanations"])
     ],
     columns=[
-        Column("row", lambda x: x["row"]),
+        Column("row", _row),
         Column("class", lambda x: x["predicted_class"]),
         Column("#", lambda x: x["k"] + 1),
         Column("size", lambda x: x["size"]),

@@ -163,3 +163,19 @@ def test_public_names():
     for name in models.__all__:
         assert hasattr(models, name)
     assert {"adapt", "LinearForm", "InvertibleLinearForm", "class_indices"} <= set(models.__all__)
+
+
+def test_multi_output_classifiers_are_refused_with_a_sentence():
+    import numpy as np
+    import pytest
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multioutput import ClassifierChain, MultiOutputClassifier
+
+    from invaudit.errors import UnsupportedModelError
+    from invaudit.models import adapt
+
+    X = np.random.default_rng(0).normal(size=(40, 3))
+    Y = np.column_stack([X[:, 0] > 0, X[:, 1] > 0]).astype(int)
+    for m in (ClassifierChain(LogisticRegression()).fit(X, Y), MultiOutputClassifier(LogisticRegression()).fit(X, Y)):
+        with pytest.raises(UnsupportedModelError, match="multi-output"):
+            adapt(m)

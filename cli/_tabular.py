@@ -1,0 +1,176 @@
+"""``counterfactual`` and ``margin`` for models that read typed rows (a ColumnTransformer pipeline).
+
+The rows stay in the user's own columns from the CSV to the report: constraint flags name those
+columns, answers are given as changes to them (``employment: unemployed -> salaried``), and
+``--out`` writes the changed rows in the same columns so the model reads them back.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from invaudit.errors import InputError
+
+from ._common import note
+
+
+def column_list(spec: Optional[str], tm, what: str) -> tuple:
+    """``"age,income"`` -> ``("age", "income")``, every name a column of the model's input."""
+    if spec is None or not spec.strip():
+        return ()
+    names = tm.column_names
+    out = []
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if part not in names:
+            shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+            raise InputError(f"{what}: '{part}' is not a column of the model's input ({shown}).")
+        out.append(part)
+    return tuple(out)
+
+
+def integer_columns(spec: Optional[str], tm, train_ds) -> tuple:
+    """``--integer`` columns, plus the numeric columns whose every value in ``--train`` is a whole
+    number (said on stderr, so a user who meant otherwise knows)."""
+    declared = column_list(spec, tm, "--integer")
+    if train_ds is None:
+        return declared
+    inferred = []
+    for c in tm.columns:
+        if c.kind != "numeric" or c.name in declared:
+            continue
+        v = np.asarray(train_ds.frame[c.name], dtype=np.float64)
+        v = v[np.isfinite(v)]
+        if v.size and np.all(v == np.round(v)):
+            inferred.append(c.name)
+    if inferred:
+        note(f"whole numbers in every --train row, so kept whole: {', '.join(inferred)} (--integer)")
+    return declared + tuple(inferred)
+
+
+def numeric_constraints(tm, train_ds, *, scale: str, bounds: str):
+    """``(bounds, scale)`` dicts for the numeric columns, from ``--train``."""
+    if train_ds is None:
+        if scale != "none":
+            raise InputError(f"--scale {scale} needs --train TRAIN (the spread is measured there).")
+        if bounds != "none":
+            raise InputError("--bounds data needs --train TRAIN (the ranges are taken from it).")
+        return None, None
+    frame = train_ds.frame
+    num = [c.name for c in tm.columns if c.kind in ("numeric", "integer")]
+    rng = spread = None
+    if bounds == "data":
+        rng = {}
+        for c in num:
+            v = np.asarray(frame[c], dtype=np.float64)
+            v = v[np.isfinite(v)]
+            if v.size:
+                rng[c] = (float(v.min()), float(v.max()))
+    if scale != "none":
+        spread = {}
+        for c in num:
+            v = np.asarray(frame[c], dtype=np.float64)
+            v = v[np.isfinite(v)]
+            if scale == "std":
+                s = float(np.std(v)) if v.size else 0.0
+            else:
+                s = float(1.4826 * np.median(np.abs(v - np.median(v)))) if v.size else 0.0
+            # a constant column keeps unit weight rather than an infinite one
+            spread[c] = s if s > 0 and np.isfinite(s) else 1.0
+    return rng, spread
+
+
+def write_points(path: Path, points, ids, id_name: Optional[str], rows, keep, integer=()) -> int:
+    """The answers as a CSV in the input's own columns (only rows with an answer); whole-number
+    columns are written as whole numbers (``3``, not ``3.0``), blanks as empty cells."""
+    from invaudit.io import write_atomic
+
+    if path.suffix.lower() != ".csv":
+        raise InputError(f"--out {path}: a model that reads typed rows writes its answers as .csv.")
+    frame = points.iloc[np.flatnonzero(keep)].copy()
+    for c in integer:
+        v = np.asarray(frame[c], dtype=np.float64)
+        if np.all(~np.isfinite(v) | (v == np.round(v))):
+            frame[c] = frame[c].astype("Int64")
+    label = id_name or "row"
+    key = ids[rows[keep]] if ids is not None else rows[keep]
+    frame.insert(0, label, key)
+    buf = io.StringIO()
+    frame.to_csv(buf, index=False, na_rep="")
+    try:
+        write_atomic(path, buf.getvalue())
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}.") from None
+    return int(keep.sum())
+
+
+def counterfactual_summary(results: list) -> dict:
+    status = [r["status"] for r in results]
+    found = [r for r in results if r["status"] == "found"]
+    dist = [r["distance"] for r in found if r["distance"] is not None]
+    return {
+        "rows": len(results),
+        "found": status.count("found"),
+        "already_target": status.count("already-target"),
+        "infeasible": status.count("infeasible"),
+        "failed": status.count("failed"),
+        "exact": sum(bool(r["exact"]) for r in found),
+        "median_distance": float(np.median(dist)) if dist else None,
+    }
+
+
+def run_counterfactual(run, ds, train_ds, *, rows, target, confidence, norm, scale, bounds, immutable,
+                       increase_only, decrease_only, integer, categorical_cost, seed, out, id_column, update):
+    """Counterfactuals for a typed-row model; returns ``(results, summary)``."""
+    from invaudit.counterfactual.tabular import tabular_counterfactuals
+
+    tm = run.tabular
+    rng, spread = numeric_constraints(tm, train_ds, scale=scale, bounds=bounds)
+    frame = ds.frame.iloc[rows].reset_index(drop=True)
+    integers = integer_columns(integer, tm, train_ds)
+    res = tabular_counterfactuals(
+        tm, frame, target=target, confidence=confidence, norm=norm,
+        immutable=column_list(immutable, tm, "--immutable"),
+        increase_only=column_list(increase_only, tm, "--increase-only"),
+        decrease_only=column_list(decrease_only, tm, "--decrease-only"),
+        integer=integers, bounds=rng, scale=spread, categorical_cost=categorical_cost, seed=seed)
+    update(len(rows), len(rows))
+    results = res.records(tm.classes, rows)
+    if out is not None:
+        keep = np.asarray(res.status) == "found"
+        k = write_points(out, res.points, ds.ids, id_column, rows, keep, integers)
+        note(f"wrote {k} counterfactual row(s) to {out}")
+    return results, counterfactual_summary(results)
+
+
+def run_margin(run, ds, train_ds, *, rows, norm, scale, bounds, immutable, increase_only, decrease_only,
+               integer, categorical_cost, seed, out, id_column, update):
+    """Margins for a typed-row model; returns ``(bundle, records)``; the bundle has the columns
+    :func:`invaudit.margins.summarize` reads, so both kinds of model share one summary."""
+    from invaudit.margins._tabular import tabular_margins
+
+    tm = run.tabular
+    rng, spread = numeric_constraints(tm, train_ds, scale=scale, bounds=bounds)
+    frame = ds.frame.iloc[rows].reset_index(drop=True)
+    y_index = None if ds.y_index is None else ds.y_index[rows]
+    integers = integer_columns(integer, tm, train_ds)
+    res = tabular_margins(
+        tm, frame, norm=norm, labels_index=y_index,
+        immutable=column_list(immutable, tm, "--immutable"),
+        increase_only=column_list(increase_only, tm, "--increase-only"),
+        decrease_only=column_list(decrease_only, tm, "--decrease-only"),
+        integer=integers, bounds=rng, scale=spread, categorical_cost=categorical_cost, seed=seed)
+    update(len(rows), len(rows))
+    results = res.records(tm.classes, rows)
+    if out is not None:
+        keep = np.isfinite(np.asarray(res.margin, dtype=np.float64))
+        k = write_points(out, res.points, ds.ids, id_column, rows, keep, integers)
+        note(f"wrote {k} adversarial row(s) to {out}")
+    return res, results
+

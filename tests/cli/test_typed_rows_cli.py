@@ -1,0 +1,167 @@
+"""End to end on a CSV as users have it (string categories, blanks, an ID column) and the
+ColumnTransformer pipeline that reads it: answers come back in the user's own columns, are valid
+rows of the input schema, and the model itself puts them in the reported class."""
+
+import io
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+NUM = ["income", "age", "n_loans"]
+CAT = ["employment", "housing"]
+EMPLOYMENT = ["unemployed", "salaried", "self-employed", "retired"]
+HOUSING = ["rent", "own", "mortgage"]
+
+
+def credit_frame(n, seed):
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({
+        "customer": [f"c{seed}-{i:04d}" for i in range(n)],
+        "housing": rng.choice(HOUSING, n).astype(object),
+        "income": np.round(rng.lognormal(10, 0.6, n), 2),
+        "employment": rng.choice(EMPLOYMENT, n).astype(object),
+        "age": rng.integers(18, 80, n).astype(float),
+        "n_loans": rng.integers(0, 6, n).astype(float),
+    })
+    score = (np.log(df["income"]) - 10) * 2 - 0.4 * df["n_loans"] + (df["employment"] == "salaried") * 1.5 \
+        - (df["employment"] == "unemployed") * 1.5 + (df["housing"] == "own") * 0.7
+    df["approved"] = (score + rng.normal(0, 0.5, n) > 0).astype(int)
+    df.loc[rng.random(n) < 0.08, "income"] = np.nan
+    df.loc[rng.random(n) < 0.08, "employment"] = np.nan
+    return df
+
+
+def pipeline(final):
+    pre = ColumnTransformer([
+        ("num", Pipeline([("impute", SimpleImputer()), ("scale", StandardScaler())]), NUM),
+        ("cat", Pipeline([("impute", SimpleImputer(strategy="most_frequent")),
+                          ("onehot", OneHotEncoder(handle_unknown="ignore"))]), CAT),
+    ])
+    return Pipeline([("pre", pre), ("clf", final)])
+
+
+@pytest.fixture(scope="module")
+def credit(tmp_path_factory):
+    d = tmp_path_factory.mktemp("credit")
+    train, test = credit_frame(400, 0), credit_frame(30, 1)
+    features = NUM + CAT
+    for name, final in (("logreg", LogisticRegression(max_iter=1000)),
+                        ("forest", RandomForestClassifier(n_estimators=15, max_depth=4, random_state=0))):
+        joblib.dump(pipeline(final).fit(train[features], train["approved"]), d / f"{name}.joblib")
+    # columns in another order than the model's, blanks written as empty cells
+    train.to_csv(d / "train.csv", index=False)
+    test[["approved", "n_loans", "customer", "employment", "age", "income", "housing"]].to_csv(d / "test.csv",
+                                                                                              index=False)
+    return d, test
+
+
+def _check_points(model, out_csv, test, results, target=None):
+    """Every written row is a valid input row that the model itself assigns the reported class."""
+    pts = pd.read_csv(out_csv, keep_default_na=True)
+    assert len(pts) > 0
+    assert set(pts["employment"].dropna()) <= set(EMPLOYMENT) and set(pts["housing"].dropna()) <= set(HOUSING)
+    assert np.all(pts["n_loans"].dropna() == np.round(pts["n_loans"].dropna()))
+    pred = model.predict(pts[NUM + CAT])
+    by_id = {r.get("row_id"): r for r in results}
+    for cid, p, row in zip(pts["customer"], pred, pts.itertuples()):
+        r = by_id[cid]
+        expect = r["nearest_class"] if "nearest_class" in r else r["predicted_class"]
+        assert p == expect, (cid, p, r)
+        orig = test.set_index("customer").loc[cid]
+        if pd.isna(orig["income"]):
+            assert pd.isna(row.income), "a missing value stayed missing"
+
+
+def test_counterfactuals_in_the_users_columns(invaudit, validate, credit):
+    d, test = credit
+    out = d / "cf.csv"
+    r = invaudit("counterfactual", d / "logreg.joblib", d / "test.csv", "--trust", "--label-column", "approved",
+                 "--id-column", "customer", "--target", "1", "--train", d / "train.csv", "--scale", "std",
+                 "--integer", "n_loans", "--immutable", "age", "--format", "json", "--out", out)
+    assert r.code == 0, r.err
+    rep = validate(r.json())
+    assert [c["name"] for c in rep["model"]["input_schema"]] == NUM + CAT
+    found = [x for x in rep["results"] if x["status"] == "found"]
+    assert found and all(x["row_id"].startswith("c1-") for x in rep["results"])
+    for x in found:
+        row = dict(zip(rep["model"]["feature_names"], x["counterfactual"]))
+        assert set(row) == set(NUM + CAT) and row["employment"] in EMPLOYMENT + [None]
+        assert all(v is None for c, v in zip(rep["model"]["feature_names"], x["delta"]) if c in CAT)
+        assert "age" not in x["changed_features"]
+        assert all(":" in c and "->" in c for c in x["changes"])
+    model = joblib.load(d / "logreg.joblib")
+    _check_points(model, out, test, rep["results"])
+    table = invaudit("counterfactual", d / "logreg.joblib", d / "test.csv", "--trust", "--label-column", "approved",
+                     "--id-column", "customer", "--target", "1", "--rows", "0-5")
+    assert table.code == 0 and "c1-0000" in table.out
+
+
+@pytest.mark.parametrize("name", ["logreg", "forest"])
+def test_margins_in_the_users_columns(invaudit, validate, credit, name):
+    d, test = credit
+    out = d / f"adv_{name}.csv"
+    r = invaudit("margin", d / f"{name}.joblib", d / "test.csv", "--trust", "--label-column", "approved",
+                 "--id-column", "customer", "--rows", "0-9", "--format", "json", "--out", out,
+                 "--train", d / "train.csv", "--norm", "l1" if name == "logreg" else "l2")
+    assert "kept whole: age, n_loans" in r.err
+    assert r.code == 0, r.err
+    rep = validate(r.json())
+    assert rep["summary"]["n_rows"] == 10
+    if name == "logreg":  # integer columns in l1: a MILP per category choice, exact
+        assert all(x["exact"] for x in rep["results"] if x["margin"] is not None)
+    else:
+        assert not any(x["exact"] for x in rep["results"] if x["margin"] not in (None,))
+    _check_points(joblib.load(d / f"{name}.joblib"), out, test, rep["results"])
+
+
+def test_info_shows_the_input_schema_and_only_what_runs(invaudit, validate, credit):
+    d, _ = credit
+    r = invaudit("info", d / "logreg.joblib", "--trust", "--format", "json")
+    assert r.code == 0, r.err
+    rep = validate(r.json())
+    kinds = {c["name"]: c["kind"] for c in rep["model"]["input_schema"]}
+    assert kinds["employment"] == "categorical" and kinds["income"] == "numeric"
+    avail = {c["command"]: c["available"] for c in rep["results"]}
+    assert avail["counterfactual"] == "yes" and avail["margin"] == "yes"
+    for cmd, a in avail.items():
+        if a != "yes":  # what info does not promise is refused with a sentence, not a traceback
+            args = {"influence": [d / "train.csv", d / "test.csv"], "mislabel": [d / "train.csv"],
+                    "explain": [d / "test.csv"]}[cmd]
+            rr = invaudit(cmd, d / "logreg.joblib", *args, "--trust", "--label-column", "approved")
+            assert rr.code == 3 and "typed columns" in rr.err and "Traceback" not in rr.err
+
+
+def test_native_categorical_hgb_answers_valid_rows_or_is_refused(invaudit, tmp_path):
+    """Category codes are never moved as numbers: a readable model answers with known categories,
+    one behind preprocessing invaudit cannot read is refused with a sentence."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(0)
+    X = np.column_stack([rng.integers(0, 5, 300), rng.normal(size=300)])
+    y = ((X[:, 0] % 2 == 0) ^ (X[:, 1] > 0)).astype(int)
+    hgb = HistGradientBoostingClassifier(categorical_features=[0], max_iter=10, random_state=0).fit(X, y)
+    joblib.dump(hgb, tmp_path / "hgb.joblib")
+    joblib.dump(Pipeline([("s", StandardScaler()), ("h", HistGradientBoostingClassifier(
+        categorical_features=[0], max_iter=10))]).fit(X, y), tmp_path / "scaled.joblib")
+    np.save(tmp_path / "x.npy", X[:6])
+    r = invaudit("margin", tmp_path / "scaled.joblib", tmp_path / "x.npy")
+    assert r.code == 3 and "splits on categories" in r.err
+    r = invaudit("margin", tmp_path / "hgb.joblib", tmp_path / "x.npy", "--format", "json", "--out", tmp_path / "a.csv")
+    assert r.code == 0, r.err
+    rep = r.json()
+    pts = pd.read_csv(tmp_path / "a.csv")
+    assert set(pts["x0"]) <= set(range(5))
+    by_row = {x["row"]: x for x in rep["results"]}
+    np.testing.assert_array_equal(hgb.predict(pts[["x0", "x1"]].to_numpy(float)),
+                                  [by_row[i]["nearest_class"] for i in pts["row"]])
+    assert all(x["margin"] is None or x["margin"] > 1e-6 for x in rep["results"])
+    assert not any(x["exact"] for x in rep["results"])
