@@ -70,9 +70,14 @@ def influence(
     tr = run.data(train, label_column=label_column, id_column=id_column, labels=labels, require_labels=True, primary=False)
     te = run.data(test, label_column=label_column, id_column=id_column)  # --labels belongs to an NPY TRAIN
     rows = parse_rows(test_rows, te.n_rows, what="--test-rows")
-    Xt = np.asarray(te.X[rows], dtype=np.float64)
     yt = None if te.y_index is None else te.y_index[rows]
-    obj = build_objective(form, np.asarray(tr.X, dtype=np.float64), tr.y_index)
+    if run.tabular is not None:
+        # typed rows: the final estimator's parameters, on what the ColumnTransformer makes of the rows
+        form, X_train, Xt = _encoded(run, tr, te, rows, features=features, group=group)
+    else:
+        X_train = np.asarray(tr.X, dtype=np.float64)
+        Xt = np.asarray(te.X[rows], dtype=np.float64)
+    obj = build_objective(form, X_train, tr.y_index)
     for n in obj.notes:
         note(n)
     res = solve(obj, Xt, yt, top=max(top, verify_loo), estimate=estimate, features=features, test_row_ids=rows)
@@ -102,6 +107,22 @@ def influence(
     params = {"top": top, "verify_loo": verify_loo, "features": features, "group": group, "estimate": estimate,
               "test_rows": test_rows, "train": str(train), "preprocessing_fixed": bool(form.preprocessing)}
     run.emit(params=params, results=results, summary=summary, fmt=format, json_path=json)
+
+
+def _encoded(run, tr, te, rows, *, features, group):
+    """(final form, encoded train rows, encoded test rows) for a model that reads typed rows."""
+    from invaudit.errors import UnsupportedModelError
+    from invaudit.influence import supports
+
+    tm = run.tabular
+    if tm.preprocessor is None or tm.final_form is None or supports(tm.final_form) is None:
+        raise UnsupportedModelError(
+            f"influence needs a ColumnTransformer in front of a LogisticRegression or MLPClassifier; "
+            f"{run.model_info['estimator']} has none it can read.")
+    if features or group is not None:
+        raise InputError("--features and --group are not available for models that read typed rows yet.")
+    note("the ColumnTransformer stays fixed; influence is for the final estimator's parameters")
+    return tm.final_form, tm.encoded(tr.frame), tm.encoded(te.frame.iloc[rows])
 
 
 def register(app) -> None:

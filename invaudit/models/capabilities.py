@@ -68,7 +68,14 @@ def tabular_capabilities(tm, typed_commands=("counterfactual", "margin")) -> lis
                    "the same mixed search with target 'any other class'" + (" (exact)" if exact_linear else
                                                                              " (verified upper bound)")),
     ]
+    from invaudit.influence import supports
+
+    kind = supports(tm.final_form) if tm.final_form is not None and tm.preprocessor is not None else None
+    if kind is not None:
+        caps.append(Capability("influence", "yes", "yes" if kind == "logistic" else "no",
+                               "Koh & Liang influence on the final estimator's parameters (the ColumnTransformer "
+                               "stays fixed), rows in the user's columns"))
     for cmd in COMMANDS:
-        if cmd not in typed_commands:
+        if cmd not in typed_commands and not (cmd == "influence" and kind is not None):
             caps.append(Capability(cmd, "not yet", "-", "not available for models whose input has typed columns"))
     return caps

@@ -138,6 +138,17 @@ class TabularModel:
         }
 
     # --- the estimator's own answers -----------------------------------------------------------
+    def encoded(self, frame) -> np.ndarray:
+        """What the final estimator sees: the ColumnTransformer's output for ``frame``, dense
+        float64 (influence and mislabel work on the final estimator's parameters)."""
+        if self.preprocessor is None:
+            raise ValueError("this model has no ColumnTransformer in front of its final estimator")
+        with _quiet():
+            Z = self.preprocessor.transform(self.model_input(frame))
+        if hasattr(Z, "toarray"):
+            Z = Z.toarray()
+        return np.asarray(Z, dtype=np.float64)
+
     def model_input(self, frame):
         """The rows as the estimator was fitted on them: the model's columns of ``frame``; a float
         array for a model fitted without feature names; pandas category dtype (with the model's

@@ -165,3 +165,18 @@ def test_native_categorical_hgb_answers_valid_rows_or_is_refused(invaudit, tmp_p
                                   [by_row[i]["nearest_class"] for i in pts["row"]])
     assert all(x["margin"] is None or x["margin"] > 1e-6 for x in rep["results"])
     assert not any(x["exact"] for x in rep["results"])
+
+
+def test_influence_on_typed_rows_agrees_with_refits(invaudit, validate, credit):
+    d, _ = credit
+    r = invaudit("influence", d / "logreg.joblib", d / "train.csv", d / "test.csv", "--trust", "--label-column",
+                 "approved", "--id-column", "customer", "--rows", "0-2", "--top", "3", "--verify-loo", "4",
+                 "--format", "json")
+    assert r.code == 0, r.err
+    rep = validate(r.json())
+    assert rep["summary"]["verification"]["pearson"] > 0.95  # predicted vs real refits without each row
+    first = rep["results"][0]
+    assert first["test_row_id"] == "c1-0000"
+    assert all(e["train_row_id"].startswith("c0-") for e in first["helpful"] + first["harmful"])
+    info = invaudit("info", d / "logreg.joblib", "--trust", "--format", "json").json()
+    assert {c["command"]: c["available"] for c in info["results"]}["influence"] == "yes"
