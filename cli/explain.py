@@ -21,8 +21,8 @@ def explain(
     data: Annotated[Path, typer.Argument(metavar="DATA", help="Rows to explain (.csv, .npy, .npz).", show_default=False)],
     rows: Rows = None,
     shape: Annotated[Optional[str], typer.Option("--shape", metavar="HxW", help="Treat rows as HxW images (spatial windows, heat maps).")] = None,
-    baseline: Annotated[str, typer.Option("--baseline", help="Value for features outside an explanation: zero, mean (of --train) or a number.")] = "zero",
-    train: Annotated[Optional[Path], typer.Option("--train", metavar="TRAIN", help="Training data (for --baseline mean).")] = None,
+    baseline: Annotated[Optional[str], typer.Option("--baseline", help="Value for features outside an explanation: zero (default), mean (of --train) or a number. Typed rows: contrast (default; per row, the typical --train row the model assigns another class), mean or zero.", show_default=False)] = None,
+    train: Annotated[Optional[Path], typer.Option("--train", metavar="TRAIN", help="Training data (for --baseline mean; typed rows: needed for contrast and mean).")] = None,
     confidence: Annotated[Optional[float], typer.Option("--confidence", min=0.0, max=1.0, help="Sufficient also needs p(label) >= P.")] = None,
     max_explanations: Annotated[int, typer.Option("--max-explanations", min=1, help="At most N explanations per row.")] = DEFAULT_MAX_EXPLANATIONS,
     overlap: Annotated[float, typer.Option("--overlap", min=0.0, max=1.0, help="Largest pairwise Dice overlap kept (0: disjoint).")] = 0.0,
@@ -41,15 +41,41 @@ def explain(
     from invaudit.explain import explain_rows, parse_shape, records, resolve_baseline, summary
 
     run = Run("explain", model, trust=trust, sha256=sha256)
-    form = run.form
     ds = run.data(data, label_column=label_column, id_column=id_column, labels=labels)
     row_ids = parse_rows(rows, ds.n_rows)
-    X = np.asarray(ds.X[row_ids], dtype=np.float64)
-    hw = parse_shape(shape, form.n_features)
-    if png is not None and hw is None:
-        raise InputError("--png draws images and needs --shape HxW.")
-    X_train = run.data(train, label_column=label_column, id_column=id_column, primary=False).X if train is not None else None
-    base = resolve_baseline(baseline, form.n_features, X_train=X_train)
+    columns = None
+    if run.tabular is not None:
+        # typed rows, coded as numbers: numeric columns as they are, a category as its index
+        # (one feature per input column); every mutant is a valid row of the model's schema
+        from invaudit.explain import typed_baseline
+        from invaudit.models.base import class_indices
+        from invaudit.models.tabular import CodedRows
+
+        if shape is not None or png is not None:
+            raise InputError("--shape and --png draw images; this model reads typed rows (named columns), "
+                             "which are not pixels.")
+        form = CodedRows(run.tabular)
+        baseline = "contrast" if baseline is None else baseline
+        X = form.encode(ds.frame.iloc[row_ids].reset_index(drop=True))
+        hw = None
+        X_train = pred_train = None
+        if train is not None:
+            tframe = run.data(train, label_column=label_column, id_column=id_column, primary=False).frame
+            X_train = form.encode(tframe)
+            if baseline.strip().lower() == "contrast":
+                pred_train = run.tabular.predict_index(tframe)
+        labels_idx = class_indices(form.classes, np.asarray(form.predict(X))) if len(row_ids) else np.zeros(0, np.intp)
+        base = typed_baseline(baseline, form, labels_idx, X_train=X_train, train_pred=pred_train)
+        columns = form.feature_names
+    else:
+        form = run.form
+        baseline = "zero" if baseline is None else baseline
+        X = np.asarray(ds.X[row_ids], dtype=np.float64)
+        hw = parse_shape(shape, form.n_features)
+        if png is not None and hw is None:
+            raise InputError("--png draws images and needs --shape HxW.")
+        X_train = run.data(train, label_column=label_column, id_column=id_column, primary=False).X if train is not None else None
+        base = resolve_baseline(baseline, form.n_features, X_train=X_train)
     with progress("explaining", len(row_ids)) as update:
         res = explain_rows(form, X, rows=row_ids, baseline=base, shape=hw, confidence=confidence,
                            max_explanations=max_explanations, overlap=overlap, iterations=iterations, seed=seed,
@@ -59,13 +85,23 @@ def explain(
         shown = ", ".join(map(str, same[:10])) + (" ..." if len(same) > 10 else "")
         note(f"the baseline input alone already gets the label for row(s) {shown}: the empty set explains "
              "them, so they have no explanations; try another --baseline")
+    if columns is not None:
+        note(f"baseline: {baseline} (typed rows: features outside an explanation take the baseline row's values"
+             + (", per row the typical --train row of the other classes)" if baseline.strip().lower() == "contrast"
+                else ")"))
     if png is not None:
         _write_pngs(png, res, X, hw)
-    params = {"baseline": base.tolist(),
+    if columns is not None:  # one baseline row per explained row, in the user's columns
+        from invaudit.explain import baseline_rows
+
+        base_param = baseline_rows(form, base)
+    else:
+        base_param = base.tolist()
+    params = {"baseline": base_param,
               "baseline_spec": baseline, "shape": None if hw is None else list(hw), "confidence": confidence,
               "max_explanations": max_explanations, "overlap": overlap, "iterations": iterations, "seed": seed,
               "rows": rows}
-    run.emit(params=params, results=records(res, form.classes), summary=summary(res), fmt=format, json_path=json)
+    run.emit(params=params, results=records(res, form.classes, columns), summary=summary(res), fmt=format, json_path=json)
 
 
 def _write_pngs(folder: Path, res, X, hw) -> None:

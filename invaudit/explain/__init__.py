@@ -19,6 +19,7 @@ from invaudit.explain._multirex import (
     resolve_baseline,
     summary,
 )
+from invaudit.explain._typed import TYPED_BASELINES, baseline_rows, typed_baseline
 
 __all__ = [
     "DEFAULT_ITERATIONS",
@@ -31,4 +32,7 @@ __all__ = [
     "records",
     "resolve_baseline",
     "summary",
+    "TYPED_BASELINES",
+    "baseline_rows",
+    "typed_baseline",
 ]

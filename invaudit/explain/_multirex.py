@@ -338,15 +338,19 @@ def explain_rows(form, X, *, rows: Optional[Sequence[int]] = None,
         Any form; only ``predict``, ``predict_proba`` (when ``confidence`` is set), ``has_proba``
         and ``classes`` are used.
     X : ndarray of shape (n, D)
-        The rows to explain.
+        The rows to explain. Finite, except for a form with ``allows_missing = True`` (coded typed
+        rows, :class:`invaudit.models.tabular.CodedRows`), where NaN is a blank cell: a kept blank
+        stays blank, a dropped one takes the (always finite) baseline.
     rows : sequence of int, optional
         The rows' numbers in the user's data (default ``0..n-1``); reported back, and with
         ``seed`` they fix each row's random partitions, so a row's answer does not depend on
         which other rows are explained with it.
     label_indices : sequence of int, optional
         Class index to explain for each row; default the model's prediction.
-    baseline : ndarray of shape (D,)
-        See :func:`resolve_baseline`.
+    baseline : ndarray of shape (D,) or (n, D)
+        See :func:`resolve_baseline`; finite. A 2-D baseline gives every row its own (row ``i``'s
+        mutants set the features they do not keep to ``baseline[i]``); each row's answer is then
+        the one it gets alone with ``baseline[i]``.
     shape : (H, W) or "HxW", optional
         The features are an ``H x W`` image (row-major): rectangular partitions and windows.
     confidence : float in (0, 1], optional
@@ -379,11 +383,15 @@ def explain_rows(form, X, *, rows: Optional[Sequence[int]] = None,
     D = int(form.n_features)
     if X.ndim != 2 or X.shape[1] != D:
         raise InputError(f"the data must have {D} columns, got shape {X.shape}.")
-    if not np.all(np.isfinite(X)):
+    if getattr(form, "allows_missing", False):  # coded typed rows: NaN is a blank cell
+        if np.any(np.isinf(X)):
+            raise InputError("the rows to explain contain infinite values.")
+    elif not np.all(np.isfinite(X)):
         raise InputError("the rows to explain contain NaN or infinite values.")
     baseline = np.asarray(baseline, dtype=np.float64)
-    if baseline.shape != (D,) or not np.all(np.isfinite(baseline)):
-        raise InputError(f"the baseline must be {D} finite values, got shape {baseline.shape}.")
+    if baseline.shape not in ((D,), (X.shape[0], D)) or not np.all(np.isfinite(baseline)):
+        raise InputError(f"the baseline must be {D} finite values, or {X.shape[0]} rows of them (one per "
+                         f"row), got shape {baseline.shape}.")
     if shape is not None:
         shape = parse_shape(shape, D)
     _check_params(form, confidence, max_explanations, overlap, iterations, seed, max_refine)
@@ -403,7 +411,8 @@ def explain_rows(form, X, *, rows: Optional[Sequence[int]] = None,
     for start in range(0, n, _ROW_CHUNK):  # chunks bound memory; each chunk is fully batched
         sl = slice(start, start + _ROW_CHUNK)
         out.extend(_explain_chunk(
-            form, X[sl], baseline, labels[sl], row_ids[sl], shape=shape, confidence=conf,
+            form, X[sl], baseline[sl] if baseline.ndim == 2 else baseline, labels[sl], row_ids[sl],
+            shape=shape, confidence=conf,
             max_explanations=int(max_explanations), overlap=float(overlap),
             iterations=int(iterations), seed=int(seed), max_refine=int(max_refine)))
         if progress is not None:
@@ -426,21 +435,28 @@ def explain_row(form, x, *, label_index: Optional[int] = None, baseline, shape=N
         overlap=overlap, iterations=iterations, seed=seed, max_refine=max_refine)[0]
 
 
-def records(results, classes) -> list:
-    """JSON-ready result entries (DESIGN.md, "explain"), one per row."""
+def records(results, classes, columns=None) -> list:
+    """JSON-ready result entries (DESIGN.md, "explain"), one per row. With ``columns`` (the
+    feature names, e.g. a typed-row model's input columns) every explanation also lists its
+    features by name under ``"columns"``."""
     from invaudit.models.base import to_jsonable
 
     classes = np.asarray(classes)
+    names = None if columns is None else [str(c) for c in columns]
     out = []
     for r in results:
+        exps = []
+        for e in r.explanations:
+            rec = {"features": [int(f) for f in e.features], "size": e.size,
+                   "confidence": e.confidence, "sufficient": e.sufficient, "minimal": e.minimal}
+            if names is not None:
+                rec["columns"] = [names[int(f)] for f in e.features]
+            exps.append(rec)
         out.append({
             "row": r.row,
             "predicted_class": to_jsonable(classes[r.predicted_index]),
             "explained_class": to_jsonable(classes[r.label_index]),
-            "explanations": [
-                {"features": [int(f) for f in e.features], "size": e.size,
-                 "confidence": e.confidence, "sufficient": e.sufficient, "minimal": e.minimal}
-                for e in r.explanations],
+            "explanations": exps,
             "responsibility": [float(v) for v in r.responsibility],
             "baseline_gets_label": r.baseline_gets_label,
             "input_sufficient": r.input_sufficient,

@@ -25,8 +25,9 @@ class SufficiencyOracle:
         Anything with ``predict``, ``predict_proba`` (if ``confidence`` is given) and ``classes``.
     X : ndarray of shape (n, D)
         The rows being explained.
-    baseline : ndarray of shape (D,)
-        The value of every feature that a mutant does not keep.
+    baseline : ndarray of shape (D,) or (n, D)
+        The value of every feature that a mutant does not keep: one baseline for every row, or
+        one per row (row ``i``'s mutants use ``baseline[i]``).
     labels : ndarray of shape (n,)
         Class index (into ``form.classes``) that each row's mutants must keep.
     confidence : float or None
@@ -51,7 +52,7 @@ class SufficiencyOracle:
         self.calls = 0
 
     def mutants(self, rid: np.ndarray, masks: np.ndarray) -> np.ndarray:
-        return np.where(masks, self.X[rid], self.baseline)
+        return np.where(masks, self.X[rid], row_baseline(self.baseline, rid))
 
     def __call__(self, rid: np.ndarray, masks: np.ndarray) -> np.ndarray:
         """``(m,)`` bool: is the mutant of row ``rid[j]`` keeping ``masks[j]`` sufficient?"""
@@ -75,6 +76,12 @@ class SufficiencyOracle:
         return out
 
 
+def row_baseline(baseline: np.ndarray, rid: np.ndarray) -> np.ndarray:
+    """The baseline of each row in ``rid``: ``baseline`` itself when it is ``(D,)`` (broadcast),
+    ``baseline[rid]`` when it is one baseline per row, ``(n, D)``."""
+    return baseline[rid] if baseline.ndim == 2 else baseline
+
+
 def verify(form, X, baseline, labels, rid, masks, confidence=None, max_batch=None):
     """Check mutants with the model's own ``predict`` (and ``predict_proba`` when it has one).
 
@@ -95,7 +102,7 @@ def verify(form, X, baseline, labels, rid, masks, confidence=None, max_batch=Non
     has_proba = bool(getattr(form, "has_proba", True))
     for start in range(0, m, max_batch):
         sl = slice(start, start + max_batch)
-        Xm = np.where(masks[sl], X[rid[sl]], baseline)
+        Xm = np.where(masks[sl], X[rid[sl]], row_baseline(baseline, rid[sl]))
         ok = np.asarray(form.predict(Xm)) == label_values[rid[sl]]
         if has_proba:
             P = np.asarray(form.predict_proba(Xm), dtype=np.float64)

@@ -28,7 +28,8 @@ def feature_ranks(resp, coarse, X, baseline):
     levels, then by how far the feature is from the baseline, then by feature index.
     """
     n, D = resp.shape
-    dist = np.abs(X - baseline)
+    dist = np.abs(X - baseline)  # baseline (D,) or one per row (n, D)
+    dist[np.isnan(dist)] = np.inf  # a blank (NaN) value is as far from the baseline as it gets
     idx = np.broadcast_to(np.arange(D), (n, D))
     # np.lexsort sorts by the last key first
     order = np.lexsort((idx, -dist, -coarse, -resp), axis=1)

@@ -75,7 +75,10 @@ def tabular_capabilities(tm, typed_commands=("counterfactual", "margin")) -> lis
         caps.append(Capability("influence", "yes", "yes" if kind == "logistic" else "no",
                                "Koh & Liang influence on the final estimator's parameters (the ColumnTransformer "
                                "stays fixed), rows in the user's columns"))
+    caps.append(Capability("explain", "yes", "no",
+                           "MultiReX on the input columns (a categorical column is one part); baseline: per row the "
+                           "typical --train row of the other classes; sufficiency verified with the model's predict"))
     for cmd in COMMANDS:
-        if cmd not in typed_commands and not (cmd == "influence" and kind is not None):
+        if cmd not in typed_commands and cmd != "explain" and not (cmd == "influence" and kind is not None):
             caps.append(Capability(cmd, "not yet", "-", "not available for models whose input has typed columns"))
     return caps

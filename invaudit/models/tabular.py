@@ -28,7 +28,7 @@ import numpy as np
 
 from .base import class_indices, estimator_name, to_jsonable
 
-__all__ = ["Column", "TabularModel", "LinearDecomposition", "split_tabular", "COLUMN_KINDS"]
+__all__ = ["Column", "TabularModel", "LinearDecomposition", "CodedRows", "split_tabular", "COLUMN_KINDS"]
 
 COLUMN_KINDS = ("numeric", "integer", "categorical")
 _ENCODERS = ("OneHotEncoder", "OrdinalEncoder")
@@ -195,6 +195,96 @@ class TabularModel:
         if hasattr(Z, "toarray"):
             Z = Z.toarray()
         return self.final_form.scores(np.asarray(Z, dtype=np.float64))
+
+
+class CodedRows:
+    """Typed rows coded as numbers, so a search that only ever builds ``where(mask, x, baseline)``
+    (``invaudit explain``) can treat a :class:`TabularModel` as a black-box form.
+
+    Column ``j`` of the code is the model's input column ``j``: a numeric or integer column as it
+    is (NaN for a blank); a categorical column as the index of the value in
+    ``Column.categories`` (NaN for a blank). A value the encoder does not know (read from the
+    data as it is, since ``handle_unknown="ignore"`` accepts it) gets a code past the known
+    categories, remembered here, so it decodes back to itself. Mixing the codes of two valid rows
+    column by column is a valid row, and a categorical column is one feature (a one-hot group is
+    one part of an explanation).
+
+    ``predict`` / ``predict_proba`` decode and ask the pipeline itself.
+    """
+
+    kind = "black-box"
+    allows_missing = True  # NaN in a row is a blank cell (the search keeps it or replaces it)
+
+    def __init__(self, tm: TabularModel):
+        self.tm = tm
+        self.columns = list(tm.columns)
+        self.classes = np.asarray(tm.classes)
+        self.n_features = len(self.columns)
+        self.feature_names = tm.column_names
+        self._values = [None if c.kind != "categorical" else list(c.categories or ()) for c in self.columns]
+        self._index = [None if v is None else {_plain(x): i for i, x in enumerate(v)} for v in self._values]
+
+    @property
+    def has_proba(self) -> bool:
+        return self.tm.has_proba
+
+    @property
+    def categorical(self) -> np.ndarray:
+        """``(D,)`` bool: which coded columns are category indices."""
+        return np.array([c.kind == "categorical" for c in self.columns], dtype=bool)
+
+    def n_known(self, j: int) -> int:
+        """Number of categories the encoder knows for column ``j`` (codes ``0..n_known-1``)."""
+        c = self.columns[j]
+        return len(c.categories or ()) if c.kind == "categorical" else 0
+
+    def encode(self, frame) -> np.ndarray:
+        """``(n, D)`` float codes of the model's columns of ``frame``."""
+        n = len(frame)
+        X = np.full((n, self.n_features), np.nan)
+        for j, c in enumerate(self.columns):
+            col = frame[c.name].to_numpy()
+            if c.kind != "categorical":
+                X[:, j] = np.asarray(col, dtype=np.float64)
+                continue
+            index, values = self._index[j], self._values[j]
+            for i, v in enumerate(col):
+                if _is_missing(v):
+                    continue
+                key = _plain(v)
+                k = index.get(key)
+                if k is None:  # unknown to the encoder: keep it as it is under a code of its own
+                    k = index[key] = len(values)
+                    values.append(v)
+                X[i, j] = k
+        return X
+
+    def decode(self, X):
+        """The rows of codes ``X`` as a DataFrame in the model's columns (blanks as NaN)."""
+        import pandas as pd
+
+        X = np.asarray(X, dtype=np.float64)
+        data = {}
+        for j, c in enumerate(self.columns):
+            col = X[:, j]
+            if c.kind != "categorical":
+                data[c.name] = col.copy()
+                continue
+            table = np.empty(len(self._values[j]) + 1, dtype=object)
+            table[:-1] = self._values[j]
+            table[-1] = np.nan
+            codes = np.where(np.isnan(col), len(self._values[j]), col).astype(np.intp)
+            data[c.name] = table[codes]
+        return pd.DataFrame(data, columns=self.feature_names)
+
+    def predict(self, X):
+        return self.tm.predict(self.decode(X))
+
+    def predict_proba(self, X):
+        return self.tm.predict_proba(self.decode(X))
+
+    def describe(self) -> dict:
+        return self.tm.describe()
 
 
 # ------------------------------------------------------------------------------------------------

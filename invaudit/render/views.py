@@ -216,7 +216,8 @@ EXPLAIN = View(
     title=lambda r: f"explanations: {_model_line(r)}",
     summary=_summary_items,
     rows=lambda r: [
-        {"row": x["row"], "predicted_class": x["predicted_class"], "k": k, **e}
+        {"row": x["row"], **({"row_id": x["row_id"]} if "row_id" in x else {}),
+         "predicted_class": x["predicted_class"], "k": k, **e}
         for x in r["results"] for k, e in enumerate(x["explanations"])
     ],
     columns=[
@@ -226,7 +227,7 @@ EXPLAIN = View(
         Column("size", lambda x: x["size"]),
         Column("confidence", lambda x: x["confidence"]),
         Column("sufficient", lambda x: x["sufficient"], "left"),
-        Column("features", lambda x: fmt_list(x["features"], 10), "left"),
+        Column("features", lambda x: fmt_list(x.get("columns") or x["features"], 10), "left"),
     ],
     extras=[explain_images],
 )
