@@ -36,22 +36,25 @@ prediction are resolved as the estimator resolves them (the lower class index; c
 binary GradientBoosting at ``raw >= 0``) for score gaps below 1e-8 of the score scale; a tuple
 of leaves the estimator does not confirm is cut off and the program solved again.
 
-Fallback: *live regions*, the cells of the ensemble that hold reference rows (the training
-data, else the batch). A reference row predicted as the target lies in the intersection of its
-leaves, a box on which the ensemble is constant; projecting the row onto every such box gives
-verified candidates (``exact: false``), which the black-box local search
-(:func:`._nl_blackbox.local_search`) then tries to improve. Used only for rows the MILP did not
-settle: when it is too large (``max_binaries``), stopped by the time limit (its incumbent
-competes; its proven bound is kept as ``lower_bound``, never above the answer), or cannot express
-the constraint (multiclass boosting with a confidence: the softmax threshold is not linear in
-the leaves). Rows the MILP settles never see the other rows of the batch.
+Fallback: *live regions*, cells of the ensemble on which it predicts the target. A training
+row (``--train``) predicted as the target lies in the intersection of its leaves, a box on which
+the ensemble is constant; projecting the row onto every such box gives verified candidates
+(``exact: false``). Without ``--train`` (and besides it) the candidates come from the model and
+the row alone: a walk from the row through leaf boxes (the solver-free starting point of the
+MILP, :meth:`~invaudit.margins._trees.EnsembleMilp.start_point`) and the boundary on the segments
+to the nearest leaf boxes favouring the target. A local search by verified queries then tries to
+improve them, each row with random draws of its own. So a row's answer never depends on the other
+rows of the batch. Used only for rows the MILP did not settle: when it is too large
+(``max_binaries``), stopped by the time limit (its incumbent competes; its proven bound is kept as
+``lower_bound``, never above the answer), or cannot express the constraint (multiclass boosting
+with a confidence: the softmax threshold is not linear in the leaves).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from invaudit.counterfactual._nl_common import Answers, Problem, distance, qualifies
+from invaudit.counterfactual._nl_common import Answers, Problem, bisect_to_target, distance, qualifies
 from invaudit.margins._trees import EnsembleMilp, beat_row, score_scale, score_table
 from invaudit.margins.boxes import intersect_boxes, project_to_boxes
 
@@ -223,8 +226,7 @@ def _ensemble(prob: Problem, *, time_limit: float, max_binaries: int, progress_o
         why = ("the MILP would need more than {} binaries".format(max_binaries)
                if model.n_binaries > max_binaries else
                "a softmax confidence is not linear in the leaves")
-        _region_candidates(prob, regions, ans)
-        _refine_by_queries(prob, ans)
+        _fallback(prob, model, regions, ans)
         ans.backing[ans.state == "found"] = np.array(
             [f"{b}; MILP not used: {why}" for b in ans.backing[ans.state == "found"]], dtype=object)
         ans.fail(np.arange(n), "no live region of the target class (pass --train) and " + why,
@@ -282,8 +284,7 @@ def _ensemble(prob: Problem, *, time_limit: float, max_binaries: int, progress_o
         for name in ("x_cf", "dist", "state", "reason", "exact", "method", "kkt", "iters", "target",
                      "backing", "lower_bound"):
             getattr(sa, name)[:] = getattr(ans, name)[rest]
-        _region_candidates(sub, regions, sa)
-        _refine_by_queries(sub, sa)
+        _fallback(sub, model, regions, sa)
         for name in ("x_cf", "dist", "state", "reason", "exact", "method", "kkt", "iters", "target",
                      "backing", "lower_bound"):
             getattr(ans, name)[rest] = getattr(sa, name)
@@ -298,20 +299,134 @@ def _ensemble(prob: Problem, *, time_limit: float, max_binaries: int, progress_o
     return ans
 
 
-def _refine_by_queries(prob: Problem, ans: Answers) -> None:
-    """Improve non-exact answers by the black-box local search (verified queries)."""
-    from invaudit.counterfactual._nl_blackbox import local_search
+def _walk_candidates(prob: Problem, model, Sc, s0, sigma, ans: Answers, m: int = 8):
+    """Verified candidates from the model and the row alone (no other row of the batch): the
+    solver-free walk through leaf boxes (:meth:`EnsembleMilp.start_point`), and the nearest
+    points of the ``m`` nearest leaf boxes whose own values favour the target, pulled toward the
+    row by bisection. Every candidate is checked by the estimator."""
+    form = prob.form
+    n, D = prob.X.shape
+    if n == 0:
+        return
+    P_rows = prob.P if _supports(form, prob.P) else None  # a softmax confidence: checked below
+    walk = np.full((n, D), np.nan)
+    for i in range(n):  # the documented per-row loop: each row on its own
+        C, clb = _target_rows(form, Sc, s0, sigma, int(prob.target[i]), P_rows)
+        y = model.start_point(prob.X[i], prob.lower[i], prob.upper[i], prob.weights, prob.norm, C, clb)
+        if y is not None:
+            walk[i] = y
+    has = np.flatnonzero(np.all(np.isfinite(walk), axis=1))
+    if len(has):
+        ok = qualifies(form, walk[has], prob.target[has], prob.P)[0]
+        r = has[ok]
+        ans.offer(r, walk[r], distance(walk[r] - prob.X[r], prob.weights, prob.norm), prob.target[r],
+                  "tree-live-regions", exact=False, iters=1,
+                  backing="verified by the estimator; a cell of the ensemble reached by a walk "
+                          "through leaf boxes from the row (an upper bound)")
+    # the nearest leaf boxes favouring the target, one row at a time in chunks (vectorised)
+    fav = np.argmax(Sc, axis=1)
+    lowers, uppers = model._lowers, model._uppers
+    L = lowers.shape[0]
+    step = max(1, _CHUNK // max(1, L * D))
+    for s in range(0, n, step):
+        rr = np.arange(s, min(n, s + step))
+        lo, hi = intersect_boxes(lowers, uppers, prob.lower[rr], prob.upper[rr])
+        pts, dist = project_to_boxes(prob.X[rr], lo, hi, prob.weights, prob.norm)
+        dist = np.where(fav[None, :] == prob.target[rr][:, None], dist, np.inf)
+        mm = min(m, L)
+        part = np.argsort(dist, axis=1, kind="stable")[:, :mm]
+        E = np.take_along_axis(pts, part[:, :, None], axis=1).reshape(-1, D)
+        fin = np.isfinite(np.take_along_axis(dist, part, axis=1)).ravel()
+        ri = np.repeat(rr, mm)
+        E, ri = E[fin], ri[fin]
+        if len(ri) == 0:
+            continue
+        ok = qualifies(form, E, prob.target[ri], prob.P)[0]
+        E, ri = E[ok], ri[ok]
+        if len(ri) == 0:
+            continue
+        B, _ = bisect_to_target(form, prob.X[ri], E, prob.target[ri], prob.P, steps=20)
+        dB = distance(B - prob.X[ri], prob.weights, prob.norm)
+        order = np.lexsort((dB, ri))  # per row, the nearest first
+        first = order[np.r_[True, ri[order][1:] != ri[order][:-1]]]
+        ans.offer(ri[first], B[first], dB[first], prob.target[ri[first]], "tree-live-regions",
+                  exact=False, iters=1,
+                  backing="verified by the estimator; the boundary on the segment to the nearest "
+                          "point of a leaf box favouring the target (an upper bound)")
 
-    rows = np.flatnonzero((ans.state == "found") & ~ans.exact)
+
+def _fallback(prob: Problem, model, regions, ans: Answers) -> None:
+    """Verified upper bounds for rows the MILP does not settle. A row's answer depends on the
+    row, the model and ``--train`` only: the live regions come from the training rows (never from
+    the batch), the other candidates from the model's own leaf boxes, and the local search runs
+    one row at a time (its random draws are the row's own)."""
+    Sc, s0, _ = score_table(prob.form)
+    sigma = score_scale(Sc, s0)
+    _region_candidates(prob, regions, ans)
+    _walk_candidates(prob, model, Sc, s0, sigma, ans)
+    _refine_by_queries(prob, ans)
+
+
+def _row_rng(seed: int, x: np.ndarray):
+    """A random generator of the row's own: seeded by ``seed`` and the row's bytes, so that its
+    draws do not depend on where (or with which other rows) the row is solved."""
+    words = np.frombuffer(np.ascontiguousarray(x, dtype=np.float64).tobytes(), dtype=np.uint32)
+    return np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, *words.tolist()]))
+
+
+def _refine_by_queries(prob: Problem, ans: Answers, *, rounds: int = 15, n_proposals: int = 12,
+                       steps: int = 14) -> None:
+    """Improve non-exact answers by verified queries: the local search of
+    :func:`._nl_blackbox.local_search` (a random step around the best point, or the best point
+    with a random subset of its changes undone; confirmed proposals pulled toward the row by
+    bisection), except that every row draws from its own generator (:func:`_row_rng`): still
+    one ``predict`` per step for all rows, and a row's answer does not depend on the batch."""
+    from invaudit.counterfactual._nl_blackbox import _unit_directions
+
+    rows = np.flatnonzero((ans.state == "found") & ~ans.exact & np.isfinite(ans.dist) & (ans.dist > 0))
     if len(rows) == 0:
         return
-    sub = prob.subset(rows)
-    B, dB = local_search(sub, ans.x_cf[rows], ans.dist[rows], rounds=15)
-    better = dB < ans.dist[rows]
-    r = rows[better]
-    ans.x_cf[r] = B[better]
-    ans.dist[r] = dB[better]
-    ans.method[r] = "tree-live-regions+local-search"
+    X0, w, D = prob.X, prob.weights, prob.d
+    rngs = {int(i): _row_rng(prob.seed, X0[i]) for i in rows}
+    sigma = 0.3 * ans.dist[rows]
+    Q = n_proposals
+    half = Q // 2
+    for _ in range(rounds):
+        m = len(rows)
+        x0, b = X0[rows], ans.x_cf[rows]
+        prop = np.empty((m, Q, D))
+        for a, i in enumerate(rows):  # a loop over rows for the draws only
+            g = rngs[int(i)]
+            u = _unit_directions(g, (half, D), w, prob.norm)
+            prop[a, :half] = b[a] + sigma[a] * u
+            reset = g.random((Q - half, D)) < g.uniform(0.1, 0.6, size=(Q - half, 1))
+            prop[a, half:] = np.where(reset, x0[a], b[a])
+        prop = np.clip(prop, prob.lower[rows][:, None, :], prob.upper[rows][:, None, :])
+        flat = prop.reshape(m * Q, D)
+        ri = np.repeat(rows, Q)
+        ok = qualifies(prob.form, flat, prob.target[ri], prob.P)[0]
+        improved = np.zeros(m, dtype=bool)
+        if np.any(ok):
+            pts, _ = bisect_to_target(prob.form, X0[ri[ok]], flat[ok], prob.target[ri[ok]], prob.P,
+                                      steps=steps)
+            cand_d = np.full(m * Q, np.inf)
+            cand_d[ok] = distance(pts - X0[ri[ok]], w, prob.norm)
+            cand = np.full((m * Q, D), np.nan)
+            cand[ok] = pts
+            cand_d = cand_d.reshape(m, Q)
+            k = np.argmin(cand_d, axis=1)
+            best = cand_d[np.arange(m), k]
+            improved = best < ans.dist[rows] * (1.0 - 1e-12)
+            r = rows[improved]
+            ans.x_cf[r] = cand.reshape(m, Q, D)[np.arange(m), k][improved]
+            ans.dist[r] = best[improved]
+            ans.method[r] = "tree-live-regions+local-search"
+        sigma = np.where(improved, sigma * 1.5, sigma * 0.6)
+        sigma = np.minimum(sigma, ans.dist[rows])
+        keep = sigma > 1e-9 * np.maximum(ans.dist[rows], 1e-300)
+        rows, sigma = rows[keep], sigma[keep]
+        if len(rows) == 0:
+            break
 
 
 def solve_trees(prob: Problem, *, time_limit: float = 10.0, max_binaries: int = 20000,

@@ -14,7 +14,8 @@ trees, single tree     nearest target leaf box (enumeration)         yes (L1, L2
 trees, ensembles       MILP over split predicates (HiGHS; L1, L2,    yes when it proves
                        Linf) within a size and time limit; else      optimality in time
                        nearest live region (boxes that hold
-                       reference rows) + local search by queries
+                       --train rows, or reached from the row
+                       through leaf boxes) + local search by queries
 black-box              segment search toward target rows,            no: verified upper bound
                        bisection, local random search
 any form + manifold    gradient ascent of log p(target) in latent    no
@@ -147,8 +148,10 @@ def counterfactuals_nonlinear_with_extras(
         ``--scale``, ``--increase-only``, ``--decrease-only``); honoured exactly by every method.
     X_train : (m, D), optional
         Reference rows: endpoints of segment searches and the live regions of tree ensembles
-        (the batch itself is used without it), the data a manifold is fitted on, and the data
-        plausibility is measured against (only when given).
+        (without it, the batch itself serves as endpoints, except for trees, whose fallback then
+        uses only the model's leaf boxes and the row, so that the answer does not depend on the
+        batch), the data a manifold is fitted on, and the data plausibility is measured against
+        (only when given).
     y_train_index : (m,) int, optional
         Labels of ``X_train`` as class indices, for plausibility (the estimator's predictions
         on ``X_train`` are used without them).
@@ -258,7 +261,10 @@ def _counterfactuals(form, X, *, target, confidence, norm, constraints, X_train,
         already = qualifies(form, X, tgt, P)[0]
     else:
         already = np.zeros(n, dtype=bool)
-    pool = Pool(form, X_train if X_train is not None else X)
+    # reference rows: the training data, else the batch itself, except for tree models, whose
+    # fallback takes candidates from the model's own leaf boxes instead, so that a row's answer
+    # never depends on the other rows of the batch
+    pool = Pool(form, X_train if X_train is not None else (None if kind == "trees" else X))
     base = Problem(form=form, X=X, target=orig.copy() if tgt is None else tgt, P=P, norm=norm,
                    lower=cons.lower, upper=cons.upper, weights=cons.weights, orig=orig, pool=pool,
                    seed=int(seed), progress=progress)

@@ -36,6 +36,19 @@ bound below, never a primal value. An answer is *exact* when a point verified by
 estimator's own ``predict`` is within a relative 1e-7 of that bound (plus the few ulps a float64
 point needs on the open side of a cell).
 
+Speed. The first program of a row, with every flip free, is the expensive one (HiGHS spends
+most of it at the root on cuts and sub-MIP heuristics). So before it, a verified starting point
+is sought without the solver (:meth:`EnsembleMilp.start_point`: from the row, step into the leaf
+box that raises the smallest constraint slack most per unit of distance until the boxes say the
+point qualifies, then move features back toward the row, cell by cell, while it still
+qualifies; the estimator then confirms it). Its cost ``U`` normalises the first program, fixes
+every flip dearer than ``U`` and enters as a cutoff row (``sum c u <= U``; for linf, the level's
+upper bound): "infeasible" then proves that nothing is cheaper than ``U`` (up to the deflated
+tolerances), and a start that meets the leaf-exit bound needs no program at all. HiGHS is called
+through scipy's own binding where available (``scipy.optimize.milp`` re-validates every option
+on each call, which costs as much as these small programs take to solve), with
+``scipy.optimize.milp`` as the fallback.
+
 Ties. Class scores equal up to ``1e-8`` of the score scale (``max|init| + sum_t max|leaf|``)
 count as ties, resolved as the estimator resolves them (the lower class index; class 1 for
 binary GradientBoosting, which predicts it at ``raw >= 0``). Whatever the solver proposes is
@@ -212,6 +225,7 @@ _DEFLATE = 2e-9  # solver tolerances: proven bounds are lowered by this fraction
 _ABS = 1e-9      # ... and by this much in a program's normalised units
 _SETTLED = 0.1   # a program whose optimum is at least this fraction of its scale is settled
 _ROUNDS = 40     # solves per (row, class): rescaling rounds plus cuts of unconfirmed leaf tuples
+_START_BUDGET = 40_000_000  # box tests the solver-free starting point may spend per program
 _HIGHS = {"presolve": True, "mip_rel_gap": 1e-10, "mip_abs_gap": 1e-12,
           "mip_feasibility_tolerance": 1e-9, "primal_feasibility_tolerance": 1e-9,
           "dual_feasibility_tolerance": 1e-9}
@@ -289,13 +303,29 @@ class EnsembleMilp:
         self.same_next[same] = True
         self.same_prev = np.zeros(P, dtype=bool)
         self.same_prev[same + 1] = True
+        self._same = same
+        self._lowers, self._uppers = lowers, uppers
+        self._leafrows = (lu, inv_u, ll, inv_l)
+        self._A = None
+
+    def _static(self):
+        """The row-independent constraints in the predicates ``p`` and leaves ``z``: ordering
+        within a feature, ``z_l <= p_i`` / ``z_l <= 1 - p_i`` per leaf bound, one leaf per tree.
+        Built on first use, so a model too large for the program never pays for it. (The
+        aggregated per-split rows of Misic, "Optimization of tree ensembles", 2020, have a
+        tighter relaxation but made HiGHS slower on the benchmark's models: measured.)"""
+        if self._A is not None:
+            return self._A
+        P, L = self.P, self.L
         rows, cols, vals, lb, ub = [], [], [], [], []
         r0 = 0
+        same = self._same
         m = same.size  # ordering: p_i <= p_{i+1} within a feature
         rows += [r0 + np.arange(m)] * 2
         cols += [same, same + 1]
         vals += [np.ones(m), -np.ones(m)]
         lb.append(np.full(m, -np.inf)); ub.append(np.zeros(m)); r0 += m
+        lu, inv_u, ll, inv_l = self._leafrows
         m = lu.size  # a leaf needs x_f <= upper: z_l <= p_i
         rows += [r0 + np.arange(m)] * 2
         cols += [P + lu, inv_u]
@@ -310,10 +340,22 @@ class EnsembleMilp:
         cols.append(P + np.arange(L))
         vals.append(np.ones(L))
         lb.append(np.ones(self.T)); ub.append(np.ones(self.T)); r0 += self.T
-        self.A = sparse.csc_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                                   shape=(r0, P + L))
+        self._A = sparse.csc_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                                    shape=(r0, P + L))
         self.A_lb, self.A_ub = np.concatenate(lb), np.concatenate(ub)
-        self.col_nnz = np.diff(self.A.indptr)
+        self.col_nnz = np.diff(self._A.indptr)
+        self._A_rows = self._A.tocsr()  # what each row's program starts from
+        self._A_pred = self._A_rows[:, :P]
+        return self._A
+
+    @property
+    def A(self):
+        return self._static()
+
+    @property
+    def A_rows(self):
+        self._static()
+        return self._A_rows
 
     @property
     def n_binaries(self) -> int:
@@ -349,47 +391,164 @@ class EnsembleMilp:
         point = np.minimum(np.maximum(x0, np.nextafter(lo_int, np.inf)), up_int)
         return np.clip(point, blo, bhi)
 
-    def minimize(self, x0, blo, bhi, w, norm, C, clb, verify, *, time_limit, cap=np.inf):
+    # -- a verified starting point: greedy leaf moves, then undoing moves (no solver) ----------
+    def _qual(self, Y, C, clb):
+        """The boxes' verdict on points ``Y`` (m, D): ``(ok (m,), slack (m,))`` with ``slack`` the
+        smallest ``C z - clb`` (the estimator decides later; this only proposes)."""
+        m = Y.shape[0]
+        slack = np.empty(m)
+        step = max(1, _CHUNK // max(1, self.L * self.d))
+        for a in range(0, m, step):
+            y = Y[a:a + step, None, :]
+            Z = np.all((self._lowers < y) & (y <= self._uppers), axis=2)
+            slack[a:a + step] = np.min(Z.astype(np.float64) @ C.T - clb, axis=1)
+        return slack >= 0, slack
+
+    def _cells(self):
+        if getattr(self, "_by_feat", None) is None:
+            cut = np.searchsorted(self.feat, np.arange(self.d + 1))
+            self._by_feat = [self.theta[cut[f]:cut[f + 1]] for f in range(self.d)]
+        return self._by_feat
+
+    def start_point(self, x0, blo, bhi, w, norm, C, clb, budget=_START_BUDGET):
+        """A point of ``[blo, bhi]`` that the leaf boxes say satisfies ``C z >= clb`` (None if the
+        heuristic finds none): from the row, repeatedly step into the leaf box that raises the
+        smallest slack most per unit of distance; then, feature by feature, move back toward
+        the row to the nearest cell that still qualifies, while it helps. Costs at most about
+        ``budget`` box tests; deterministic, and a function of the row alone."""
+        L, d = self.L, self.d
+        per = L * d  # box tests per point
+        if per * L > budget:
+            return None
+        work = 0
+        lo_in = np.nextafter(self._lowers, np.inf)
+        ok_box = np.all((np.maximum(lo_in, blo) <= np.minimum(self._uppers, bhi)), axis=1)
+        lo_c = np.maximum(lo_in[ok_box], blo)
+        up_c = np.minimum(self._uppers[ok_box], bhi)
+        y = x0.copy()
+        ok, sl = self._qual(y[None, :], C, clb)
+        cur = float(weighted_norm(np.zeros(d), w, norm))
+        for _ in range(self.T + 2):
+            if ok[0]:
+                break
+            cand = np.minimum(np.maximum(y, lo_c), up_c)
+            work += per * cand.shape[0]
+            if work > budget:
+                return None
+            okc, slc = self._qual(cand, C, clb)
+            gain = slc - sl[0]
+            dist = weighted_norm(cand - x0, w, norm)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = np.where(gain > 0, gain / np.maximum(dist - cur, 1e-300 + 0 * dist), -np.inf)
+            if okc.any():  # the nearest qualifying step ends the walk
+                k = np.flatnonzero(okc)[np.argmin(dist[okc])]
+            elif np.isfinite(ratio).any() and ratio.max() > -np.inf:
+                k = int(np.argmax(ratio))
+            else:
+                return None
+            y, cur = cand[k], float(dist[k])
+            ok, sl = okc[k:k + 1], slc[k:k + 1]
+        if not ok[0]:
+            return None
+        cells = self._cells()
+        for _ in range(self.P + d):  # undo: move one feature back to a nearer cell
+            vals, feats = [], []
+            for f in range(d):
+                if y[f] == x0[f]:
+                    continue
+                th = cells[f]
+                if y[f] > x0[f]:
+                    v = np.nextafter(th[(th >= x0[f]) & (th < y[f])], np.inf)
+                else:
+                    v = th[(th < x0[f]) & (th >= y[f])]
+                v = np.append(v, x0[f])
+                vals.append(v)
+                feats.append(np.full(v.size, f))
+            if not vals:
+                break
+            vals, feats = np.concatenate(vals), np.concatenate(feats)
+            Y = np.repeat(y[None, :], vals.size, axis=0)
+            Y[np.arange(vals.size), feats] = vals
+            dist = weighted_norm(Y - x0, w, norm)
+            better = dist < cur
+            work += per * int(better.sum())
+            if not better.any() or work > budget:
+                break
+            okc, _ = self._qual(Y[better], C, clb)
+            if not okc.any():
+                break
+            k = np.flatnonzero(better)[np.flatnonzero(okc)[np.argmin(dist[better][okc])]]
+            y, cur = Y[k], float(dist[k])
+        return y
+
+    def minimize(self, x0, blo, bhi, w, norm, C, clb, verify, *, time_limit, cap=np.inf,
+                 known_lb=0.0, start=True):
         """Minimum distance from ``x0`` to a point of ``[blo, bhi]`` whose leaf indicators ``z``
         satisfy ``C z >= clb`` and that ``verify`` confirms.
 
         ``verify(point) -> (ok, point, leaves)``: the estimator's verdict at the (possibly
         adjusted) point, and the global leaf ids it reaches there. ``cap``: a distance (report
         units) beyond which answers are not wanted; with it, "nothing at most cap" proves a lower
-        bound of ``cap``.
+        bound of ``cap``. ``known_lb``: a proven lower bound (report units) from elsewhere (the
+        leaf-exit bound): a verified point that meets it needs no solver. ``start``: first look
+        for a verified point without the solver (:meth:`start_point`), so that the first program
+        already has its cost as a cutoff and every flip dearer than it fixed.
 
         Returns ``dict(point, dist, lb, status, exact)``: ``point`` verified (or None), ``dist``
         its distance, ``lb`` a proven lower bound (report units, never above ``dist``), status
         "optimal", "infeasible", "limit" or "unverified".
         """
-        start = time.perf_counter()
+        t0 = time.perf_counter()
         P, L = self.P, self.L
         sq = norm == "l2"
         to_cost = (lambda v: v * v) if sq else (lambda v: v)
         to_dist = (lambda v: np.sqrt(max(v, 0.0))) if sq else (lambda v: max(v, 0.0))
-        s, g, h, blocked, inc = self._row(x0, blo, bhi, w, norm)
-        # p = s + sgn * u: the static rows in the flip variables
-        sgn = np.where(s, -1.0, 1.0)
-        scale = np.concatenate([sgn, np.ones(L)])
-        A = self.A.copy()
-        A.data = A.data * np.repeat(scale, self.col_nnz)
-        shift = self.A[:, :P] @ s.astype(np.float64)
-        A_lb, A_ub = self.A_lb - shift, self.A_ub - shift
-        Cz = sparse.hstack([sparse.csr_matrix((C.shape[0], P)), sparse.csr_matrix(C)])
-        cuts = []
         linf = norm == "linf"
         best_pt, best_cost, best_dist = None, np.inf, np.inf
         U = to_cost(cap) if np.isfinite(cap) else np.inf  # verified (or wanted) cost bound
-        lb_cost = 0.0
+        lb_cost = to_cost(max(float(known_lb), 0.0)) if np.isfinite(known_lb) else 0.0
+        lb_cost = min(lb_cost, U)
+
+        def finish(status, done):
+            lbd = to_dist(lb_cost)
+            if best_pt is not None:
+                lbd = min(lbd, best_dist)
+                slack = _ulps(x0, best_pt, w, norm)
+                exact = status == "optimal" and best_dist <= lbd * (1 + _REL) + slack
+            else:
+                exact = status == "infeasible" and done
+            return dict(point=best_pt, dist=best_dist, lb=lbd, status=status, exact=bool(exact))
+
+        if start:
+            y = self.start_point(x0, blo, bhi, w, norm, C, clb)
+            if y is not None:
+                ok, point, _ = verify(y)
+                if ok:
+                    dist = float(weighted_norm(point - x0, w, norm))
+                    if dist < best_dist and to_cost(dist) <= U:
+                        best_pt, best_dist, best_cost = point, dist, to_cost(dist)
+                        U = best_cost
+                        if best_dist <= to_dist(lb_cost) * (1 + _REL) + _ulps(x0, best_pt, w, norm):
+                            return finish("optimal", True)
+        s, g, h, blocked, inc = self._row(x0, blo, bhi, w, norm)
+        A0 = self.A_rows  # CSR, static
+        # p = s + sgn * u: the static rows in the flip variables (a sign per column)
+        sgn = np.concatenate([np.where(s, -1.0, 1.0), np.ones(L)])
+        A = sparse.csr_matrix((A0.data * sgn[A0.indices], A0.indices, A0.indptr), shape=A0.shape)
+        shift = self._A_pred @ s.astype(np.float64)
+        A_lb, A_ub = self.A_lb - shift, self.A_ub - shift
+        Cz = sparse.csr_matrix(np.hstack([np.zeros((C.shape[0], P)), C]))
+        cuts = []
         status = "limit"
         done = False
+        nv = P + L + (1 if linf else 0)
         for _ in range(_ROUNDS):
-            left = time_limit - (time.perf_counter() - start)
+            left = time_limit - (time.perf_counter() - t0)
             if left <= 0:
                 break
             # a flip dearer on its own than a known answer is never part of a better one
             free = ~blocked & ~(h > U * (1 + 1e-9))
-            if not free.any():
+            if not free.any():  # only the row's own cell is left, and it does not qualify
                 status = "infeasible" if best_pt is None else "optimal"
                 lb_cost = max(lb_cost, U)
                 done = True
@@ -397,7 +556,6 @@ class EnsembleMilp:
             S = U if np.isfinite(U) and U > 0 else float(h[free].max())
             if not S > 0:
                 S = 1.0
-            nv = P + L + (1 if linf else 0)
             c = np.zeros(nv)
             vub = np.concatenate([free.astype(np.float64), np.ones(L), [np.inf] if linf else []])
             blocks = [A, Cz] + cuts
@@ -413,18 +571,22 @@ class EnsembleMilp:
                     shape=(m, nv)))
                 lbs.append(np.zeros(m)); ubs.append(np.full(m, np.inf))
                 c[-1] = 1.0
+                if np.isfinite(U):  # the cutoff: no worse than the best known answer
+                    vub[-1] = 1.0
             else:
                 c[:P] = np.where(free, inc / S, 0.0)
-            integrality = np.zeros(nv)
-            integrality[:P] = 1
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # options scipy passes to HiGHS verbatim
-                res = milp(c, integrality=integrality, bounds=Bounds(np.zeros(nv), vub),
-                           constraints=LinearConstraint(sparse.vstack(blocks).tocsr(),
-                                                        np.concatenate(lbs), np.concatenate(ubs)),
-                           options={**_HIGHS, "time_limit": max(0.01, float(left))})
-            if res.status == 2:  # nothing (better than U): proven
-                lb_cost = max(lb_cost, U) if np.isfinite(U) else np.inf
+                if np.isfinite(U):  # the cutoff: no worse than the best known answer
+                    fi = np.flatnonzero(c[:P] > 0)
+                    blocks.append(sparse.csr_matrix((c[fi], (np.zeros(fi.size, dtype=np.intp), fi)),
+                                                    shape=(1, nv)))
+                    lbs.append(np.array([-np.inf])); ubs.append(np.array([1.0]))
+            res = _solve(c, P, vub, sparse.vstack(blocks, format="csr"), np.concatenate(lbs),
+                         np.concatenate(ubs), left)
+            if res.status == 2:  # nothing (better than U): proven, up to the solver's tolerances
+                if np.isfinite(U):
+                    lb_cost = max(lb_cost, max(U * (1 - _DEFLATE) - _ABS * S, 0.0))
+                else:
+                    lb_cost = np.inf
                 status = "optimal" if best_pt is not None else "infeasible"
                 done = True
                 break
@@ -438,8 +600,10 @@ class EnsembleMilp:
                 status = "limit" if res.status == 1 else "error"
                 break
             u = res.x[:P] > 0.5
-            point = self._point(x0, s, u, blo, bhi)
-            ok, point, leaves = verify(point)
+            if best_pt is not None and np.array_equal(u, (best_pt[self.feat] <= self.theta) != s):
+                ok, point = True, best_pt  # the cell of the verified point: already confirmed
+            else:
+                ok, point, leaves = verify(self._point(x0, s, u, blo, bhi))
             if not ok:
                 combo = np.flatnonzero(res.x[P:P + L] > 0.5)
                 if leaves is None or combo.size != self.T or not np.array_equal(np.sort(leaves), combo):
@@ -466,14 +630,96 @@ class EnsembleMilp:
             if best_cost >= _SETTLED * S:  # the optimum is O(1) in this program's units: settled
                 break
             # else: solve again, normalised by the answer found (more flips fixed)
-        lbd = to_dist(lb_cost)
-        if best_pt is not None:
-            lbd = min(lbd, best_dist)
-            slack = _ulps(x0, best_pt, w, norm)
-            exact = status == "optimal" and best_dist <= lbd * (1 + _REL) + slack
-        else:
-            exact = status == "infeasible" and done
-        return dict(point=best_pt, dist=best_dist, lb=lbd, status=status, exact=bool(exact))
+        return finish(status, done)
+
+
+# --- HiGHS, called directly ---------------------------------------------------------------------
+
+class _Result:
+    __slots__ = ("status", "x", "mip_dual_bound")
+
+    def __init__(self, status, x, dual):
+        self.status, self.x, self.mip_dual_bound = status, x, dual
+
+
+_DIRECT = {"ok": None}
+
+
+def _direct_core():
+    """scipy's own HiGHS binding (``scipy.optimize._highspy._core``), or None when this scipy
+    does not have the pieces used here (then :func:`scipy.optimize.milp` is called instead)."""
+    if _DIRECT["ok"] is None:
+        try:
+            from scipy.optimize._highspy import _core as h
+
+            opts = h.HighsOptions()
+            for key, val in _HIGHS.items():
+                setattr(opts, key, ("on" if val else "off") if key == "presolve" else val)
+            opts.log_to_console = False
+            opts.output_flag = False
+            h.HighsLp, h.MatrixFormat.kRowwise, h.HighsVarType.kInteger, h._Highs  # noqa: B018
+            _DIRECT.update(ok=True, h=h, opts=opts)
+        except Exception:  # an older or newer scipy: the public API does the same, slower
+            _DIRECT["ok"] = False
+    return _DIRECT.get("h") if _DIRECT["ok"] else None
+
+
+def _solve(c, n_int, vub, A, rlo, rhi, time_limit):
+    """``min c x`` over ``0 <= x <= vub``, ``rlo <= A x <= rhi`` (``A`` CSR), the first ``n_int``
+    variables integral, with the options in ``_HIGHS``. Returns ``status`` as
+    :func:`scipy.optimize.milp` does (0 optimal, 1 a limit, 2 infeasible, 4 other), ``x`` (or
+    None) and the proven dual bound. Calls scipy's HiGHS binding directly where it can (its
+    Python wrapper re-validates every option on each call, a few ms for a program solved in
+    a few ms), else :func:`scipy.optimize.milp`."""
+    nv = c.size
+    h = _direct_core()
+    if h is None:
+        integrality = np.zeros(nv)
+        integrality[:n_int] = 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # options scipy passes to HiGHS verbatim
+            return milp(c, integrality=integrality, bounds=Bounds(np.zeros(nv), vub),
+                        constraints=LinearConstraint(A, rlo, rhi),
+                        options={**_HIGHS, "time_limit": max(0.01, float(time_limit))})
+    lp = h.HighsLp()
+    lp.num_col_ = nv
+    lp.num_row_ = A.shape[0]
+    lp.col_cost_ = np.ascontiguousarray(c, dtype=np.float64)
+    lp.col_lower_ = np.zeros(nv)
+    lp.col_upper_ = np.ascontiguousarray(vub, dtype=np.float64)
+    lp.row_lower_ = np.ascontiguousarray(rlo, dtype=np.float64)
+    lp.row_upper_ = np.ascontiguousarray(rhi, dtype=np.float64)
+    am = lp.a_matrix_
+    am.format_ = h.MatrixFormat.kRowwise
+    am.num_col_ = nv
+    am.num_row_ = A.shape[0]
+    am.start_ = A.indptr.astype(np.int32)
+    am.index_ = A.indices.astype(np.int32)
+    am.value_ = A.data.astype(np.float64)
+    lp.integrality_ = [h.HighsVarType.kInteger] * n_int + [h.HighsVarType.kContinuous] * (nv - n_int)
+    highs = h._Highs()
+    opts = _DIRECT["opts"]
+    opts.time_limit = max(0.01, float(time_limit))
+    if highs.passOptions(opts) == h.HighsStatus.kError or \
+            highs.passModel(lp) == h.HighsStatus.kError or highs.run() == h.HighsStatus.kError:
+        return _Result(4, None, None)
+    ms = highs.getModelStatus()
+    info = highs.getInfo()
+    dual = float(info.mip_dual_bound)
+    M = h.HighsModelStatus
+    if ms == M.kOptimal:
+        status = 0
+    elif ms in (M.kInfeasible, M.kUnboundedOrInfeasible):  # costs >= 0, x >= 0: never unbounded
+        return _Result(2, None, dual)
+    elif ms in (M.kTimeLimit, M.kIterationLimit, M.kSolutionLimit, M.kInterrupt):
+        status = 1
+    else:
+        return _Result(4, None, dual)
+    x = None
+    if info.objective_function_value < h.kHighsInf and \
+            int(info.primal_solution_status) == int(h.kSolutionStatusFeasible):
+        x = np.asarray(highs.getSolution().col_value, dtype=np.float64)
+    return _Result(status, x, dual)
 
 
 def _ensemble(form, prob: Problem, *, X_train, seed, progress, time_limit, max_binaries,
@@ -543,10 +789,14 @@ def _milp_rows(form, prob, model, Sc, s0, lb_cls, lower, margin, delta, nearest,
         blo, bhi = x0 + lo_all[i], x0 + hi_all[i]
         pi = p[i:i + 1]
 
-        def verify(pt, x0=x0, pi=pi):
-            dl, ok, _ = finalize(form, x0[None, :], pt[None, :], pi)
+        seen = {}  # verified points: their perturbation and class, as finalize gave them
+
+        def verify(pt, x0=x0, pi=pi, seen=seen):
+            dl, ok, idx = finalize(form, x0[None, :], pt[None, :], pi)
             if ok[0]:
-                return True, x0 + dl[0], None
+                q = x0 + dl[0]
+                seen[q.tobytes()] = (dl[0], int(idx[0]))
+                return True, q, None
             return False, pt, form.leaf_index(pt[None, :])[0] + model.leaf_offsets
 
         best_d, best_dl, best_k = np.inf, None, -1
@@ -561,18 +811,17 @@ def _milp_rows(form, prob, model, Sc, s0, lb_cls, lower, margin, delta, nearest,
                 break
             row, lbv = beat_row(form, Sc, s0, int(j), int(p[i]), sigma)
             out = model.minimize(x0, blo, bhi, prob.weights, prob.norm, row[None, :], np.array([lbv]),
-                                 verify, time_limit=left, cap=best_d)
+                                 verify, time_limit=left, cap=best_d, known_lb=lb_cls[i, j])
             lbs[j] = max(lbs[j], out["lb"])
             if out["status"] in ("limit", "error"):
                 stopped = "time limit"
             elif out["status"] == "unverified":
                 stopped = "the estimator disagrees with the leaf boxes"
             if out["point"] is not None:
-                dl, ok, idx = finalize(form, x0[None, :], out["point"][None, :], pi)
-                if ok[0]:
-                    dist = float(weighted_norm(dl[0], prob.weights, prob.norm))
-                    if dist < best_d:
-                        best_d, best_dl, best_k = dist, dl[0], int(idx[0])
+                dl, k = seen[out["point"].tobytes()]
+                dist = float(weighted_norm(dl, prob.weights, prob.norm))
+                if dist < best_d:
+                    best_d, best_dl, best_k = dist, dl, k
         lbs[p[i]] = np.inf
         lower[i] = min(np.min(lbs), best_d)  # every other class is bounded below
         if best_dl is not None:

@@ -274,3 +274,29 @@ def test_other_is_the_minimum_over_classes():
                for k in range(3) if k != o[i]]
         assert b.distance[i] == pytest.approx(np.nanmin(per), rel=1e-12)
         assert b.exact[i] and b.target_index[i] != o[i]
+
+
+@pytest.mark.parametrize("name,k", [("forest", 3), ("gboost", 3)])
+@pytest.mark.parametrize("with_train", [False, True])
+def test_fallback_row_alone_equals_the_row_in_a_batch(name, k, with_train):
+    """Too large for the MILP (``max_milp_binaries`` forces the fallback): a row's answer depends
+    on the row, the model and --train, never on the other rows of the batch."""
+    est, X = _ensemble(name, k)
+    form = adapt(est)
+    Xq = X[10:14]
+    t = (form.predict_index(Xq) + 1) % k
+    kw = dict(norm="l2", max_milp_binaries=0, X_train=X if with_train else None)
+    b, ex = counterfactuals_nonlinear_with_extras(form, Xq, target=t, **kw)
+    assert np.sum(b.status == "found") >= 3
+    for i in range(len(Xq)):
+        if b.status[i] == "found":
+            assert not b.exact[i] and b.method[i].startswith("tree-live-regions")
+            assert verified(est, b.x_cf[i], int(t[i]))
+    for i in (0, 3):
+        for rows in ([i], [(i + 1) % len(Xq), i]):  # alone, and in another small batch
+            a, ea = counterfactuals_nonlinear_with_extras(form, Xq[rows], target=t[rows], **kw)
+            j = rows.index(i)
+            assert a.status[j] == b.status[i]
+            np.testing.assert_array_equal(a.x_cf[j], b.x_cf[i])
+            assert a.distance[j] == b.distance[i] or (np.isnan(a.distance[j]) and np.isnan(b.distance[i]))
+            assert a.method[j] == b.method[i]
