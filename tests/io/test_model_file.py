@@ -747,3 +747,20 @@ def test_a_fifo_model_is_refused_without_blocking(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(InputError, match="named pipe"):
         load_model(fifo)
+
+
+def test_lz4_compressed_joblib_loads_and_predicts_the_same(tmp_path):
+    pytest.importorskip("lz4")
+    import joblib
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    X = np.random.default_rng(0).normal(size=(60, 3))
+    y = (X[:, 0] > 0).astype(int)
+    est = Pipeline([("s", StandardScaler()), ("c", SVC())]).fit(X, y)
+    path = tmp_path / "svc.joblib"
+    joblib.dump(est, path, compress=("lz4", 3))
+    loaded = load_model(path).estimator
+    np.testing.assert_array_equal(loaded.predict(X), est.predict(X))
+    np.testing.assert_allclose(loaded.decision_function(X), est.decision_function(X), rtol=0, atol=0)
