@@ -17,8 +17,9 @@ from invaudit.errors import InputError
 from invaudit.io import parse_rows
 from invaudit.render import Format
 
-from ._common import (Bounds, ConstraintOpts, FormatOpt, JsonOut, LabelColumn, Labels, ModelArg, Norm,
-                      Rows, Run, Scale, Seed, Sha256, Trust, build_constraints, progress, resolve_labels)
+from ._common import (Bounds, ConstraintOpts, FormatOpt, JsonOut, CategoricalCost, IdColumn, IntegerCols, LabelColumn, Labels, OutPoints, ModelArg, Norm,
+                      Rows, Run, Scale, Seed, Sha256, Trust, build_constraints, check_out_path, note, progress,
+                      resolve_labels, write_points)
 
 
 class Start(str, Enum):
@@ -43,6 +44,10 @@ def counterfactual(
     seed: Seed = 0,
     rows: Rows = None,
     label_column: LabelColumn = None,
+    id_column: IdColumn = None,
+    integer: IntegerCols = None,
+    categorical_cost: CategoricalCost = 1.0,
+    out: OutPoints = None,
     labels: Labels = None,
     trust: Trust = False,
     sha256: Sha256 = None,
@@ -51,10 +56,20 @@ def counterfactual(
 ) -> None:
     """Find the closest point the model assigns to --target (exact for linear models)."""
     from invaudit.counterfactual import counterfactuals_with_extras
+    from invaudit.counterfactual.solve import EXACT_MEANS
 
+    check_out_path(out)
     run = Run("counterfactual", model, trust=trust, sha256=sha256)
     form = run.form
-    train_ds = run.data(train, label_column=label_column, primary=False) if train is not None else None
+    if run.tabular is not None:
+        return _typed_rows(run, data, train, target=target, confidence=confidence, norm=norm, scale=scale,
+                           immutable=immutable, increase_only=increase_only, decrease_only=decrease_only,
+                           bounds=bounds, start=start, manifold=manifold, seed=seed, rows=rows,
+                           label_column=label_column, id_column=id_column, integer=integer,
+                           categorical_cost=categorical_cost, out=out, format=format, json=json)
+    if integer is not None:
+        raise InputError("--integer applies to models that read typed rows (a ColumnTransformer pipeline).")
+    train_ds = run.data(train, label_column=label_column, id_column=id_column, primary=False) if train is not None else None
     if start is not None:
         if data is not None:
             raise InputError("give either DATA or --from, not both.")
@@ -65,7 +80,7 @@ def counterfactual(
     else:
         if data is None:
             raise InputError("name a DATA file, or use --from zeros|mean for model inversion.")
-        ds = run.data(data, label_column=label_column, labels=labels)
+        ds = run.data(data, label_column=label_column, id_column=id_column, labels=labels)
         row_ids = parse_rows(rows, ds.n_rows)
         X = np.asarray(ds.X[row_ids], dtype=np.float64)
 
@@ -84,6 +99,12 @@ def counterfactual(
             y_train_index=y_train, manifold=latent, seed=seed, progress=update)
     results = batch.records(form.classes, row_ids, feature_names=form.feature_names)
     _add_extras(results, extras)
+    if out is not None:
+        cols = (ds.columns if start is None and ds.columns else None) or form.feature_names \
+            or [f"x{j}" for j in range(form.n_features)]
+        k = write_points(out, batch.x_cf, cols, np.asarray(batch.status) == "found",
+                         None if start is not None else ds.ids, id_column, row_ids)
+        note(f"wrote {k} counterfactual row(s) to {out}")
     status = [r["status"] for r in results]
     found = [r for r in results if r["status"] == "found"]
     dist = [r["distance"] for r in found]
@@ -94,6 +115,7 @@ def counterfactual(
         "infeasible": status.count("infeasible"),
         "failed": status.count("failed"),
         "exact": sum(bool(r["exact"]) for r in found),
+        "exact_means": EXACT_MEANS,
         "median_distance": float(np.median(dist)) if dist else None,
     }
     params = {"target": target, "confidence": confidence, "norm": norm.value, "scale": scale.value,
@@ -102,6 +124,38 @@ def counterfactual(
               "from": None if start is None else start.value, "rows": rows, "manifold": manifold, "seed": seed}
     if start is not None:
         run.data_info = None
+    run.emit(params=params, results=results, summary=summary, fmt=format, json_path=json)
+
+
+def _typed_rows(run, data, train, *, target, confidence, norm, scale, immutable, increase_only, decrease_only,
+                bounds, start, manifold, seed, rows, label_column, id_column, integer, categorical_cost, out,
+                format, json) -> None:
+    """A model that reads typed rows (categories, blanks): answers in the input's own columns."""
+    from ._tabular import run_counterfactual
+
+    if start is not None or manifold is not None:
+        raise InputError("--from and --manifold are not available for models that read typed rows yet.")
+    if data is None:
+        raise InputError("name a DATA file (a CSV with the model's columns).")
+    train_ds = run.data(train, label_column=label_column, id_column=id_column, primary=False) \
+        if train is not None else None
+    ds = run.data(data, label_column=label_column, id_column=id_column)
+    row_ids = parse_rows(rows, ds.n_rows)
+    tm = run.tabular
+    tgt = "other" if target.strip().lower() == "other" else \
+        np.full(row_ids.size, resolve_labels(tm, target, "--target"), dtype=np.intp)
+    with progress("counterfactuals", row_ids.size) as update:
+        results, summary = run_counterfactual(
+            run, ds, train_ds, rows=row_ids, target=tgt, confidence=confidence, norm=norm.value,
+            scale=scale.value, bounds=bounds.value, immutable=immutable, increase_only=increase_only,
+            decrease_only=decrease_only, integer=integer, categorical_cost=categorical_cost, seed=seed,
+            out=out, id_column=id_column, update=update)
+    params = {"target": target, "confidence": confidence, "norm": norm.value, "scale": scale.value,
+              "immutable": immutable, "increase_only": increase_only, "decrease_only": decrease_only,
+              "bounds": bounds.value, "train": None if train is None else str(train), "rows": rows,
+              "seed": seed, "integer": integer, "categorical_cost": categorical_cost,
+              "distance": "numeric columns in the norm (scaled by --scale), plus categorical_cost for each "
+                          "changed categorical column, combined in the same norm"}
     run.emit(params=params, results=results, summary=summary, fmt=format, json_path=json)
 
 

@@ -12,8 +12,9 @@ from invaudit.errors import InputError
 from invaudit.io import parse_rows
 from invaudit.render import Format
 
-from ._common import (Bounds, ConstraintOpts, FormatOpt, JsonOut, LabelColumn, Labels, ModelArg, Norm, Rows, Run,
-                      Scale, Seed, Sha256, Trust, build_constraints, progress)
+from ._common import (Bounds, ConstraintOpts, FormatOpt, JsonOut, CategoricalCost, IdColumn, IntegerCols, LabelColumn, Labels, OutPoints, ModelArg, Norm, Rows, Run,
+                      Scale, Seed, Sha256, Trust, build_constraints, check_out_path, note, progress,
+                      write_points)
 
 
 def parse_eps(spec: Optional[str]) -> Optional[list]:
@@ -41,6 +42,10 @@ def margin(
     train: ConstraintOpts.Train = None,
     rows: Rows = None,
     label_column: LabelColumn = None,
+    id_column: IdColumn = None,
+    integer: IntegerCols = None,
+    categorical_cost: CategoricalCost = 1.0,
+    out: OutPoints = None,
     labels: Labels = None,
     seed: Seed = 0,
     trust: Trust = False,
@@ -52,11 +57,30 @@ def margin(
     from invaudit.margins import margins, summarize
 
     eps_list = parse_eps(eps)
+    check_out_path(out)
     run = Run("margin", model, trust=trust, sha256=sha256)
     form = run.form
-    ds = run.data(data, label_column=label_column, labels=labels)
-    train_ds = run.data(train, label_column=label_column, primary=False) if train is not None else None
+    ds = run.data(data, label_column=label_column, id_column=id_column, labels=labels)
+    train_ds = run.data(train, label_column=label_column, id_column=id_column, primary=False) if train is not None else None
     row_ids = parse_rows(rows, ds.n_rows)
+    params = {"norm": norm.value, "scale": scale.value, "immutable": immutable,
+              "increase_only": increase_only, "decrease_only": decrease_only, "bounds": bounds.value,
+              "train": None if train is None else str(train), "rows": rows, "seed": seed}
+    if run.tabular is not None:
+        from ._tabular import run_margin
+
+        with progress("margins", len(row_ids)) as update:
+            batch, results = run_margin(
+                run, ds, train_ds, rows=row_ids, norm=norm.value, scale=scale.value, bounds=bounds.value,
+                immutable=immutable, increase_only=increase_only, decrease_only=decrease_only, integer=integer,
+                categorical_cost=categorical_cost, seed=seed, out=out, id_column=id_column, update=update)
+        y_index = None if ds.y_index is None else ds.y_index[row_ids]
+        summary = summarize(batch, y_index, eps_list, classes=form.classes, row_ids=row_ids)
+        params.update(eps=summary.get("eps"), integer=integer, categorical_cost=categorical_cost)
+        run.emit(params=params, results=results, summary=summary, fmt=format, json_path=json)
+        return
+    if integer is not None:
+        raise InputError("--integer applies to models that read typed rows (a ColumnTransformer pipeline).")
     X = np.asarray(ds.X[row_ids], dtype=np.float64)
     y_index = None if ds.y_index is None else ds.y_index[row_ids]
     cons = build_constraints(form, X, train_ds, scale=scale, immutable=immutable, increase_only=increase_only,
@@ -67,9 +91,12 @@ def margin(
     labels_out = None if ds.y is None else np.asarray(ds.y)[row_ids]
     results = batch.records(form.classes, row_ids, labels=labels_out)
     summary = summarize(batch, y_index, eps_list, classes=form.classes, row_ids=row_ids)
-    params = {"norm": norm.value, "eps": summary.get("eps"), "scale": scale.value, "immutable": immutable,
-              "increase_only": increase_only, "decrease_only": decrease_only, "bounds": bounds.value,
-              "train": None if train is None else str(train), "rows": rows, "seed": seed}
+    params["eps"] = summary.get("eps")
+    if out is not None:
+        cols = ds.columns or form.feature_names or [f"x{j}" for j in range(form.n_features)]
+        delta = np.asarray(batch.perturbation, dtype=np.float64)
+        k = write_points(out, X + delta, cols, np.all(np.isfinite(delta), axis=1), ds.ids, id_column, row_ids)
+        note(f"wrote {k} adversarial row(s) to {out}")
     run.emit(params=params, results=results, summary=summary, fmt=format, json_path=json)
 
 

@@ -50,6 +50,20 @@ def _run(c, A_ub, b_ub, lb, ub):
     return res
 
 
+def _col_scale(Ad, lz, uz):
+    """Per row and feature, the unit ``c`` the LP measures ``z_j = c_j y_j`` in: the reciprocal
+    of the feature's largest coefficient, or the box's half-width where that is smaller.
+    HiGHS drops matrix entries below 1e-9, so a feature whose score gain per unit is tiny but
+    whose range is wide (mixed feature scales) would silently vanish from an unscaled LP."""
+    big = np.abs(Ad).max(axis=1)                                    # (n, p)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        c = np.where(big > 0, 1.0 / big, 1.0)
+        if lz is not None:
+            half = np.maximum(np.abs(lz), np.abs(uz))
+            c = np.where(np.isfinite(half) & (half > 0), np.minimum(half, c), c)
+    return np.where(np.isfinite(c) & (c > 0), c, 1.0)
+
+
 def max_margin(Ad: np.ndarray, d0: np.ndarray, lz, uz, s_max: np.ndarray) -> np.ndarray:
     """Per row ``max s`` s.t. ``d0 + Ad z + s <= 0``, ``lz <= z <= uz``, ``s <= s_max``.
 
@@ -58,15 +72,17 @@ def max_margin(Ad: np.ndarray, d0: np.ndarray, lz, uz, s_max: np.ndarray) -> np.
     """
     n, m, p = Ad.shape
     out = np.empty(n)
+    cs = _col_scale(Ad, lz, uz)
     for sl in _chunks(n, m * (p + 1)):
         k = sl.stop - sl.start
-        B = np.concatenate([Ad[sl], np.ones((k, m, 1))], axis=2)
+        cc = cs[sl]
+        B = np.concatenate([Ad[sl] * cc[:, None, :], np.ones((k, m, 1))], axis=2)
         A_ub = _block_diag(B)
         c = np.zeros(k * (p + 1))
         c[p::p + 1] = -1.0
-        lo = np.column_stack([np.full((k, p), -np.inf) if lz is None else lz[sl],
+        lo = np.column_stack([np.full((k, p), -np.inf) if lz is None else lz[sl] / cc,
                               np.full((k, 1), -np.inf)]).ravel()
-        hi = np.column_stack([np.full((k, p), np.inf) if uz is None else uz[sl],
+        hi = np.column_stack([np.full((k, p), np.inf) if uz is None else uz[sl] / cc,
                               s_max[sl][:, None]]).ravel()
         res = _run(c, A_ub, -d0[sl].ravel(), lo, hi)
         if res.status != 0:
@@ -95,11 +111,15 @@ def _certificate(res, c, A_ub, b_ub, lo, hi, k, nv, nc, scale):
     return np.maximum.reduce([gap, dres, dual_bad, viol / scale, bviol / scale])
 
 
-def solve_lp(norm: str, Ad, d0, tau, lz, uz, cuts=None, sd=None):
+def solve_lp(norm: str, Ad, d0, tau, lz, uz, cuts=None, sd=None, relax=None):
     """``min ||z||_norm`` (norm "l1" or "linf") s.t. ``d0 + Ad z <= -tau`` (if ``tau`` is not
     None), ``C z <= e`` for ``cuts = (C, e)`` with C (n, q, p), and ``lz <= z <= uz``.
 
-    Returns ``z`` (n, p), ``ok`` (n,) bool, ``kkt`` (n,) relative KKT residual per row.
+    Returns ``z`` (n, p), ``ok`` (n,) bool, ``kkt`` (n,) relative KKT residual per row; with
+    ``relax`` (n, m) (how far each argmax constraint may be loosened: the hair ``tau`` plus the
+    rounding of ``d0``) also ``lb`` (n,): the LP dual value of the loosened problem at the
+    multipliers HiGHS returns (less their reduced-cost residual times ``|z|``), a lower bound on
+    the optimum of ``d0 + Ad z <= 0`` in exact arithmetic.
     """
     n, m, p = Ad.shape
     if sd is None:
@@ -107,10 +127,13 @@ def solve_lp(norm: str, Ad, d0, tau, lz, uz, cuts=None, sd=None):
     z = np.full((n, p), np.nan)
     ok = np.zeros(n, dtype=bool)
     kkt = np.full(n, np.nan)
+    lbound = np.full(n, np.nan)
     q = 0 if cuts is None else cuts[0].shape[1]
     mm = (m if tau is not None else 0) + q
+    cs = _col_scale(Ad, lz, uz)        # z = cs * y (see _col_scale)
     for sl in _chunks(n, (mm + 2) * 2 * p):
         k = sl.stop - sl.start
+        cc = cs[sl]
         G_parts, h_parts = [], []
         if tau is not None:
             G_parts.append(Ad[sl])
@@ -118,15 +141,15 @@ def solve_lp(norm: str, Ad, d0, tau, lz, uz, cuts=None, sd=None):
         if q:
             G_parts.append(cuts[0][sl])
             h_parts.append(cuts[1][sl])
-        G = np.concatenate(G_parts, axis=1)          # (k, mm, p)
+        G = np.concatenate(G_parts, axis=1) * cc[:, None, :]   # (k, mm, p)
         h = np.concatenate(h_parts, axis=1)          # (k, mm)
-        lzs = np.full((k, p), -np.inf) if lz is None else lz[sl]
-        uzs = np.full((k, p), np.inf) if uz is None else uz[sl]
+        lzs = np.full((k, p), -np.inf) if lz is None else lz[sl] / cc
+        uzs = np.full((k, p), np.inf) if uz is None else uz[sl] / cc
         if norm == "l1":
-            # z = u - v, u, v >= 0, min sum(u + v)
+            # z = cs (u - v), u, v >= 0, min sum(cs (u + v))
             B = np.concatenate([G, -G], axis=2)
             nv = 2 * p
-            c = np.ones(k * nv)
+            c = np.concatenate([cc, cc], axis=1).ravel()
             lo = np.zeros(k * nv)
             hi = np.concatenate([np.maximum(uzs, 0.0), np.maximum(-lzs, 0.0)], axis=1).ravel()
             A_ub = _block_diag(B)
@@ -134,10 +157,10 @@ def solve_lp(norm: str, Ad, d0, tau, lz, uz, cuts=None, sd=None):
             nc = mm
         else:
             # variables (z, t): min t, -t <= z_i <= t
-            eye = np.eye(p)
+            eye = np.eye(p)[None] * cc[:, None, :]
             top = np.concatenate([G, np.zeros((k, mm, 1))], axis=2)
-            pos = np.broadcast_to(np.concatenate([eye, -np.ones((p, 1))], axis=1), (k, p, p + 1))
-            neg = np.broadcast_to(np.concatenate([-eye, -np.ones((p, 1))], axis=1), (k, p, p + 1))
+            pos = np.concatenate([eye, -np.ones((k, p, 1))], axis=2)
+            neg = np.concatenate([-eye, -np.ones((k, p, 1))], axis=2)
             B = np.concatenate([top, pos, neg], axis=1)
             nv = p + 1
             nc = mm + 2 * p
@@ -151,10 +174,23 @@ def solve_lp(norm: str, Ad, d0, tau, lz, uz, cuts=None, sd=None):
         if res.status != 0:
             continue
         xs = res.x.reshape(k, nv)
-        zz = xs[:, :p] - xs[:, p:] if norm == "l1" else xs[:, :p]
+        zz = cc * (xs[:, :p] - xs[:, p:] if norm == "l1" else xs[:, :p])
         z[sl] = zz
         ok[sl] = True
         kkt[sl] = _certificate(res, c, A_ub, b_ub, lo, hi, k, nv, nc, sd[sl])
+        if relax is not None and tau is not None:
+            y = np.minimum(res.ineqlin.marginals, 0.0).reshape(k, nc)
+            yl, yu = res.lower.marginals, res.upper.marginals
+            lfin = np.where(np.isfinite(lo), lo, 0.0)
+            hfin = np.where(np.isfinite(hi), hi, 0.0)
+            loose = b_ub.reshape(k, nc).copy()
+            loose[:, :m] += relax[sl]
+            red = c - A_ub.T @ res.ineqlin.marginals - yl - yu
+            lbound[sl] = ((loose * y).sum(axis=1)
+                          + (lfin * yl + hfin * yu).reshape(k, nv).sum(axis=1)
+                          - (np.abs(red) * np.abs(res.x)).reshape(k, nv).sum(axis=1))
+    if relax is not None:
+        return z, ok, kkt, lbound
     return z, ok, kkt
 
 

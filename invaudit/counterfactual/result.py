@@ -44,8 +44,10 @@ class CounterfactualBatch:
     target_probability : ndarray (n,)
         ``predict_proba(x_cf)[target]`` by the estimator (NaN without probabilities or point).
     exact : bool array (n,)
-        True only when the point is optimal to near machine precision, backed by
-        ``kkt_residual`` (or an LP duality gap) at most 1e-9, and verified by the estimator.
+        True only when ``distance`` is within 1e-9 relative of a proven lower bound on the
+        optimum (the scores' rounding included), backed by ``kkt_residual`` (or an LP duality
+        gap) at most 1e-9, and the point is verified by the estimator
+        (``invaudit.counterfactual.solve.EXACT_MEANS``).
     method : object array of str
     kkt_residual : ndarray (n,)
         The relative KKT residual (or LP duality gap) of the returned solution; NaN when the

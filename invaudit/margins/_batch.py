@@ -11,7 +11,10 @@ import numpy as np
 from invaudit.errors import InputError
 from invaudit.models.base import to_jsonable
 
-__all__ = ["MarginBatch", "summarize", "default_eps"]
+__all__ = ["MarginBatch", "summarize", "default_eps", "EXACT_MEANS"]
+
+EXACT_MEANS = ("margin within 1e-9 relative of the proven infimum distance (the scores' rounding "
+               "included), perturbation verified by the model's own predict")
 
 
 def _num(v) -> Optional[float]:
@@ -42,7 +45,8 @@ class MarginBatch:
         ``predict``. NaN rows when there is none.
     perturbation_norm : (n,) float
         The norm of ``perturbation``; for exact rows it exceeds ``margin`` only by the nudge
-        that puts the point strictly across the boundary (relative ~1e-9 or one ulp).
+        that puts the point strictly across the boundary (1e-12 of the score gap plus the
+        scores' rounding; on a tie, where the margin is 0, that nudge is all there is).
     exact : (n,) bool
     method : (n,) str
     predicted_index : (n,) int
@@ -146,7 +150,8 @@ def summarize(batch: MarginBatch, y_index=None, eps=None, *, classes=None, row_i
     ``{"lower": .., "upper": ..}``: lower counts rows whose certified lower bound exceeds eps,
     upper excludes only rows with a verified perturbation of norm <= eps), ``eps``,
     ``robust_accuracy_basis``, ``median_margin``, ``min_margin`` (over rows with a margin;
-    None when none or infinite), ``n_rows``, ``n_exact``, ``norm`` and ``most_fragile``
+    None when none or infinite), ``n_rows``, ``n_exact``, ``exact_means`` (what ``exact``
+    promises), ``norm`` and ``most_fragile``
     (the ``top`` rows with the smallest margins).
     """
     n = len(batch)
@@ -198,5 +203,6 @@ def summarize(batch: MarginBatch, y_index=None, eps=None, *, classes=None, row_i
         "min_margin": minimum,
         "n_rows": int(n),
         "n_exact": int(np.sum(batch.exact)),
+        "exact_means": EXACT_MEANS,
         "most_fragile": fragile,
     }

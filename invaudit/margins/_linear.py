@@ -35,12 +35,14 @@ from dataclasses import replace
 
 import numpy as np
 
+from invaudit.counterfactual._common import score_differences
 from invaudit.margins._common import Problem, dual_norm, halfspace_step, is_other
 
 # relative size of the step that puts a point strictly across the boundary, and its retries
-_NUDGE = 1e-11
-_NUDGE_GROWTH = 100.0
-_NUDGE_TRIES = 4
+_NUDGE = 1e-12
+_ROUND = 4.0 * np.finfo(np.float64).eps
+_NUDGE_GROWTH = 16.0
+_NUDGE_TRIES = 8
 
 
 def pairwise_norms(W: np.ndarray, weights: np.ndarray, norm: str) -> np.ndarray:
@@ -124,7 +126,10 @@ def _solve(form, prob: Problem, W, S, progress, joint: bool) -> dict:
     rows = np.arange(n)
     estimator_pred = None
     sp = S[rows, p]
-    gap = np.maximum(sp[:, None] - S, 0.0)  # (n, K); 0 where the form ties (predict decided)
+    # gaps s_p - s_j to near machine precision: a row close to a boundary loses its gap to the
+    # rounding of the scores otherwise (and the margin is proportional to it)
+    Sd, _, absS = score_differences(X, W, np.asarray(form.b_full, dtype=np.float64), p)
+    gap = np.maximum(-Sd, 0.0)  # (n, K); 0 where the form ties (predict decided)
 
     # W_j - W_k as a (K, K, D) table when it is small (reused for the steps below)
     diff = W[:, None, :] - W[None, :, :] if K * K * d <= 2_000_000 else None
@@ -166,10 +171,12 @@ def _solve(form, prob: Problem, W, S, progress, joint: bool) -> dict:
     pnorm = np.full(n, np.nan)
     nearest = np.full(n, -1, dtype=np.intp)
     verified = np.zeros(n, dtype=bool)
-    # nudge: aim a hair past the boundary so that the estimator's own predict leaves class p
-    scale = 1.0 + np.abs(sp) + np.abs(S[rows, j])
+    # nudge: aim a hair past the boundary so that the estimator's own predict leaves class p;
+    # relative to the gap (the perturbation's norm then exceeds the margin by ~1e-12 of itself
+    # at every scale) plus a few ulps of the scores' magnitude (the estimator's rounding)
     todo = np.flatnonzero(reachable)
-    tau = _NUDGE * scale
+    tau = _NUDGE * gap[rows, j] + _ROUND * absS
+    tau = np.where(tau > 0, tau, _NUDGE)
     for _ in range(_NUDGE_TRIES):
         if todo.size == 0:
             break
