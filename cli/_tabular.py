@@ -14,25 +14,16 @@ from typing import Optional
 import numpy as np
 
 from invaudit.errors import InputError
+from invaudit.models.tabular import column_list as _column_list
+from invaudit.models.tabular import numeric_constraints as _numeric_constraints
+from invaudit.models.tabular import whole_number_columns
 
 from ._common import note
 
 
 def column_list(spec: Optional[str], tm, what: str) -> tuple:
     """``"age,income"`` -> ``("age", "income")``, every name a column of the model's input."""
-    if spec is None or not spec.strip():
-        return ()
-    names = tm.column_names
-    out = []
-    for part in spec.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        if part not in names:
-            shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
-            raise InputError(f"{what}: '{part}' is not a column of the model's input ({shown}).")
-        out.append(part)
-    return tuple(out)
+    return _column_list(spec, tm, what)
 
 
 def integer_columns(spec: Optional[str], tm, train_ds) -> tuple:
@@ -41,14 +32,7 @@ def integer_columns(spec: Optional[str], tm, train_ds) -> tuple:
     declared = column_list(spec, tm, "--integer")
     if train_ds is None:
         return declared
-    inferred = []
-    for c in tm.columns:
-        if c.kind != "numeric" or c.name in declared:
-            continue
-        v = np.asarray(train_ds.frame[c.name], dtype=np.float64)
-        v = v[np.isfinite(v)]
-        if v.size and np.all(v == np.round(v)):
-            inferred.append(c.name)
+    inferred = whole_number_columns(tm, train_ds.frame, exclude=declared)
     if inferred:
         note(f"whole numbers in every --train row, so kept whole: {', '.join(inferred)} (--integer)")
     return declared + tuple(inferred)
@@ -56,34 +40,7 @@ def integer_columns(spec: Optional[str], tm, train_ds) -> tuple:
 
 def numeric_constraints(tm, train_ds, *, scale: str, bounds: str):
     """``(bounds, scale)`` dicts for the numeric columns, from ``--train``."""
-    if train_ds is None:
-        if scale != "none":
-            raise InputError(f"--scale {scale} needs --train TRAIN (the spread is measured there).")
-        if bounds != "none":
-            raise InputError("--bounds data needs --train TRAIN (the ranges are taken from it).")
-        return None, None
-    frame = train_ds.frame
-    num = [c.name for c in tm.columns if c.kind in ("numeric", "integer")]
-    rng = spread = None
-    if bounds == "data":
-        rng = {}
-        for c in num:
-            v = np.asarray(frame[c], dtype=np.float64)
-            v = v[np.isfinite(v)]
-            if v.size:
-                rng[c] = (float(v.min()), float(v.max()))
-    if scale != "none":
-        spread = {}
-        for c in num:
-            v = np.asarray(frame[c], dtype=np.float64)
-            v = v[np.isfinite(v)]
-            if scale == "std":
-                s = float(np.std(v)) if v.size else 0.0
-            else:
-                s = float(1.4826 * np.median(np.abs(v - np.median(v)))) if v.size else 0.0
-            # a constant column keeps unit weight rather than an infinite one
-            spread[c] = s if s > 0 and np.isfinite(s) else 1.0
-    return rng, spread
+    return _numeric_constraints(tm, None if train_ds is None else train_ds.frame, scale=scale, bounds=bounds)
 
 
 def write_points(path: Path, points, ids, id_name: Optional[str], rows, keep, integer=()) -> int:

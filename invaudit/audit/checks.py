@@ -29,12 +29,24 @@ class ExplainCheck(Check):
         from ..explain import explain_rows, parse_shape, resolve_baseline
 
         _, form = ctx.model(spec.source)
-        ds = ctx.data(spec.source, "test")
+        tm = ctx.tabular(spec.source)
         p = spec.params
-        n = min(int(p.get("rows", 20)), ds.n_rows)
-        X = np.asarray(ds.X[:n], dtype=np.float64)
-        res = explain_rows(form, X, rows=np.arange(n), baseline=resolve_baseline(p.get("baseline", "zero"), form.n_features),
-                           shape=parse_shape(p.get("shape"), form.n_features), confidence=p.get("confidence"),
+        if tm is not None:  # typed rows: one feature per input column, as ``invaudit explain`` does
+            from ._typed import explain_inputs
+
+            form, X, baseline = explain_inputs(tm, ctx, spec, p)
+            shape = None
+        else:
+            ds = ctx.data(spec.source, "test")
+            X = np.asarray(ds.X[:min(int(p.get("rows", 20)), ds.n_rows)], dtype=np.float64)
+            spec_b = p.get("baseline", "zero")
+            X_train = (ctx.data(spec.source, "train").X if spec.source.train is not None
+                       and str(spec_b).strip().lower() == "mean" else None)
+            baseline = resolve_baseline(spec_b, form.n_features, X_train=X_train)
+            shape = parse_shape(p.get("shape"), form.n_features)
+        n = X.shape[0]
+        res = explain_rows(form, X, rows=np.arange(n), baseline=baseline,
+                           shape=shape, confidence=p.get("confidence"),
                            max_explanations=int(p.get("max_explanations", 5)), seed=int(p.get("seed", 0)),
                            progress=ctx.tick)
         multiple = sum(sum(e.sufficient for e in r.explanations) >= 2 for r in res)
@@ -71,6 +83,8 @@ def _constraints(form, X, ctx, spec, p):
 
 
 CONSTRAINT_KEYS = ("norm", "scale", "bounds", "immutable", "increase_only", "decrease_only")
+#: Keys for models that read typed rows only (as the commands' --integer and --categorical-cost).
+TYPED_KEYS = ("integer", "categorical_cost")
 
 
 def _validate_constraints(params, where):
@@ -82,6 +96,21 @@ def _validate_constraints(params, where):
             from ..errors import InputError
 
             raise InputError(f"{where}.{k}: expected feature names or indices separated by commas.")
+    if "integer" in params and not isinstance(params["integer"], str):
+        from ..errors import InputError
+
+        raise InputError(f"{where}.integer: expected column names separated by commas.")
+    number(params, "categorical_cost", where, lo=0)
+
+
+def _numeric_only(p, spec) -> None:
+    """Refuse the typed-row keys on a model that reads numeric arrays (as the commands do)."""
+    for k in TYPED_KEYS:
+        if k in p:
+            from ..errors import InputError
+
+            raise InputError(f"{spec.where}.{k}: applies to models that read typed rows (a ColumnTransformer "
+                             "pipeline, a HistGradientBoosting with categorical features).")
 
 
 @register
@@ -92,7 +121,7 @@ class MarginCheck(Check):
     (robust accuracy's lower end, the smallest lower bound)."""
 
     kind = "margin"
-    params = ("eps", "min_robust_accuracy", "min_margin", "rows", "seed") + CONSTRAINT_KEYS
+    params = ("eps", "min_robust_accuracy", "min_margin", "rows", "seed") + CONSTRAINT_KEYS + TYPED_KEYS
 
     @classmethod
     def validate(cls, params, where):
@@ -117,14 +146,21 @@ class MarginCheck(Check):
         from ..margins import margins, summarize
 
         _, form = ctx.model(spec.source)
+        tm = ctx.tabular(spec.source)
         p = spec.params
-        ds = ctx.data(spec.source, "test", require_labels="min_robust_accuracy" in p)
-        X = _rows(ds, p.get("rows"))
-        y = None if ds.y_index is None else ds.y_index[: X.shape[0]]
-        X_train = np.asarray(ctx.data(spec.source, "train").X) if spec.source.train is not None else None
-        batch = margins(form, X, y_index=y, norm=p.get("norm", "l2"), constraints=_constraints(form, X, ctx, spec, p),
-                        X_train=X_train, seed=int(p.get("seed", 0)), progress=ctx.tick,
-                        time_limit=ctx.solver_time_limit(10.0))
+        if tm is not None:  # typed rows: the same solver as ``invaudit margin`` on them
+            from ._typed import margins as typed_margins
+
+            batch, y = typed_margins(tm, ctx, spec, p)
+        else:
+            _numeric_only(p, spec)
+            ds = ctx.data(spec.source, "test", require_labels="min_robust_accuracy" in p)
+            X = _rows(ds, p.get("rows"))
+            y = None if ds.y_index is None else ds.y_index[: X.shape[0]]
+            X_train = np.asarray(ctx.data(spec.source, "train").X) if spec.source.train is not None else None
+            batch = margins(form, X, y_index=y, norm=p.get("norm", "l2"), constraints=_constraints(form, X, ctx, spec, p),
+                            X_train=X_train, seed=int(p.get("seed", 0)), progress=ctx.tick,
+                            time_limit=ctx.solver_time_limit(10.0))
         ctx.tick()
         eps = [p["eps"]] if "eps" in p else []
         s = summarize(batch, y, eps)
@@ -144,7 +180,7 @@ class MarginCheck(Check):
                 why.append("no row has an exact margin or a certified lower bound")
             elif low < p["min_margin"]:
                 why.append(f"row {int(np.nanargmin(certified))} is {_num(low)} from the boundary, needs >= {p['min_margin']}")
-        details = {"rows": int(X.shape[0]), "exact": int(np.sum(batch.exact)), "median_margin": s["median_margin"]}
+        details = {"rows": len(batch), "exact": int(np.sum(batch.exact)), "median_margin": s["median_margin"]}
         if why:
             details["reason"] = "; ".join(why)
         return CheckResult(passed=not why, value=value, threshold=threshold, details=details)
@@ -155,7 +191,7 @@ class CounterfactualCheck(Check):
     """Share of rows with a feasible counterfactual >= ``min_feasible``; median distance <= ``max_median_distance``."""
 
     kind = "counterfactual"
-    params = ("target", "confidence", "rows", "min_feasible", "max_median_distance") + CONSTRAINT_KEYS
+    params = ("target", "confidence", "rows", "min_feasible", "max_median_distance", "seed") + CONSTRAINT_KEYS + TYPED_KEYS
 
     @classmethod
     def validate(cls, params, where):
@@ -165,6 +201,7 @@ class CounterfactualCheck(Check):
         number(params, "rows", where, lo=1, integer=True)
         number(params, "min_feasible", where, lo=0, hi=1)
         number(params, "max_median_distance", where, lo=0)
+        number(params, "seed", where, integer=True)
         if "min_feasible" not in params and "max_median_distance" not in params:
             from ..errors import InputError
 
@@ -176,9 +213,8 @@ class CounterfactualCheck(Check):
         from ..models.base import class_indices
 
         _, form = ctx.model(spec.source)
+        tm = ctx.tabular(spec.source)
         p = spec.params
-        ds = ctx.data(spec.source, "test")
-        X = _rows(ds, p.get("rows"))
         target = p.get("target", "other")
         if target != "other":
             try:
@@ -193,10 +229,21 @@ class CounterfactualCheck(Check):
                     raise InputError(f"{spec.where}.target: {target!r} is not a class of the model "
                                      f"(classes: {shown}).") from None
                 k = same[0]
-            target = np.full(X.shape[0], k, dtype=np.intp)
-        batch = counterfactuals(form, X, target=target, confidence=p.get("confidence"), norm=p.get("norm", "l2"),
-                                constraints=_constraints(form, X, ctx, spec, p), progress=ctx.tick,
-                                time_limit=ctx.solver_time_limit(10.0))
+            target = k
+        if tm is not None:  # typed rows: the same solver as ``invaudit counterfactual`` on them
+            from ._typed import counterfactuals as typed_counterfactuals
+
+            batch = typed_counterfactuals(tm, ctx, spec, p, target)
+        else:
+            _numeric_only(p, spec)
+            ds = ctx.data(spec.source, "test")
+            X = _rows(ds, p.get("rows"))
+            if target != "other":
+                target = np.full(X.shape[0], target, dtype=np.intp)
+            batch = counterfactuals(form, X, target=target, confidence=p.get("confidence"), norm=p.get("norm", "l2"),
+                                    constraints=_constraints(form, X, ctx, spec, p), progress=ctx.tick,
+                                    time_limit=ctx.solver_time_limit(10.0),
+                                    **({"seed": int(p["seed"])} if "seed" in p else {}))
         ctx.tick()
         status = np.asarray(batch.status)
         feasible = np.isin(status, ("found", "already-target"))
@@ -213,7 +260,7 @@ class CounterfactualCheck(Check):
             value["median_distance"], threshold["median_distance"] = median, f"<= {p['max_median_distance']}"
             if median > p["max_median_distance"]:
                 why.append(f"median distance {_num(median)}, needs <= {p['max_median_distance']}")
-        details = {"rows": int(X.shape[0]), "found": int(np.sum(status == "found")),
+        details = {"rows": int(status.size), "found": int(np.sum(status == "found")),
                    "infeasible": int(np.sum(status == "infeasible")), "failed": int(np.sum(status == "failed")),
                    "exact": int(np.sum(np.asarray(batch.exact) & (status == "found")))}
         if why:
@@ -239,12 +286,19 @@ class InfluenceCheck(Check):
         from ..influence import build_objective, predicted_loss_changes
 
         _, form = ctx.model(spec.source)
+        tm = ctx.tabular(spec.source)
         p = spec.params
-        tr = ctx.data(spec.source, "train", require_labels=True)
-        te = ctx.data(spec.source, "test")
-        X = _rows(te, p.get("test_rows", 20))
-        y = None if te.y_index is None else te.y_index[: X.shape[0]]
-        obj = build_objective(form, np.asarray(tr.X, dtype=np.float64), tr.y_index)
+        if tm is not None:  # typed rows: the final estimator's parameters, the ColumnTransformer fixed
+            from ._typed import influence_inputs
+
+            form, X_train, y_train, X, y = influence_inputs(tm, ctx, spec, p.get("test_rows", 20))
+        else:
+            tr = ctx.data(spec.source, "train", require_labels=True)
+            te = ctx.data(spec.source, "test")
+            X = _rows(te, p.get("test_rows", 20))
+            y = None if te.y_index is None else te.y_index[: X.shape[0]]
+            X_train, y_train = np.asarray(tr.X, dtype=np.float64), tr.y_index
+        obj = build_objective(form, X_train, y_train)
         ctx.tick()
         parts = []
         for lo in range(0, X.shape[0], 8):  # in chunks, so a time limit is checked between them

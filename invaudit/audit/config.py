@@ -60,9 +60,10 @@ class _SuiteLoader(yaml.SafeLoader):
             todo.extend((c, False) for c in children if id(c) not in sizes)
         return super().construct_document(node)
 
-SUITE_KEYS = {"model", "trust", "sha256", "train", "test", "data", "label_column", "time_limit", "checks"}
+SUITE_KEYS = {"model", "trust", "sha256", "train", "test", "data", "label_column", "id_column", "time_limit", "checks"}
 # Keys a check may carry besides its own parameters: it may point at another model or data.
-CHECK_COMMON = {"name", "kind", "model", "trust", "sha256", "train", "test", "data", "label_column", "time_limit"}
+CHECK_COMMON = {"name", "kind", "model", "trust", "sha256", "train", "test", "data", "label_column", "id_column",
+                "time_limit"}
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class Source:
     train: Optional[Path] = None
     test: Optional[Path] = None
     label_column: Optional[str] = None
+    id_column: Optional[str] = None  # a CSV column naming the rows (not a feature); files without it keep row numbers
 
 
 @dataclass(frozen=True)
@@ -198,12 +200,17 @@ def _source(doc: dict, base: Path, p: Path, prefix: str, default: Optional[Sourc
     label_column = doc.get("label_column", default.label_column if default else None)
     if label_column is not None and not isinstance(label_column, str):
         raise InputError(f"{p}: {prefix}label_column: expected a column name.")
+    id_column = doc.get("id_column", default.id_column if default else None)
+    if id_column is not None and not isinstance(id_column, str):
+        raise InputError(f"{p}: {prefix}id_column: expected a column name.")
+    if id_column is not None and id_column == label_column:
+        raise InputError(f"{p}: {prefix}id_column: '{id_column}' is also the label_column.")
     sha = doc.get("sha256", default.sha256 if inherits else None)
     if sha is not None and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-fA-F]{64}", sha.strip())):
         raise InputError(f"{p}: {prefix}sha256: expected the model file's SHA-256 as 64 hexadecimal digits, got {_shown(sha)}.")
     sha = None if sha is None else sha.strip().lower()
     return Source(model=model, trust=trust, sha256=sha, train=path_of("train"), test=test,
-                  label_column=label_column)
+                  label_column=label_column, id_column=id_column)
 
 
 # --- parameter validation helpers used by the checks ---------------------------------------------

@@ -38,20 +38,41 @@ class Check:
         return dict(params)
 
     @classmethod
-    def unsupported(cls, form) -> Optional[str]:
+    def unsupported(cls, form, tabular=None) -> Optional[str]:
         """Why this check cannot run on ``form``, or None when it can.
 
-        The answer is ``info``'s (:func:`invaudit.models.capabilities.capabilities`), so a starter
-        suite, the runner and ``info`` never disagree."""
-        from ..models.capabilities import capabilities
+        The answer is ``info``'s (:func:`invaudit.models.capabilities.capabilities`, or
+        :func:`~invaudit.models.capabilities.tabular_capabilities` for a model that reads typed
+        rows, ``tabular`` being its :func:`~invaudit.models.tabular.split_tabular` view), so a
+        starter suite, the runner and ``info`` never disagree."""
+        from ..models.capabilities import capabilities, tabular_capabilities
 
+        if tabular is not None:
+            for cap in tabular_capabilities(tabular):
+                if cap.command == cls.kind and cap.available != "yes":
+                    return (f"{cls.kind} is not available for {tabular.describe()['estimator']} "
+                            f"(a model that reads typed rows): {cap.method}")
+            return None
         for cap in capabilities(form):
             if cap.command == cls.kind and cap.available != "yes":
                 return f"{cls.kind} is not available for {form.describe()['estimator']} ({form.kind} form): {cap.method}"
+        if cls.kind in ("counterfactual", "margin", "explain") and _categorical_splits(form):
+            return (f"{cls.kind} is not available for {form.describe()['estimator']}: it splits on categories "
+                    "behind preprocessing invaudit cannot read as typed columns, so its answers would move "
+                    "category codes as numbers")
         return None
 
     def run(self, ctx, spec) -> CheckResult:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+def _categorical_splits(form) -> bool:
+    """A HistGradientBoosting with native categorical splits that ``split_tabular`` could not read
+    (the commands refuse it for answers that are points, and so does the suite)."""
+    from ..models.tabular import has_categorical_splits
+
+    est = getattr(form, "estimator", None)
+    return est is not None and has_categorical_splits(est)
 
 
 def register(cls):

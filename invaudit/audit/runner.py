@@ -39,11 +39,13 @@ class Context:
     trust_all: bool = False
     _models: dict = field(default_factory=dict)
     _data: dict = field(default_factory=dict)
+    _tabular: dict = field(default_factory=dict)
     _deadline: Optional[float] = None  # perf_counter() by which the running check must stop
 
     def model(self, src: Source):
         from ..io.model_file import file_sha256, load_model
         from ..models import adapt
+        from ..models.tabular import split_tabular
 
         trust = src.trust or self.trust_all
         key = (src.model, trust, src.sha256)
@@ -62,7 +64,15 @@ class Context:
             for w in loaded.warnings:
                 self.warn(w)
             self._models[key] = (loaded, adapt(loaded.estimator))
+            self._tabular[key] = split_tabular(loaded.estimator)
         return self._models[key]
+
+    def tabular(self, src: Source):
+        """The typed-input view of ``src``'s model (a ColumnTransformer pipeline, a
+        HistGradientBoosting with native categoricals: :func:`invaudit.models.tabular.split_tabular`),
+        or None for a model that reads numeric arrays."""
+        self.model(src)
+        return self._tabular[(src.model, src.trust or self.trust_all, src.sha256)]
 
     def loaded_model(self, src: Source):
         """The model already loaded for ``src`` (None when no check got that far)."""
@@ -90,12 +100,20 @@ class Context:
 
             raise InputError(f"this check needs a '{which}' file; name one in the suite or the check.")
         form = self.model(src)[1]
-        # The suite's label_column is for its CSV files; NPZ files carry their labels as 'y'.
-        label_column = src.label_column if path.suffix.lower() == ".csv" else None
-        key = (path, label_column, src.model)
+        tm = self.tabular(src)
+        # The suite's label_column and id_column are for its CSV files; NPZ files carry their
+        # labels as 'y'. A file without the id_column keeps its row numbers.
+        csv = path.suffix.lower() == ".csv"
+        label_column = src.label_column if csv else None
+        id_column = src.id_column if csv else None
+        key = (path, label_column, id_column, src.model)
         if key not in self._data:
-            self._data[key] = load_data(path, n_features=form.n_features, feature_names=form.feature_names,
-                                        classes=form.classes, label_column=label_column)
+            # a model that reads typed rows gets them typed (ds.frame, ds.X None), as the commands do
+            schema = None if tm is None else [(c.name, c.kind, c.categories) for c in tm.columns]
+            self._data[key] = load_data(path, n_features=None if schema is not None else form.n_features,
+                                        feature_names=form.feature_names, classes=form.classes,
+                                        label_column=label_column, id_column=id_column, schema=schema,
+                                        id_column_optional=True)
         ds = self._data[key]
         if require_labels and ds.y_index is None:
             from ..errors import InputError
@@ -156,7 +174,7 @@ def _run_one(ctx: Context, spec, suite: Suite, t0: float, suite_deadline: Option
     deadlines = [d for d in (suite_deadline, None if spec.time_limit is None else t0 + spec.time_limit) if d is not None]
     check = REGISTRY[spec.kind]()
     form = ctx.model(spec.source)[1]
-    why = check.unsupported(form)
+    why = check.unsupported(form, ctx.tabular(spec.source))
     if why is not None:
         return _failed(why)
     ctx._deadline = min(deadlines) if deadlines else None

@@ -38,20 +38,25 @@ def yaml_scalar(value) -> str:
 def starter_suite(model_path, *, trust: bool = False) -> str:
     from ..io.model_file import load_model
     from ..models import adapt
+    from ..models.tabular import split_tabular
     from .registry import REGISTRY
 
     loaded = load_model(model_path, trust=trust)
     form = adapt(loaded.estimator)
+    tm = split_tabular(loaded.estimator)  # a model that reads typed rows (None: numeric arrays)
     p = Path(model_path)
-    train = _find_data(p, form, "train")
-    test = _find_data(p, form, "test") or train
+    train = _find_data(p, form, "train", tm)
+    test = _find_data(p, form, "test", tm) or train
     label_column = next((d[1] for d in (train, test) if d and d[1]), None)
-    has_proba = bool(form.has_proba)
+    id_column = next((d[3] for d in (train, test) if d and d[3]), None)
+    has_proba = bool(form.has_proba if tm is None else tm.has_proba)
     target = form.classes[-1]
     estimator = form.describe()["estimator"]
+    shown_form = (f"{form.kind} form" if tm is None else
+                  f"reads typed rows, final estimator {getattr(tm.final_form, 'kind', None) or 'not separable'}")
 
     lines = [
-        f"# invaudit audit suite for {p.name} ({estimator}, {form.kind} form).",
+        f"# invaudit audit suite for {p.name} ({estimator}, {shown_form}).",
         "# Paths are relative to this file. Run: invaudit audit THIS.yaml --junit invaudit.xml --json invaudit.json",
         f"model: {yaml_scalar(p.name)}",
         f"sha256: \"{loaded.sha256}\"  # pin: any other version of the file is refused (update it after retraining)",
@@ -67,6 +72,8 @@ def starter_suite(model_path, *, trust: bool = False) -> str:
             lines.append(f"{which}: {yaml_scalar(found[0].name)}")
     if label_column is not None:
         lines.append(f"label_column: {yaml_scalar(label_column)}  # the CSV column with the labels")
+    if id_column is not None:
+        lines.append(f"id_column: {yaml_scalar(id_column)}  # the CSV column naming the rows (not a feature)")
     lines += [f"time_limit: {STARTER_TIME_LIMIT}  # seconds for the whole suite; a check still running then fails "
               "(checks take time_limit: too)",
               "checks:"]
@@ -75,21 +82,30 @@ def starter_suite(model_path, *, trust: bool = False) -> str:
     from ..triage import available_methods
 
     # Each test row costs a network one iterative Hessian solve (seconds on a 5k-parameter MLP).
-    influence_rows = STARTER_ROWS if supports(form) == "logistic" else 3
+    # (a model that reads typed rows: influence is on its final estimator, behind the ColumnTransformer)
+    influence_form = form if tm is None else tm.final_form
+    influence_rows = STARTER_ROWS if influence_form is not None and supports(influence_form) == "logistic" else 3
     # Without a convex objective the methods are in-sample loss and k-fold refits (confidence):
     # the starter takes the one that does not refit the model.
-    mislabel_method = [] if "pruned-loo-loss" in available_methods(form) else [
+    mislabel_method = [] if tm is not None or "pruned-loo-loss" in available_methods(form) else [
         "    method: loss              # in-sample loss; 'confidence' is sharper but refits the model 5 times"]
     test_labels = bool(test and test[2])
     train_labels = bool(train and train[2])
+    # Typed rows: numeric columns in their own units (income next to age) make one epsilon
+    # meaningless; measured in standard deviations of the training rows, they share one scale.
+    typed_scale = (["    scale: std                # numeric columns in standard deviations of the train file"]
+                   if tm is not None and train is not None else [])
+    # Typed rows' explanations are against the typical training row of the other classes.
+    typed_baseline = (["    baseline: zero            # no train file: numeric 0, each category column its first category"]
+                      if tm is not None and train is None else [])
     blocks = {
         "margin": ["  - kind: margin              # adversarial robustness", "    norm: l2",
-                   f"    rows: {STARTER_ROWS}"]
+                   f"    rows: {STARTER_ROWS}"] + typed_scale
         + (["    eps: 0.5                  # robust accuracy at this epsilon ...",
             "    min_robust_accuracy: 0.5  # ... must be at least this"] if test_labels else [])
         + ["    min_margin: 0.0           # no row may sit closer to the boundary than this"],
         "counterfactual": [f"  - kind: counterfactual      # recourse: can rows reach class {yaml_scalar(target)}?",
-                           f"    target: {yaml_scalar(target)}", f"    rows: {STARTER_ROWS}"]
+                           f"    target: {yaml_scalar(target)}", f"    rows: {STARTER_ROWS}"] + typed_scale
         + (["    confidence: 0.5"] if has_proba else [])
         + ["    min_feasible: 0.5         # share of rows with a feasible counterfactual",
            "    time_limit: 300           # seconds for this check"],
@@ -100,7 +116,7 @@ def starter_suite(model_path, *, trust: bool = False) -> str:
                      "    max_suspects: 10          # at most this many rows ...",
                      "    min_score: 5.0            # ... may score above this"] + mislabel_method,
         "explain": ["  - kind: explain             # several sufficient explanations per row",
-                    f"    rows: {STARTER_ROWS}"]
+                    f"    rows: {STARTER_ROWS}"] + typed_baseline
         + (["    confidence: 0.5"] if has_proba else [])
         + ["    min_multiple: 0.5         # share of rows with two or more disjoint explanations"],
     }
@@ -108,7 +124,7 @@ def starter_suite(model_path, *, trust: bool = False) -> str:
              "influence": train_labels and test is not None, "mislabel": train_labels}
     left_out = []
     for kind in ("margin", "counterfactual", "influence", "mislabel", "explain"):
-        why = REGISTRY[kind].unsupported(form)
+        why = REGISTRY[kind].unsupported(form, tm)
         if why is None and not needs[kind]:
             why = f"{kind} needs {'labelled training' if kind in ('influence', 'mislabel') else 'test'} data"
         if why is None:
@@ -118,16 +134,20 @@ def starter_suite(model_path, *, trust: bool = False) -> str:
     return "\n".join(lines + left_out) + "\n"
 
 
-def _find_data(model_path: Path, form, which: str) -> Optional[tuple]:
+def _find_data(model_path: Path, form, which: str, tm=None) -> Optional[tuple]:
     """The data file next to the model most likely meant as its ``which`` ("train" or "test") set:
-    a CSV or NPZ with ``which`` in its name that loads against the model, preferring the longest
-    name shared with the model's. Returns ``(path, label_column or None, has_labels)``."""
+    a CSV or NPZ with ``which`` in its name that loads against the model (with its typed input
+    schema when ``tm``, its :func:`~invaudit.models.tabular.split_tabular` view, is given),
+    preferring the longest name shared with the model's. Returns ``(path, label_column or None,
+    has_labels, id_column or None)``."""
     from ..errors import InvauditError
     from ..io import load_data
 
     folder = model_path.parent
     candidates = [f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in _DATA_SUFFIXES
                   and which in f.stem.lower()] if folder.is_dir() else []
+    schema = None if tm is None else [(c.name, c.kind, c.categories) for c in tm.columns]
+    names = form.feature_names if tm is None else [c.name for c in tm.columns]
 
     def shared(f: Path) -> int:
         n = 0
@@ -138,14 +158,39 @@ def _find_data(model_path: Path, form, which: str) -> Optional[tuple]:
         return n
 
     for f in sorted(candidates, key=lambda f: (-shared(f), f.suffix.lower() != ".csv", f.name)):
-        label_column = _label_column(f, form) if f.suffix.lower() == ".csv" else None
-        try:
-            ds = load_data(f, n_features=form.n_features, feature_names=form.feature_names,
-                           classes=form.classes, label_column=label_column)
-        except (InvauditError, ValueError, OSError):
-            continue
-        return f, label_column, ds.y_index is not None
+        splits = _label_and_id(f, form, names) if f.suffix.lower() == ".csv" else [(None, None)]
+        for label_column, id_column in splits:
+            try:
+                ds = load_data(f, n_features=None if schema is not None else form.n_features,
+                               feature_names=form.feature_names, classes=form.classes,
+                               label_column=label_column, id_column=id_column, schema=schema)
+            except (InvauditError, ValueError, OSError):
+                continue
+            return f, label_column, ds.y_index is not None, id_column
     return None
+
+
+def _label_and_id(path: Path, form, names) -> list:
+    """The ways to read a CSV's columns beyond the features, most likely first, as
+    ``(label_column, id_column)`` pairs (either None): for a model that knows its feature names,
+    one extra column is the labels (or, failing that, row names), two are the labels and an ID
+    column (the label one a conventional name, else the later one); otherwise
+    :func:`_label_column`'s guess."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            header = [h.strip() for h in next(csv.reader(fh), [])]
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return [(None, None)]
+    if names is None:
+        return [(_label_column(path, form), None)]
+    known = {str(n) for n in names}
+    extra = [c for c in header if c not in known]
+    if len(extra) == 1:
+        return [(extra[0], None), (None, extra[0])]
+    if len(extra) == 2:
+        a, b = sorted(extra, key=lambda c: (c.lower() not in _LABEL_NAMES, -header.index(c)))
+        return [(a, b), (b, a)]
+    return [(None, None)]
 
 
 def _label_column(path: Path, form) -> Optional[str]:

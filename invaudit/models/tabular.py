@@ -701,3 +701,77 @@ def dec_scores(dec: LinearDecomposition, x_num: np.ndarray, codes: np.ndarray) -
     for k, off in enumerate(dec.offsets):
         s = s + off[codes[:, k]]
     return s
+
+
+# --- constraints in the user's columns (shared by the CLI and the audit suite) -------------------
+
+def column_list(spec, tm: TabularModel, what: str) -> tuple:
+    """``"age,income"`` -> ``("age", "income")``, every name a column of the model's input;
+    ``what`` names the option in the error (``--immutable``, ``checks[0].immutable``)."""
+    from invaudit.errors import InputError
+
+    if spec is None or not str(spec).strip():
+        return ()
+    names = tm.column_names
+    out = []
+    for part in str(spec).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if part not in names:
+            shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+            raise InputError(f"{what}: '{part}' is not a column of the model's input ({shown}).")
+        out.append(part)
+    return tuple(out)
+
+
+def whole_number_columns(tm: TabularModel, train_frame, exclude=()) -> tuple:
+    """The numeric columns (not in ``exclude``) whose every value in ``train_frame`` is a whole
+    number: kept whole in answers, as integer columns are."""
+    if train_frame is None:
+        return ()
+    out = []
+    for c in tm.columns:
+        if c.kind != "numeric" or c.name in exclude:
+            continue
+        v = np.asarray(train_frame[c.name], dtype=np.float64)
+        v = v[np.isfinite(v)]
+        if v.size and np.all(v == np.round(v)):
+            out.append(c.name)
+    return tuple(out)
+
+
+def numeric_constraints(tm: TabularModel, train_frame, *, scale: str, bounds: str,
+                        option_name=lambda key: f"--{key}", train_hint: str = "--train TRAIN"):
+    """``(bounds, scale)`` dicts for the numeric columns, measured on ``train_frame`` (``None``
+    each where not asked for). ``option_name`` and ``train_hint`` word the error when a
+    training frame is needed but missing."""
+    from invaudit.errors import InputError
+
+    if train_frame is None:
+        if scale != "none":
+            raise InputError(f"{option_name('scale')} {scale} needs {train_hint} (the spread is measured there).")
+        if bounds != "none":
+            raise InputError(f"{option_name('bounds')} data needs {train_hint} (the ranges are taken from it).")
+        return None, None
+    num = [c.name for c in tm.columns if c.kind in ("numeric", "integer")]
+    rng = spread = None
+    if bounds == "data":
+        rng = {}
+        for c in num:
+            v = np.asarray(train_frame[c], dtype=np.float64)
+            v = v[np.isfinite(v)]
+            if v.size:
+                rng[c] = (float(v.min()), float(v.max()))
+    if scale != "none":
+        spread = {}
+        for c in num:
+            v = np.asarray(train_frame[c], dtype=np.float64)
+            v = v[np.isfinite(v)]
+            if scale == "std":
+                s = float(np.std(v)) if v.size else 0.0
+            else:
+                s = float(1.4826 * np.median(np.abs(v - np.median(v)))) if v.size else 0.0
+            # a constant column keeps unit weight rather than an infinite one
+            spread[c] = s if s > 0 and np.isfinite(s) else 1.0
+    return rng, spread
