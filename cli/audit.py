@@ -63,6 +63,9 @@ def audit(
         cached = ctx.model(spec.source)
     model = None if cached is None else {"path": str(spec.source.model), "sha256": cached[0].sha256,
                                          **cached[1].describe()}
+    typed = None if cached is None else ctx.loaded_tabular(spec.source)
+    if typed is not None:
+        model.update(typed.describe())
     params = {"suite": str(suite)}
     if spec.time_limit is not None:
         params["time_limit"] = spec.time_limit

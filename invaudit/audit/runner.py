@@ -74,6 +74,10 @@ class Context:
         self.model(src)
         return self._tabular[(src.model, src.trust or self.trust_all, src.sha256)]
 
+    def loaded_tabular(self, src: Source):
+        """The typed-input view of the model already loaded for ``src`` (None otherwise)."""
+        return self._tabular.get((src.model, src.trust or self.trust_all, src.sha256))
+
     def loaded_model(self, src: Source):
         """The model already loaded for ``src`` (None when no check got that far)."""
         return self._models.get((src.model, src.trust or self.trust_all, src.sha256))
