@@ -105,8 +105,13 @@ def _constraints_for(W, b, x, t, conf, link):
     return cons
 
 
-def ref_l2(W, b, x, t, conf=None, lower=None, upper=None, weights=None, starts=8, seed=0):
-    """min ||w (x' - x)||_2 by SLSQP from several starts; returns the best feasible distance."""
+def ref_l2(W, b, x, t, conf=None, lower=None, upper=None, weights=None, starts=8, seed=0, extra_start=None):
+    """min ||w (x' - x)||_2 by SLSQP from several starts; returns the best feasible distance.
+
+    ``extra_start``: one more start (e.g. the answer under test). Where the problem is convex
+    (a binary model: a half-space and a box), SLSQP from a feasible start converges to the global
+    optimum, so a shorter point found from there refutes the answer; from random starts alone
+    SLSQP sometimes ends infeasible on wide, badly scaled boxes."""
     rng = np.random.default_rng(seed)
     d = len(x)
     w = np.ones(d) if weights is None else weights
@@ -115,15 +120,19 @@ def ref_l2(W, b, x, t, conf=None, lower=None, upper=None, weights=None, starts=8
     if lower is not None:
         bounds = list(zip(lower, upper))
     best = None
-    for s in range(starts):
-        x0 = x + rng.normal(size=d) * (3.0 / w) * (s > 0)
+    x0s = [x + rng.normal(size=d) * (3.0 / w) * (s > 0) for s in range(starts)]
+    if extra_start is not None:
+        x0s.append(np.asarray(extra_start, dtype=np.float64))
+    for x0 in x0s:
         if bounds is not None:
             x0 = np.clip(x0, lower, upper)
         res = minimize(lambda v: 0.5 * np.sum((w * (v - x)) ** 2), x0,
                        jac=lambda v: w * w * (v - x), constraints=cons, bounds=bounds,
                        method="SLSQP", options={"ftol": 1e-15, "maxiter": 1000})
         v = res.x
-        ok = all(c["fun"](v) >= -1e-9 for c in cons)
+        # SLSQP stops up to ~1e-8 outside a curved (log-probability) constraint; a reference that
+        # far outside is at most that much shorter than the optimum, which only makes the test stricter
+        ok = all(c["fun"](v) >= -1e-7 for c in cons)
         if bounds is not None:
             ok &= bool(np.all(v >= lower - 1e-9) and np.all(v <= upper + 1e-9))
         if ok:

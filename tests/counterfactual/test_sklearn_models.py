@@ -57,7 +57,7 @@ def test_breast_cancer_pipeline_l2(cancer, bounded):
     for i in range(3):
         ref = ref_l2(form.W, form.b, rows[i], r.target_index[i], 0.9,
                      None if cons is None else cons.lower[i], None if cons is None else cons.upper[i],
-                     None if cons is None else cons.weights, starts=3)
+                     None if cons is None else cons.weights, starts=3, extra_start=r.x_cf[i])
         assert ref is not None and r.distance[i] <= ref * (1 + 1e-6)
 
 
