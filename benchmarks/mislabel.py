@@ -1,27 +1,42 @@
-"""Mislabel triage benchmark (issue 7): which ranking finds flipped labels first?
+"""Mislabel triage benchmark (issues 7 and 18): which ranking finds flipped labels first?
 
-On each bundled data set (breast cancer, wine, digits from sklearn.datasets, the sample models'
-train split), 10% of the training labels are flipped at random to another class (5 seeds), a
-StandardScaler + LogisticRegression pipeline is refitted on the noisy labels, and each ranking's
-recall within the top 10% is printed: invaudit's methods, cleanlab's ``find_label_issues`` on
-5-fold out-of-sample probabilities (ranked by self-confidence, padded with the remaining rows in
-self-confidence order), in-sample loss and random. Also times invaudit's default ranking of the
-whole digits training set.
+Seven data sets, 5 seeds each (seed s flips the labels with ``numpy.random.default_rng(s)`` and
+seeds the folds), 10% of the training labels flipped, a StandardScaler + LogisticRegression
+pipeline (the audited model) fitted on the noisy labels, recall of the flipped rows within the
+top 10% of each ranking:
 
-cleanlab is a peer, never a dependency: it is imported here if available, or run in another
-interpreter given by ``--peer-python`` (a venv with cleanlab, numpy, scikit-learn)::
+- breast cancer, wine, digits (sklearn.datasets, the sample models' train split);
+- ``clustered``: 4 classes that are unions of 3 clusters each (make_classification, 1,200 rows,
+  20 features), where the linear model is wrong about the data;
+- ``quantiles``: 3 concentric Gaussian shells (make_gaussian_quantiles, 1,000 rows, 6 features),
+  a non-linear boundary no linear model can draw;
+- ``imbalanced``: 1:9 binary classes (make_classification, 2,000 rows, 10 features);
+- ``asymmetric``: 5 classes where every flipped label goes to the next class (c -> c+1), the
+  structured noise of confusable neighbours (make_classification, 1,500 rows, 12 features).
 
-    PYTHONPATH=. python benchmarks/mislabel.py --peer-python /tmp/infl-venv/bin/python
+Peers: cleanlab's ``find_label_issues`` (ranked by self-confidence, padded with the remaining
+rows in self-confidence order) on 5-fold out-of-fold probabilities of the audited model's class
+and of the same reference model invaudit uses (HistGradientBoosting, same folds), in-sample loss,
+and the previous default ``pruned-loo-loss``. invaudit's columns: ``combined`` (the default),
+``knn`` and ``reference`` alone. Then the cost of the whole default ranking on 10,000 rows x 50
+features x 10 classes (wall time, CPU time, peak traced memory, peak RSS).
+
+cleanlab is a peer, never a dependency: ``pip install -e '.[bench]'``, or ``--peer-python`` an
+interpreter that has it::
+
+    OMP_NUM_THREADS=2 PYTHONPATH=. python benchmarks/mislabel.py [--seeds 5] [--datasets a,b]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 import warnings
 from pathlib import Path
 
@@ -30,17 +45,19 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from sklearn.datasets import make_classification, make_gaussian_quantiles  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
-from sklearn.model_selection import StratifiedKFold, cross_val_predict  # noqa: E402
 from sklearn.pipeline import Pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
-from invaudit.models.base import BlackBoxForm  # noqa: E402
-from invaudit.triage import DEFAULT_METHOD, METHODS, rank_mislabels, recall_at  # noqa: E402
+from invaudit.models import adapt  # noqa: E402
+from invaudit.triage import (DEFAULT_METHOD, default_reference, fold_splits, rank_mislabels,  # noqa: E402
+                             recall_at, reference_proba)
 
-DATASETS = ("breast_cancer", "wine", "digits")
-SEEDS = (0, 1, 2, 3, 4)
+DATASETS = ("breast_cancer", "wine", "digits", "clustered", "quantiles", "imbalanced", "asymmetric")
 FRACTION = 0.10
+PEERS = ("cleanlab-model", "cleanlab-reference", "loss", "pruned-loo-loss")
+OURS = ("combined", "knn", "reference")
 
 _PEER = r"""
 import json, sys
@@ -57,27 +74,37 @@ print(json.dumps(out))
 
 
 def load(name):
-    sys.path.insert(0, str(ROOT / "sample_models"))
-    from build import split  # the sample models' fixed split
+    if name in ("breast_cancer", "wine", "digits"):
+        sys.path.insert(0, str(ROOT / "sample_models"))
+        from build import split  # the sample models' fixed split
 
-    _, Xtr, _, ytr, _ = split(name)
-    return Xtr, ytr
+        _, Xtr, _, ytr, _ = split(name)
+        return Xtr, ytr
+    if name == "clustered":
+        return make_classification(n_samples=1200, n_features=20, n_informative=8, n_redundant=4,
+                                   n_classes=4, n_clusters_per_class=3, class_sep=1.0, random_state=0)
+    if name == "quantiles":
+        return make_gaussian_quantiles(n_samples=1000, n_features=6, n_classes=3, random_state=0)
+    if name == "imbalanced":
+        return make_classification(n_samples=2000, n_features=10, n_informative=5, n_redundant=2,
+                                   n_classes=2, weights=[0.9, 0.1], random_state=0)
+    if name == "asymmetric":
+        return make_classification(n_samples=1500, n_features=12, n_informative=6, n_redundant=2,
+                                   n_classes=5, n_clusters_per_class=1, class_sep=1.5, random_state=0)
+    raise ValueError(name)
 
 
 def make_model():
     return Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression(max_iter=5000))])
 
 
-def flip(y, K, rng):
+def flip(y, K, rng, asymmetric=False):
     n = y.size
     rows = rng.choice(n, size=int(round(FRACTION * n)), replace=False)
     noisy = y.copy()
-    noisy[rows] = (y[rows] + rng.integers(1, K, size=rows.size)) % K  # another class, uniformly
+    step = 1 if asymmetric else rng.integers(1, K, size=rows.size)  # another class, uniformly
+    noisy[rows] = (y[rows] + step) % K
     return noisy, np.isin(np.arange(n), rows)
-
-
-def form_of(est, D):
-    return BlackBoxForm(estimator=est, classes=est.classes_, n_features=D)
 
 
 def cleanlab_rankings(jobs, peer_python):
@@ -112,72 +139,104 @@ def pad(issues, proba, labels):
     return np.concatenate([issues, rest[np.argsort(sc, kind="stable")]])
 
 
+def order_of(score):
+    return np.lexsort((np.arange(score.size), -score))
+
+
+def cost(n=10_000, d=50, k=10):
+    """The whole default ranking of ``n`` rows: wall and CPU seconds, peak traced and RSS memory."""
+    X, y = make_classification(n_samples=n, n_features=d, n_informative=20, n_classes=k,
+                               random_state=0)
+    rng = np.random.default_rng(0)
+    noisy, _ = flip(y, k, rng)
+    form = adapt(make_model().fit(X, noisy))
+    tracemalloc.start()
+    t, c = time.perf_counter(), time.process_time()
+    r = rank_mislabels(form, X, noisy, method="auto", seed=0)
+    wall, cpu = time.perf_counter() - t, time.process_time() - c
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"cost: {r.method} on {n:,} rows x {d} features x {k} classes: {wall:.1f} s wall, "
+          f"{cpu:.1f} s CPU, peak traced memory {peak / 2**20:.0f} MiB, peak RSS {rss:.0f} MiB "
+          "(target <= 10 s on 2 cores)")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--peer-python", help="an interpreter with cleanlab installed")
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--datasets", default=",".join(DATASETS))
+    ap.add_argument("--no-cost", action="store_true", help="skip the 10,000-row timing")
     args = ap.parse_args(argv)
     warnings.simplefilter("ignore")
+    names = [s for s in args.datasets.split(",") if s]
+    seeds = tuple(range(args.seeds))
 
-    results = {}  # (dataset, method) -> list of recalls
+    results = {}  # (dataset, column) -> list of recalls
     jobs, truths = {}, {}
-    for name in DATASETS:
+
+    def add(name, col, order, wrong):
+        results.setdefault((name, col), []).append(recall_at(order, wrong, (FRACTION,))[FRACTION])
+
+    for name in names:
         X, y = load(name)
         K = int(y.max()) + 1
-        for seed in SEEDS:
+        t0 = time.perf_counter()
+        for seed in seeds:
             rng = np.random.default_rng(seed)
-            noisy, wrong = flip(y, K, rng)
-            est = make_model().fit(X, noisy)
-            form = form_of(est, X.shape[1])
+            noisy, wrong = flip(y, K, rng, asymmetric=(name == "asymmetric"))
+            form = adapt(make_model().fit(X, noisy))
             from invaudit.influence import build_objective
 
             objective = build_objective(form, X, noisy)
-            for m in METHODS:
-                r = rank_mislabels(form, X, noisy, method=m, objective=objective, seed=seed)
-                results.setdefault((name, m), []).append(recall_at(r.order, wrong, (FRACTION,))[FRACTION])
-            order = rng.permutation(y.size)
-            results.setdefault((name, "random"), []).append(recall_at(order, wrong, (FRACTION,))[FRACTION])
-            oof = cross_val_predict(make_model(), X, noisy, method="predict_proba",
-                                    cv=StratifiedKFold(5, shuffle=True, random_state=seed))
-            tag = f"{name}_{seed}"
-            jobs[tag] = (oof, noisy)
-            truths[tag] = (name, wrong)
+            for m in ("loss", "pruned-loo-loss"):
+                add(name, m, rank_mislabels(form, X, noisy, method=m, objective=objective).order, wrong)
+            comb = rank_mislabels(form, X, noisy, method="combined", objective=objective, seed=seed)
+            add(name, "combined", comb.order, wrong)
+            # the sources alone (same folds and seed as `--method knn` / `--method reference`)
+            for src in ("knn", "reference"):
+                p = comb.source_proba[src]
+                add(name, src, order_of(-np.log(np.clip(p[np.arange(y.size), noisy], 1e-300, 1))), wrong)
+            splits = fold_splits(noisy, K, 5, seed)
+            oof = reference_proba(make_model(), X, noisy, np.arange(K), splits)
+            jobs[f"{name}_{seed}_model"] = (oof, noisy)
+            jobs[f"{name}_{seed}_reference"] = (comb.source_proba["reference"], noisy)
+            truths[f"{name}_{seed}_model"] = (name, "cleanlab-model", wrong)
+            truths[f"{name}_{seed}_reference"] = (name, "cleanlab-reference", wrong)
+        print(f"[{name}: {time.perf_counter() - t0:.0f} s]", file=sys.stderr, flush=True)
 
     cl = cleanlab_rankings(jobs, args.peer_python)
     if cl is not None:
         for tag, issues in cl.items():
-            name, wrong = truths[tag]
-            oof, noisy = jobs[tag]
-            order = pad(issues, oof, noisy)
-            results.setdefault((name, "cleanlab"), []).append(recall_at(order, wrong, (FRACTION,))[FRACTION])
+            name, col, wrong = truths[tag]
+            p, noisy = jobs[tag]
+            add(name, col, pad(issues, p, noisy), wrong)
 
-    columns = list(METHODS) + (["cleanlab"] if cl is not None else []) + ["random"]
-    print(f"recall of flipped labels within the top {FRACTION:.0%} "
-          f"(mean over {len(SEEDS)} seeds; StandardScaler + LogisticRegression)")
-    print(f"{'data set':15s}" + "".join(f"{c:>16s}" for c in columns))
-    means = {c: [] for c in columns}
-    for name in DATASETS:
-        row = f"{name:15s}"
+    peers = [c for c in PEERS if (names[0], c) in results]
+    columns = list(OURS) + peers
+    print(f"recall of flipped labels within the top {FRACTION:.0%} (mean over seeds "
+          f"{', '.join(map(str, seeds))}; audited model StandardScaler + LogisticRegression; "
+          f"reference {type(default_reference(100)).__name__})")
+    print(f"{'data set':14s}" + "".join(f"{c:>19s}" for c in columns) + f"{'best peer':>11s}{'ahead':>8s}{'flips':>7s}")
+    means = {c: [] for c in columns + ["best", "ahead"]}
+    for name in names:
+        row = {c: float(np.mean(results[(name, c)])) for c in columns}
+        best = max(row[c] for c in peers)
+        flips = int(round(FRACTION * load(name)[1].size))
         for c in columns:
-            v = float(np.mean(results[(name, c)]))
-            means[c].append(v)
-            row += f"{v:16.3f}"
-        print(row)
-    print(f"{'mean':15s}" + "".join(f"{np.mean(means[c]):16.3f}" for c in columns))
+            means[c].append(row[c])
+        means["best"].append(best)
+        means["ahead"].append(row["combined"] - best)
+        print(f"{name:14s}" + "".join(f"{row[c]:19.3f}" for c in columns)
+              + f"{best:11.3f}{row['combined'] - best:+8.3f}{flips:7d}")
+    print(f"{'mean':14s}" + "".join(f"{np.mean(means[c]):19.3f}" for c in columns)
+          + f"{np.mean(means['best']):11.3f}{np.mean(means['ahead']):+8.3f}")
     print(f"default method: {DEFAULT_METHOD}")
     if cl is None:
-        print("(cleanlab not available: pass --peer-python)")
-
-    # speed: the default ranking of the whole digits training set, objective build included
-    X, y = load("digits")
-    est = make_model().fit(X, y)
-    form = form_of(est, X.shape[1])
-    best = np.inf
-    for _ in range(3):  # best of 3: the machine may be shared
-        t = time.perf_counter()
-        rank_mislabels(form, X, y, method="auto")
-        best = min(best, time.perf_counter() - t)
-    print(f"digits ({X.shape[0]} rows): whole training set ranked by {DEFAULT_METHOD} in "
-          f"{best:.2f} s (target < 2 s, objective build and refit included)")
+        print("(cleanlab not available: pip install -e '.[bench]' or pass --peer-python)")
+    if not args.no_cost:
+        cost()
     return 0
 
 

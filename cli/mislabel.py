@@ -14,7 +14,7 @@ from invaudit.errors import InputError
 from invaudit.io import write_atomic
 from invaudit.render import Format
 
-from ._common import FormatOpt, JsonOut, IdColumn, LabelColumn, Labels, ModelArg, Run, Seed, Sha256, Trust, note, progress
+from ._common import FormatOpt, JsonOut, IdColumn, LabelColumn, Labels, ModelArg, Run, Seed, Sha256, Trust, note, progress, warn
 
 
 def read_truth(path: Path, n: int) -> np.ndarray:
@@ -42,6 +42,33 @@ def read_truth(path: Path, n: int) -> np.ndarray:
     mask = np.zeros(n, dtype=bool)
     mask[arr] = True
     return mask
+
+
+def load_reference(path: Path, trust: bool):
+    """``--reference``: a scikit-learn classifier, fitted or not (it is cloned and refitted on
+    every fold), read as safely as the model (the allowlist unless ``--trust``)."""
+    from invaudit.io import model_file as mf
+
+    try:
+        loaded = mf.load_model(path, trust=trust)
+        for w in loaded.warnings:
+            warn(w)
+        return loaded.estimator
+    except InputError as exc:
+        if "not a fitted classifier" not in str(exc):
+            raise
+    # An unfitted estimator: the same read and the same unpickler, without the fitted check
+    # (load_model has no mode for a classifier that is about to be refitted anyway).
+    shown = str(path)
+    limit = mf.max_model_bytes()
+    data = mf._read_file(Path(path), shown, limit)
+    est = mf._load_trusted(data, shown) if trust else mf._load_restricted(data, shown, limit)
+    from sklearn.base import is_classifier
+
+    if not (hasattr(est, "fit") and is_classifier(est) and hasattr(est, "predict_proba")):
+        raise InputError(f"--reference {shown} holds {type(est).__name__}, not a scikit-learn "
+                         "classifier with predict_proba.")
+    return est
 
 
 def write_fixed(src: Path, out: Path, label_column: Optional[str], labels_src: Optional[Path], new_labels) -> None:
@@ -102,7 +129,9 @@ def curve_plot(curve: np.ndarray, width: int = 50, height: int = 10) -> str:
 def mislabel(
     model: ModelArg,
     train: Annotated[Path, typer.Argument(metavar="TRAIN", help="The training data with its (possibly wrong) labels.", show_default=False)],
-    method: Annotated[str, typer.Option("--method", help="auto (the benchmark's best), pruned-loo-loss, loo-loss, self-influence, loss, confidence.")] = "auto",
+    method: Annotated[str, typer.Option("--method", help="auto (= pruned-loo-loss, or confidence without a twice-differentiable loss), combined (model + nearest neighbours + a reference model), knn, reference, pruned-loo-loss, loo-loss, self-influence, loss, confidence.")] = "auto",
+    reference: Annotated[Optional[Path], typer.Option("--reference", metavar="MODEL.joblib", help="The reference model of --method reference/combined (fitted or not; refitted out of fold; loaded like MODEL, --trust applies). Default: HistGradientBoosting.")] = None,
+    neighbours: Annotated[int, typer.Option("--neighbours", min=1, help="Neighbours of --method knn/combined.")] = 15,
     top: Annotated[str, typer.Option("--top", metavar="N|all", help="How many suspects to list.")] = "20",
     truth: Annotated[Optional[Path], typer.Option("--truth", metavar="FILE", help="Rows known to be wrong (NPY, or one index per line): report how many the ranking finds.")] = None,
     fix: Annotated[Optional[int], typer.Option("--fix", min=0, metavar="N", help="Relabel the top N suspects to their suggested labels (needs --out).")] = None,
@@ -132,11 +161,12 @@ def mislabel(
         if n_top < 1:
             raise InputError("--top must be at least 1.")
     run = Run("mislabel", model, trust=trust, sha256=sha256)
+    ref_est = load_reference(reference, trust) if reference is not None else None
     ds = run.data(train, label_column=label_column, id_column=id_column, labels=labels, require_labels=True)
     mask = read_truth(truth, ds.n_rows) if truth is not None else None
     with progress("ranking", folds) as update:
         ranking = rank_mislabels(run.form, np.asarray(ds.X, dtype=np.float64), ds.y_index, method=method,
-                                 n_folds=folds, seed=seed, progress=update)
+                                 n_folds=folds, seed=seed, reference=ref_est, k=neighbours, progress=update)
     for n in ranking.notes:
         note(n)
     results = ranking.records(top=n_top)
@@ -152,7 +182,8 @@ def mislabel(
         summary["fixed"] = {"rows": int(fix), "out": str(out)}
         note(f"wrote {out} with the top {fix} labels replaced by their suggestions")
     params = {"method": ranking.method, "top": top, "truth": None if truth is None else str(truth),
-              "fix": fix, "out": None if out is None else str(out), "folds": folds, "seed": seed}
+              "fix": fix, "out": None if out is None else str(out), "folds": folds, "seed": seed,
+              "reference": None if reference is None else str(reference), "neighbours": neighbours}
     run.emit(params=params, results=results, summary=summary, fmt=format, json_path=json)
 
 

@@ -46,11 +46,11 @@ def capabilities(form) -> list:
         exact = "yes" if k in ("linear", "invertible-linear") else "no"
         caps.append(Capability("influence", "yes", exact,
                                "Koh & Liang influence with a leverage correction, one solve per test row"))
-        caps.append(Capability("mislabel", "yes", "-", "pruned approximate leave-one-out loss, self-influence, loss, confidence"
+        caps.append(Capability("mislabel", "yes", "-", "pruned approximate leave-one-out loss (default), self-influence, loss, confidence; combined, knn, reference"
                                if k != "differentiable" else "loss and out-of-sample confidence (no self-influence for networks)"))
     else:
         caps.append(Capability("influence", "no", "-", "needs a twice-differentiable loss (LogisticRegression, MLPClassifier)"))
-        caps.append(Capability("mislabel", "yes", "-", "loss and out-of-sample confidence only (no twice-differentiable loss)"))
+        caps.append(Capability("mislabel", "yes", "-", "out-of-sample confidence (default), loss; combined, knn, reference (no twice-differentiable loss)"))
     caps.append(Capability("explain", "yes", "no", "causal responsibility and multiple sufficient explanations (MultiReX); sufficiency verified"))
     return caps
 

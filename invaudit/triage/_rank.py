@@ -33,7 +33,37 @@ Methods
     many rows with the highest leave-one-out loss are set aside; (3) the model is refitted once
     without them (preprocessing fixed); (4) every row is scored by its out-of-sample loss under
     that model: exactly for the rows set aside, by approximate leave-one-out for the others.
-    The benchmark (benchmarks/mislabel.py) shows it best on every bundled data set.
+    The best *model-based* method in the benchmark, and the ``model`` source of ``combined``.
+``knn``
+    Out-of-fold label agreement of the row's nearest training rows, in the model's own
+    (scaled) input space: :func:`invaudit.triage._sources.knn_proba`. Score ``-log p(given)``.
+``reference``
+    Out-of-fold probabilities of a flexible reference model (HistGradientBoosting, or the
+    user's own estimator, cloned and refitted per fold): :func:`~._sources.reference_proba`.
+    Score ``-log p(given)``.
+``combined`` (the default)
+    A model can only find the wrong labels its assumptions let it see (issue 18: on classes
+    that are unions of clusters, a linear model's ranking is barely better than its in-sample
+    loss). ``combined`` asks three sources that fail in different ways: the model (``pruned-
+    loo-loss`` where the model has a convex loss, else its ``confidence`` refits), the
+    neighbours (``knn``) and a flexible model (``reference``). Each gives out-of-sample class
+    probabilities ``P_s``; they are pooled as the mixture ``P = sum_s w_s P_s`` whose weights
+    maximise the likelihood of the given labels (EM, :func:`~._sources.mixture_weights`).
+    Nothing is tuned on the benchmark: the weights come from the data in hand, and since
+    every ``P_s`` is out of sample and a flipped label costs every source alike, a source
+    earns weight only by predicting the labels that are right (a linear model on clustered
+    classes gets little, the same model on linearly separable classes most). Then, for the
+    reason behind ``pruned-loo-loss`` (wrong labels pull whatever is fitted to them towards
+    themselves), ``knn`` and ``reference`` are asked a second time with every row weighted by
+    ``P(given)``, the mixture's probability that its label is right (one EM step of a
+    label-noise model): a flipped row barely votes for its neighbours and barely pulls the
+    refits. Soft weights rather than setting suspects aside, because confident learning's
+    count of suspects is far too high where the probabilities are soft (a non-linear
+    boundary), and dropping hundreds of right labels near the boundary costs more than it
+    saves. A reference model that takes no sample weights gets the flagged rows set aside
+    instead. The weights are then re-estimated and ``P`` recomputed. The score
+    is ``-log P(given)``, each source's own ``-log P_s(given)`` is reported beside it
+    (``sources``), and the suggested label is ``argmax P``.
 """
 
 from __future__ import annotations
@@ -46,15 +76,21 @@ import numpy as np
 from invaudit.errors import InputError, UnsupportedModelError
 from invaudit.models.base import ModelForm, class_indices, to_jsonable
 
+from . import _sources
+
 __all__ = ["METHODS", "DEFAULT_METHOD", "FALLBACK_METHOD", "MislabelRanking", "rank_mislabels",
            "recall_at", "found_curve", "truth_mask", "available_methods"]
 
-METHODS = ("pruned-loo-loss", "loo-loss", "self-influence", "loss", "confidence")
+METHODS = ("combined", "knn", "reference", "pruned-loo-loss", "loo-loss", "self-influence", "loss",
+           "confidence")
 #: Needs the Hessian of a convex, twice-differentiable objective (logistic regression).
 _OBJECTIVE_METHODS = ("pruned-loo-loss", "loo-loss", "self-influence")
-#: The best method on the bundled data sets (benchmarks/mislabel.py; see the README).
+#: Evidence that does not come from the audited model: every form gets them.
+_MODEL_FREE_METHODS = ("combined", "knn", "reference")
+#: The best method on the benchmark's data sets (benchmarks/mislabel.py; see the README).
 DEFAULT_METHOD = "pruned-loo-loss"
-#: The default for models without a twice-differentiable loss.
+#: The default for models without a twice-differentiable loss (its ``model`` source is then
+#: ``confidence``).
 FALLBACK_METHOD = "confidence"
 
 
@@ -75,14 +111,26 @@ class MislabelRanking:
     exact: bool
     classes: np.ndarray = field(repr=False)
     notes: tuple = ()
+    #: per-source scores (``-log p(given)`` under each source), each ``(n,)``; ``combined`` only
+    sources: dict = field(default_factory=dict, repr=False)
+    #: the mixture weight of each source (``combined``)
+    weights: dict = field(default_factory=dict)
+    #: each source's ``(n, K)`` probabilities asked alone (before any row was set aside): what
+    #: ``--method knn`` / ``reference`` with the same folds and seed would use
+    source_proba: dict = field(default_factory=dict, repr=False)
 
     def records(self, top: Optional[int] = None) -> list[dict]:
         """DESIGN.md's mislabel results, most suspect first (``top=None``: every row)."""
         rows = self.order if top is None else self.order[:max(0, int(top))]
-        return [{"train_row": int(i), "score": float(self.score[i]),
-                 "given_label": to_jsonable(self.classes[self.given[i]]),
-                 "suggested_label": to_jsonable(self.classes[self.suggested[i]])}
-                for i in rows]
+        out = [{"train_row": int(i), "score": float(self.score[i]),
+                "given_label": to_jsonable(self.classes[self.given[i]]),
+                "suggested_label": to_jsonable(self.classes[self.suggested[i]])}
+               for i in rows]
+        if self.sources:
+            cols = {name: np.asarray(v, dtype=np.float64)[rows] for name, v in self.sources.items()}
+            for j, r in enumerate(out):
+                r["sources"] = {name: float(v[j]) for name, v in cols.items()}
+        return out
 
     def fixed_labels(self, n: int) -> np.ndarray:
         """Class indices with the ``n`` most suspect rows relabelled to their suggestion."""
@@ -100,6 +148,8 @@ class MislabelRanking:
         found after checking each fraction of the data)."""
         d = {"method": self.method, "exact": bool(self.exact), "n_rows": int(self.order.size),
              "notes": list(self.notes)}
+        if self.weights:
+            d["source_weights"] = {k: float(v) for k, v in self.weights.items()}
         if truth is not None:
             truth = np.asarray(truth, dtype=bool)
             d["n_wrong"] = int(truth.sum())
@@ -114,7 +164,7 @@ def available_methods(form: ModelForm) -> tuple:
 
     if supports(form) == "logistic":
         return METHODS
-    return ("loss", "confidence")
+    return _MODEL_FREE_METHODS + ("loss", "confidence")
 
 
 def _why_not(form) -> str:
@@ -125,7 +175,7 @@ def _why_not(form) -> str:
 
 
 def rank_mislabels(form: ModelForm, X, y, *, method: str = "auto", objective=None,
-                   n_folds: int = 5, seed: int = 0,
+                   n_folds: int = 5, seed: int = 0, reference=None, k: int = _sources.DEFAULT_K,
                    progress: Optional[Callable[[int, int], None]] = None) -> MislabelRanking:
     """Score every training row by how likely its label is wrong.
 
@@ -135,12 +185,18 @@ def rank_mislabels(form: ModelForm, X, y, *, method: str = "auto", objective=Non
         The model (any form; the objective methods need LogisticRegression).
     X : (n, D) training rows in input units.
     y : (n,) given labels as class indices.
-    method : one of :data:`METHODS`, or ``"auto"``: :data:`DEFAULT_METHOD` where available,
-        :data:`FALLBACK_METHOD` otherwise.
+    method : one of :data:`METHODS`, or ``"auto"``: :data:`DEFAULT_METHOD` (``pruned-loo-loss``; for
+        models without a twice-differentiable loss :data:`FALLBACK_METHOD`, ``confidence``).
+        ``combined`` is opt-in until it meets its cost and recall targets (README).
     objective : an :class:`~invaudit.influence.Objective` already built for these rows
         (reused, so influence and triage share one factorisation); built here if needed.
-    n_folds, seed : the k-fold refits of ``confidence``.
-    progress : ``progress(done, total)`` after each refit of ``confidence``.
+    n_folds, seed : the folds of ``confidence``, ``knn`` and ``reference`` (one set of
+        stratified folds, shuffled with ``seed``; the default reference model is seeded too).
+    reference : the reference model of ``reference`` and ``combined``: any scikit-learn
+        classifier with ``predict_proba``, fitted or not (it is cloned and refitted on every
+        fold); default :func:`~._sources.default_reference` (HistGradientBoosting).
+    k : neighbours of ``knn``.
+    progress : ``progress(done, total)`` after each refit.
 
     Raises
     ------
@@ -167,11 +223,16 @@ def rank_mislabels(form: ModelForm, X, y, *, method: str = "auto", objective=Non
     if method not in avail:
         raise UnsupportedModelError(
             f"--method {method} needs LogisticRegression (optionally after preprocessing); "
-            f"{_why_not(form)}, so it gets {' and '.join(avail)}."
+            f"{_why_not(form)}, so it gets {', '.join(avail[:-1])} and {avail[-1]}."
         )
-    if avail != METHODS:
-        notes.append(f"{_why_not(form)}: only loss and confidence are available")
+    if avail != METHODS and method not in _MODEL_FREE_METHODS:
+        notes.append(f"{_why_not(form)}: only loss, confidence and the model-free methods "
+                     "(combined, knn, reference) are available")
 
+    if method in _MODEL_FREE_METHODS:
+        return _rank_with_sources(form, X, y, method, objective=objective, n_folds=n_folds,
+                                  seed=seed, reference=reference, k=k, progress=progress,
+                                  notes=notes)
     if method in _OBJECTIVE_METHODS:
         if objective is None:
             from invaudit.influence import build_objective
@@ -211,18 +272,130 @@ def rank_mislabels(form: ModelForm, X, y, *, method: str = "auto", objective=Non
                            exact=exact, classes=np.asarray(form.classes), notes=tuple(notes))
 
 
-def _pruned(objective, loo_loss, loo_proba, y, est):
-    """Steps (2)-(4) of ``pruned-loo-loss`` (see the module docstring)."""
-    n, K = loo_proba.shape
-    n_suspects = int(np.sum(confident_learning_score(loo_proba, y) >= 1.0))
-    order = np.lexsort((np.arange(n), -loo_loss))
-    # never set aside so many rows of a class that fewer than two remain
+def _log_loss(proba: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return -np.log(np.clip(proba[np.arange(y.size), y], 1e-300, 1.0))
+
+
+def _model_evidence(form, X, y, *, objective, n_folds, seed, progress, notes):
+    """The audited model's own out-of-sample probabilities: ``pruned-loo-loss``'s where the
+    model has a convex loss, else ``confidence``'s k-fold refits; None without predict_proba."""
+    if "pruned-loo-loss" in available_methods(form):
+        if objective is None:
+            from invaudit.influence import build_objective
+
+            objective = build_objective(form, X, y)
+        est = "leverage-corrected" if "leverage-corrected" in objective.estimates else "first-order"
+        _, proba, n_pruned = _pruned(objective, objective.loo_losses(est), objective.loo_proba(est),
+                                     y, est)
+        notes.append(f"model source: pruned approximate leave-one-out ({n_pruned} suspects set "
+                     "aside and the model refitted once)")
+        return proba
+    if not form.has_proba:
+        notes.append("model source skipped: the model has no predict_proba")
+        return None
+    notes.append(f"model source: out-of-fold probabilities of {n_folds} refits of the model")
+    return out_of_fold_proba(form, X, y, n_folds=n_folds, seed=seed, progress=progress)
+
+
+def _rank_with_sources(form, X, y, method, *, objective, n_folds, seed, reference, k, progress,
+                       notes) -> MislabelRanking:
+    """``knn``, ``reference`` and ``combined`` (see the module docstring)."""
+    n, K = X.shape[0], len(form.classes)
+    classes = np.asarray(form.classes)
+    splits = _sources.fold_splits(y, K, n_folds, seed)
+    ref = reference if reference is not None else _sources.default_reference(n, seed)
+    ref_name = type(ref).__name__
+    use_model = method == "combined"
+    refits = (2 * len(splits) if method == "combined" else len(splits)) if method != "knn" else 0
+    done = [0]
+    total = refits + (n_folds if use_model and "pruned-loo-loss" not in available_methods(form)
+                      and form.has_proba else 0)
+
+    def tick(*_):
+        done[0] += 1
+        if progress is not None:
+            progress(min(done[0], max(total, 1)), max(total, 1))
+
+    Z, space = _sources.model_space(form, X)
+    probas: dict = {}
+
+    def ask(trust=None):
+        """The model-free sources; with ``trust`` (per row, the probability that its label is
+        right) each row votes and is fitted with that weight. A reference model without
+        sample weights gets only the rows confident learning does not flag."""
+        if method in ("combined", "knn"):
+            probas["knn"] = _sources.knn_proba(Z, y, K, splits, k=k, weights=trust)
+        if method in ("combined", "reference"):
+            if trust is None or _sources.sample_weight_param(ref) is not None:
+                probas["reference"] = _sources.reference_proba(ref, X, y, classes, splits,
+                                                               progress=tick, sample_weight=trust)
+            else:
+                keep = np.ones(n, dtype=bool)
+                keep[_suspects(P, y)] = False
+                notes.append(f"{ref_name} takes no sample weights: refitted without the "
+                             f"{n - keep.sum()} rows confident learning flags instead")
+                sp = [(tr[keep[tr]], te) for tr, te in splits]
+                probas["reference"] = _sources.reference_proba(ref, X, y, classes, sp, progress=tick)
+
+    if use_model:
+        pm = _model_evidence(form, X, y, objective=objective, n_folds=n_folds, seed=seed,
+                             progress=tick, notes=notes)
+        if pm is not None:
+            probas["model"] = pm
+    ask()
+    if method in ("combined", "knn"):
+        notes.append(f"knn source: labels of the {k} nearest rows outside each row's fold "
+                     f"({n_folds} folds, seed {seed}), on {space}")
+    if method in ("combined", "reference"):
+        notes.append(f"reference source: out-of-fold probabilities of {n_folds} refits of "
+                     f"{ref_name}{' (the default reference)' if reference is None else ''}")
+    weights: dict = {}
+    alone = dict(probas)
+    if method == "combined":
+        names = list(probas)
+        P, w = _sources.combine([probas[s] for s in names], y)
+        ask(P[np.arange(n), y])
+        P, w = _sources.combine([probas[s] for s in names], y)
+        notes.append("knn and reference asked again with every row weighted by the mixture's "
+                     "probability that its label is right")
+        weights = dict(zip(names, (float(v) for v in w)))
+        notes.append("combined: mixture of the sources' probabilities, weights maximising the "
+                     "likelihood of the given labels: "
+                     + ", ".join(f"{s} {v:.2f}" for s, v in weights.items()))
+    else:
+        P = probas[method]
+    score = _log_loss(P, y)
+    order = np.lexsort((np.arange(n), -score))
+    suggested = np.argmax(P, axis=1).astype(np.intp)
+    sources = {s: _log_loss(p, y) for s, p in probas.items()} if method == "combined" else {}
+    # the model source of ``combined`` is approximate leave-one-out where the model has a convex
+    # loss: the mixture is then no more exact than it
+    exact = not (method == "combined" and "pruned-loo-loss" in available_methods(form))
+    return MislabelRanking(order=order, score=score, given=y, suggested=suggested, method=method,
+                           exact=exact, classes=classes, notes=tuple(notes), sources=sources,
+                           weights=weights, source_proba=alone)
+
+
+def _suspects(P, y, score=None) -> np.ndarray:
+    """Confident learning's count of wrong labels on ``P`` (the off-diagonal of the confident
+    joint), that many rows of highest ``-log P(given)``, never leaving a class fewer than two
+    rows: the rows set aside by ``pruned-loo-loss`` and ``combined``."""
+    n, K = P.shape
+    n_suspects = int(np.sum(confident_learning_score(P, y) >= 1.0))
+    score = _log_loss(P, y) if score is None else score
+    order = np.lexsort((np.arange(n), -score))
     counts = np.bincount(y, minlength=K)
     cls = y[order]
     onehot = np.eye(K, dtype=np.int64)[cls]
     seen = np.cumsum(onehot, axis=0)[np.arange(n), cls]
     allowed = order[seen <= counts[cls] - 2]
-    suspects = np.sort(allowed[:n_suspects])
+    return np.sort(allowed[:n_suspects])
+
+
+def _pruned(objective, loo_loss, loo_proba, y, est):
+    """Steps (2)-(4) of ``pruned-loo-loss`` (see the module docstring)."""
+    n, K = loo_proba.shape
+    suspects = _suspects(loo_proba, y, loo_loss)
     if suspects.size == 0:
         return loo_loss, loo_proba, 0
     clean = objective.refitted(suspects)

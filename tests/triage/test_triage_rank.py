@@ -113,7 +113,8 @@ def test_every_method_ranks_every_row_once_and_finds_flipped_labels(method):
     np.testing.assert_array_equal(np.sort(r.order), np.arange(150))
     assert np.all(np.diff(r.score[r.order]) <= 0)
     recs = r.records()
-    assert len(recs) == 150 and set(recs[0]) == {"train_row", "score", "given_label", "suggested_label"}
+    required = {"train_row", "score", "given_label", "suggested_label"}
+    assert len(recs) == 150 and set(recs[0]) == required | ({"sources"} if method == "combined" else set())
     assert len(r.records(top=5)) == 5
     random_recall = 0.1
     assert recall_at(r.order, wrong, (0.1,))[0.1] > 3 * random_recall
@@ -125,8 +126,9 @@ def test_every_method_ranks_every_row_once_and_finds_flipped_labels(method):
 def test_default_method_and_refit_reuse():
     X, y, noisy, wrong = _data(n=150, k=3, seed=8)
     est, form = _fit(LogisticRegression(), X, noisy)
-    r = rank_mislabels(form, X, noisy)
-    assert r.method == DEFAULT_METHOD == "pruned-loo-loss" and not r.exact
+    assert DEFAULT_METHOD == "pruned-loo-loss"
+    r = rank_mislabels(form, X, noisy, method="pruned-loo-loss")
+    assert r.method == "pruned-loo-loss" and not r.exact
     assert any("set aside" in n for n in r.notes)
     # the suspects (confident learning's count, highest leave-one-out loss first) are scored by
     # a model refitted without them
@@ -143,9 +145,13 @@ def test_default_method_and_refit_reuse():
 def test_models_without_a_twice_differentiable_loss_get_loss_and_confidence():
     X, y, noisy, wrong = _data(n=90, k=3, seed=9)
     est, form = _fit(DecisionTreeClassifier(max_depth=3, random_state=0), X, noisy)
-    r = rank_mislabels(form, X, noisy)
+    r = rank_mislabels(form, X, noisy, method="confidence")
     assert r.method == "confidence"
-    assert any("only loss and confidence" in n for n in r.notes)
+    assert any("only loss, confidence" in n for n in r.notes)
+    assert rank_mislabels(form, X, noisy).method == "confidence"  # the default without a convex loss
+    r = rank_mislabels(form, X, noisy, method="combined",
+                       reference=DecisionTreeClassifier(max_depth=3, random_state=0))
+    assert r.method == "combined" and any("model source: out-of-fold" in n for n in r.notes) and r.exact
     assert rank_mislabels(form, X, noisy, method="loss").method == "loss"
     with pytest.raises(UnsupportedModelError, match="loss and confidence"):
         rank_mislabels(form, X, noisy, method="self-influence")
