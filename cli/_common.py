@@ -77,7 +77,7 @@ class Bounds(str, Enum):
 
 
 # Commands that answer in the user's own typed columns for a ColumnTransformer pipeline.
-TYPED_ROW_COMMANDS = ("counterfactual", "margin", "influence", "explain")
+TYPED_ROW_COMMANDS = ("counterfactual", "margin", "influence", "explain", "mislabel")
 # Commands whose answers are points or perturbations of the rows (meaningless on category codes).
 NUMERIC_ANSWER_COMMANDS = ("counterfactual", "margin", "explain")
 

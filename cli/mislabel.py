@@ -164,8 +164,10 @@ def mislabel(
     ref_est = load_reference(reference, trust) if reference is not None else None
     ds = run.data(train, label_column=label_column, id_column=id_column, labels=labels, require_labels=True)
     mask = read_truth(truth, ds.n_rows) if truth is not None else None
+    form, X = (_encoded_rows(run, ds) if run.tabular is not None
+               else (run.form, np.asarray(ds.X, dtype=np.float64)))
     with progress("ranking", folds) as update:
-        ranking = rank_mislabels(run.form, np.asarray(ds.X, dtype=np.float64), ds.y_index, method=method,
+        ranking = rank_mislabels(form, X, ds.y_index, method=method,
                                  n_folds=folds, seed=seed, reference=ref_est, k=neighbours, progress=update)
     for n in ranking.notes:
         note(n)
@@ -185,6 +187,20 @@ def mislabel(
               "fix": fix, "out": None if out is None else str(out), "folds": folds, "seed": seed,
               "reference": None if reference is None else str(reference), "neighbours": neighbours}
     run.emit(params=params, results=results, summary=summary, fmt=format, json_path=json)
+
+
+def _encoded_rows(run, ds):
+    """(final form, encoded rows) for a model that reads typed rows: the ranking is about the final
+    estimator on what its ColumnTransformer makes of the rows (refits keep the transformer fixed)."""
+    from invaudit.errors import UnsupportedModelError
+
+    tm = run.tabular
+    if tm.preprocessor is None or tm.final_form is None:
+        raise UnsupportedModelError(
+            f"mislabel needs a ColumnTransformer in front of the final estimator to rank typed rows; "
+            f"{run.model_info['estimator']} has none it can read.")
+    note("the ColumnTransformer stays fixed; rows are scored by the final estimator and its refits")
+    return tm.final_form, tm.encoded(ds.frame)
 
 
 def register(app) -> None:

@@ -343,7 +343,12 @@ class MislabelCheck(Check):
         _, form = ctx.model(spec.source)
         p = spec.params
         tr = ctx.data(spec.source, "train", require_labels=True)
-        ranking = rank_mislabels(form, np.asarray(tr.X, dtype=np.float64), tr.y_index,
+        tm = ctx.tabular(spec.source)
+        if tm is not None:  # typed rows: the final estimator on the ColumnTransformer's output
+            form, X = tm.final_form, tm.encoded(tr.frame)
+        else:
+            X = np.asarray(tr.X, dtype=np.float64)
+        ranking = rank_mislabels(form, X, tr.y_index,
                                  method=p.get("method", "auto"), seed=int(p.get("seed", 0)), progress=ctx.tick)
         ctx.tick()
         above = ranking.order[ranking.score[ranking.order] > p["min_score"]]

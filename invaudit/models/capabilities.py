@@ -78,7 +78,18 @@ def tabular_capabilities(tm, typed_commands=("counterfactual", "margin")) -> lis
     caps.append(Capability("explain", "yes", "no",
                            "MultiReX on the input columns (a categorical column is one part); baseline: per row the "
                            "typical --train row of the other classes; sufficiency verified with the model's predict"))
+    encoded = tm.final_form is not None and tm.preprocessor is not None
+    if encoded:
+        caps.append(Capability("mislabel", "yes", "-",
+                               "the final estimator's rankings on the ColumnTransformer's output (it stays fixed): "
+                               + ("pruned approximate leave-one-out loss (default)" if kind == "logistic"
+                                  else "out-of-sample confidence (default)") + "; combined, knn, reference"))
     for cmd in COMMANDS:
-        if cmd not in typed_commands and cmd != "explain" and not (cmd == "influence" and kind is not None):
-            caps.append(Capability(cmd, "not yet", "-", "not available for models whose input has typed columns"))
-    return caps
+        if cmd in ("counterfactual", "margin", "explain") or (cmd == "influence" and kind is not None) \
+                or (cmd == "mislabel" and encoded):
+            continue
+        why = ("needs a ColumnTransformer in front of the final estimator" if not encoded
+               else "needs a final estimator with a twice-differentiable loss (LogisticRegression, MLPClassifier)")
+        caps.append(Capability(cmd, "no", "-", why))
+    order = {c: i for i, c in enumerate(COMMANDS)}
+    return sorted(caps, key=lambda c: order[c.command])

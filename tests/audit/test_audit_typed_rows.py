@@ -1,7 +1,7 @@
 """The audit suite on a model that reads typed rows (issue 13, item 5): the bundled credit sample,
 a ColumnTransformer pipeline with string categories and an ID column. Each check's value must be
-what the corresponding command reports for the same rows and options; mislabel (not available for
-typed rows yet) is one failed check with the reason; ``--init`` writes a suite that runs."""
+what the corresponding command reports for the same rows and options; ``--init`` writes a suite
+that runs."""
 
 from __future__ import annotations
 
@@ -63,20 +63,20 @@ def test_suite_checks_match_the_commands_on_typed_rows(invaudit, credit, validat
     suite = credit / "suite.yaml"
     suite.write_text(SUITE)
     run = invaudit("audit", suite, "--format", "json")
-    assert run.code == 1, run.err  # the mislabel check fails; everything else passes
+    assert run.code == 0, run.err
     report = validate(run.json())
     checks = _by_kind(report)
-    for kind in ("margin", "counterfactual", "influence", "explain"):
+    for kind in ("margin", "counterfactual", "influence", "explain", "mislabel"):
         assert checks[kind]["passed"] is True, (kind, checks[kind]["details"])
-
-    # mislabel: not available for typed rows yet -> a failed check that says so, not an abort
-    ml = checks["mislabel"]
-    assert ml["passed"] is False and ml["value"] is None
-    assert "mislabel is not available" in ml["details"]["reason"] and "typed" in ml["details"]["reason"]
 
     common = ["--label-column", "approved", "--id-column", "customer", "--format", "json"]
     data, train, rows = credit / "credit_test.csv", credit / "credit_train.csv", f"0-{ROWS - 1}"
     model = credit / "credit_logreg.joblib"
+
+    # mislabel: the rows scoring above min_score are the command's own ranking's
+    ml = invaudit("mislabel", model, train, "--top", "all", *common).json()
+    above = [r["train_row"] for r in ml["results"] if r["score"] > 5.0]
+    assert checks["mislabel"]["value"] == len(above) and checks["mislabel"]["details"]["suspects"] == above[:20]
 
     # margin: the certified minimum (exact margin, else its lower bound) and robust accuracy
     m = invaudit("margin", model, data, "--train", train, "--scale", "std", "--rows", rows, "--eps", "0.5", *common)
@@ -137,8 +137,8 @@ def test_init_round_trip_on_a_typed_row_sample(invaudit, credit, validate):
     assert doc["label_column"] == "approved" and doc["id_column"] == "customer"
     assert doc["train"] == "credit_train.csv" and doc["test"] == "credit_test.csv"
     kinds = [c["kind"] for c in doc["checks"]]
-    assert kinds == ["margin", "counterfactual", "influence", "explain"]
-    assert "# not included: mislabel" in r.out
+    assert kinds == ["margin", "counterfactual", "influence", "mislabel", "explain"]
+    assert "# not included" not in r.out
     suite = credit / "credit.audit.yaml"
     suite.write_text(r.out)
     out = credit / "report.json"
