@@ -275,6 +275,25 @@ def check_out_path(path: Optional[Path], allowed=(".csv", ".npy")) -> None:
         raise InputError(f"--out {path}: the folder {parent} does not exist or is not writable.")
 
 
+def counterfactual_summary(results: list) -> dict:
+    """The counterfactual report's summary, from its records (numeric and typed rows alike)."""
+    from invaudit.counterfactual.solve import EXACT_MEANS
+
+    status = [r["status"] for r in results]
+    found = [r for r in results if r["status"] == "found"]
+    dist = [r["distance"] for r in found if r["distance"] is not None]
+    return {
+        "rows": len(results),
+        "found": status.count("found"),
+        "already_target": status.count("already-target"),
+        "infeasible": status.count("infeasible"),
+        "failed": status.count("failed"),
+        "exact": sum(bool(r["exact"]) for r in found),
+        "exact_means": EXACT_MEANS,
+        "median_distance": float(np.median(dist)) if dist else None,
+    }
+
+
 def warn(message: str) -> None:
     err_console.print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)
 

@@ -18,7 +18,7 @@ from invaudit.models.tabular import column_list as _column_list
 from invaudit.models.tabular import numeric_constraints as _numeric_constraints
 from invaudit.models.tabular import whole_number_columns
 
-from ._common import note
+from ._common import counterfactual_summary, note
 
 
 def column_list(spec: Optional[str], tm, what: str) -> tuple:
@@ -67,19 +67,15 @@ def write_points(path: Path, points, ids, id_name: Optional[str], rows, keep, in
     return int(keep.sum())
 
 
-def counterfactual_summary(results: list) -> dict:
-    status = [r["status"] for r in results]
-    found = [r for r in results if r["status"] == "found"]
-    dist = [r["distance"] for r in found if r["distance"] is not None]
-    return {
-        "rows": len(results),
-        "found": status.count("found"),
-        "already_target": status.count("already-target"),
-        "infeasible": status.count("infeasible"),
-        "failed": status.count("failed"),
-        "exact": sum(bool(r["exact"]) for r in found),
-        "median_distance": float(np.median(dist)) if dist else None,
-    }
+def _options(tm, train_ds, *, scale, bounds, immutable, increase_only, decrease_only, integer, categorical_cost,
+             seed) -> dict:
+    """The constraint flags as the typed solvers' keyword arguments (one place for both commands)."""
+    rng, spread = numeric_constraints(tm, train_ds, scale=scale, bounds=bounds)
+    return dict(immutable=column_list(immutable, tm, "--immutable"),
+                increase_only=column_list(increase_only, tm, "--increase-only"),
+                decrease_only=column_list(decrease_only, tm, "--decrease-only"),
+                integer=integer_columns(integer, tm, train_ds), bounds=rng, scale=spread,
+                categorical_cost=categorical_cost, seed=seed)
 
 
 def run_counterfactual(run, ds, train_ds, *, rows, target, confidence, norm, scale, bounds, immutable,
@@ -88,20 +84,15 @@ def run_counterfactual(run, ds, train_ds, *, rows, target, confidence, norm, sca
     from invaudit.counterfactual.tabular import tabular_counterfactuals
 
     tm = run.tabular
-    rng, spread = numeric_constraints(tm, train_ds, scale=scale, bounds=bounds)
+    opts = _options(tm, train_ds, scale=scale, bounds=bounds, immutable=immutable, increase_only=increase_only,
+                    decrease_only=decrease_only, integer=integer, categorical_cost=categorical_cost, seed=seed)
     frame = ds.frame.iloc[rows].reset_index(drop=True)
-    integers = integer_columns(integer, tm, train_ds)
-    res = tabular_counterfactuals(
-        tm, frame, target=target, confidence=confidence, norm=norm,
-        immutable=column_list(immutable, tm, "--immutable"),
-        increase_only=column_list(increase_only, tm, "--increase-only"),
-        decrease_only=column_list(decrease_only, tm, "--decrease-only"),
-        integer=integers, bounds=rng, scale=spread, categorical_cost=categorical_cost, seed=seed)
+    res = tabular_counterfactuals(tm, frame, target=target, confidence=confidence, norm=norm, **opts)
     update(len(rows), len(rows))
     results = res.records(tm.classes, rows)
     if out is not None:
         keep = np.asarray(res.status) == "found"
-        k = write_points(out, res.points, ds.ids, id_column, rows, keep, integers)
+        k = write_points(out, res.points, ds.ids, id_column, rows, keep, opts["integer"])
         note(f"wrote {k} counterfactual row(s) to {out}")
     return results, counterfactual_summary(results)
 
@@ -113,21 +104,16 @@ def run_margin(run, ds, train_ds, *, rows, norm, scale, bounds, immutable, incre
     from invaudit.margins._tabular import tabular_margins
 
     tm = run.tabular
-    rng, spread = numeric_constraints(tm, train_ds, scale=scale, bounds=bounds)
+    opts = _options(tm, train_ds, scale=scale, bounds=bounds, immutable=immutable, increase_only=increase_only,
+                    decrease_only=decrease_only, integer=integer, categorical_cost=categorical_cost, seed=seed)
     frame = ds.frame.iloc[rows].reset_index(drop=True)
     y_index = None if ds.y_index is None else ds.y_index[rows]
-    integers = integer_columns(integer, tm, train_ds)
-    res = tabular_margins(
-        tm, frame, norm=norm, labels_index=y_index,
-        immutable=column_list(immutable, tm, "--immutable"),
-        increase_only=column_list(increase_only, tm, "--increase-only"),
-        decrease_only=column_list(decrease_only, tm, "--decrease-only"),
-        integer=integers, bounds=rng, scale=spread, categorical_cost=categorical_cost, seed=seed)
+    res = tabular_margins(tm, frame, norm=norm, labels_index=y_index, **opts)
     update(len(rows), len(rows))
     results = res.records(tm.classes, rows)
     if out is not None:
         keep = np.isfinite(np.asarray(res.margin, dtype=np.float64))
-        k = write_points(out, res.points, ds.ids, id_column, rows, keep, integers)
+        k = write_points(out, res.points, ds.ids, id_column, rows, keep, opts["integer"])
         note(f"wrote {k} adversarial row(s) to {out}")
     return res, results
 

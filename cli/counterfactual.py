@@ -18,7 +18,7 @@ from invaudit.io import parse_rows
 from invaudit.render import Format
 
 from ._common import (Bounds, ConstraintOpts, FormatOpt, JsonOut, CategoricalCost, IdColumn, IntegerCols, LabelColumn, Labels, OutPoints, ModelArg, Norm,
-                      Rows, Run, Scale, Seed, Sha256, Trust, build_constraints, check_out_path, note, progress,
+                      Rows, Run, Scale, Seed, Sha256, Trust, build_constraints, check_out_path, counterfactual_summary, note, progress,
                       resolve_labels, write_points)
 
 
@@ -56,7 +56,6 @@ def counterfactual(
 ) -> None:
     """Find the closest point the model assigns to --target (exact for linear models)."""
     from invaudit.counterfactual import counterfactuals_with_extras
-    from invaudit.counterfactual.solve import EXACT_MEANS
 
     check_out_path(out)
     run = Run("counterfactual", model, trust=trust, sha256=sha256)
@@ -105,19 +104,7 @@ def counterfactual(
         k = write_points(out, batch.x_cf, cols, np.asarray(batch.status) == "found",
                          None if start is not None else ds.ids, id_column, row_ids)
         note(f"wrote {k} counterfactual row(s) to {out}")
-    status = [r["status"] for r in results]
-    found = [r for r in results if r["status"] == "found"]
-    dist = [r["distance"] for r in found]
-    summary = {
-        "rows": len(results),
-        "found": status.count("found"),
-        "already_target": status.count("already-target"),
-        "infeasible": status.count("infeasible"),
-        "failed": status.count("failed"),
-        "exact": sum(bool(r["exact"]) for r in found),
-        "exact_means": EXACT_MEANS,
-        "median_distance": float(np.median(dist)) if dist else None,
-    }
+    summary = counterfactual_summary(results)
     params = {"target": target, "confidence": confidence, "norm": norm.value, "scale": scale.value,
               "immutable": immutable, "increase_only": increase_only, "decrease_only": decrease_only,
               "bounds": bounds.value, "train": None if train is None else str(train),
