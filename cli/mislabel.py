@@ -195,6 +195,11 @@ def _encoded_rows(run, ds):
     from invaudit.errors import UnsupportedModelError
 
     tm = run.tabular
+    if tm.native_categorical and tm.array_input:
+        # a HistGradientBoosting fitted on an array with native categorical columns: the rows as
+        # that array (category values as the numbers it was fitted on) are what its refits take
+        note("rows ranked by out-of-fold refits of the model on its own array input (categories as fitted)")
+        return run.form, np.asarray(tm.model_input(ds.frame), dtype=np.float64)
     if tm.preprocessor is None or tm.final_form is None:
         raise UnsupportedModelError(
             f"mislabel needs a ColumnTransformer in front of the final estimator to rank typed rows; "

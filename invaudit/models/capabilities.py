@@ -79,14 +79,18 @@ def tabular_capabilities(tm, typed_commands=("counterfactual", "margin")) -> lis
                            "MultiReX on the input columns (a categorical column is one part); baseline: per row the "
                            "typical --train row of the other classes; sufficiency verified with the model's predict"))
     encoded = tm.final_form is not None and tm.preprocessor is not None
-    if encoded:
+    if getattr(tm, "native_categorical", False) and getattr(tm, "array_input", False):
+        caps.append(Capability("mislabel", "yes", "-",
+                               "out-of-sample confidence from refits on the model's own array input (default); "
+                               "loss, combined, knn, reference"))
+    elif encoded:
         caps.append(Capability("mislabel", "yes", "-",
                                "the final estimator's rankings on the ColumnTransformer's output (it stays fixed): "
                                + ("pruned approximate leave-one-out loss (default)" if kind == "logistic"
                                   else "out-of-sample confidence (default)") + "; combined, knn, reference"))
     for cmd in COMMANDS:
         if cmd in ("counterfactual", "margin", "explain") or (cmd == "influence" and kind is not None) \
-                or (cmd == "mislabel" and encoded):
+                or (cmd == "mislabel" and any(c.command == "mislabel" for c in caps)):
             continue
         why = ("needs a ColumnTransformer in front of the final estimator" if not encoded
                else "needs a final estimator with a twice-differentiable loss (LogisticRegression, MLPClassifier)")

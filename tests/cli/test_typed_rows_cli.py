@@ -207,3 +207,26 @@ def test_mislabel_on_typed_rows_finds_flipped_labels(invaudit, validate, tmp_pat
     assert list(fixed.columns) == list(noisy.columns)
     changed = np.flatnonzero(fixed["approved"].to_numpy() != noisy["approved"].to_numpy())
     assert 0 < changed.size <= 20 and np.mean(np.isin(changed, wrong)) >= 0.5
+
+
+def test_mislabel_on_an_array_fitted_categorical_hgb(invaudit, tmp_path):
+    """Refits on the model's own array input (category values as fitted): flipped labels near the top."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    rng = np.random.default_rng(0)
+    n = 400
+    X = np.column_stack([rng.integers(0, 5, n), rng.normal(size=n)])
+    y = ((X[:, 0] % 2 == 0) ^ (X[:, 1] > 0)).astype(int)
+    wrong = np.sort(rng.choice(n, 40, replace=False))
+    y[wrong] = 1 - y[wrong]
+    joblib.dump(HistGradientBoostingClassifier(categorical_features=[0], max_iter=30, random_state=0).fit(X, y),
+                tmp_path / "hgb.joblib")
+    np.save(tmp_path / "x.npy", X)
+    np.save(tmp_path / "y.npy", y)
+    (tmp_path / "truth.txt").write_text("".join(f"{i}\n" for i in wrong))
+    info = invaudit("info", tmp_path / "hgb.joblib", "--format", "json").json()
+    assert {c["command"]: c["available"] for c in info["results"]}["mislabel"] == "yes"
+    r = invaudit("mislabel", tmp_path / "hgb.joblib", tmp_path / "x.npy", "--labels", tmp_path / "y.npy",
+                 "--truth", tmp_path / "truth.txt", "--format", "json")
+    assert r.code == 0, r.err
+    assert r.json()["summary"]["found_after_checking"]["0.1"] >= 0.6  # chance: 0.1
