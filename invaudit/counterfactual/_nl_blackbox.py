@@ -39,11 +39,21 @@ def _unit_directions(rng, shape, w, norm):
     return g / np.maximum(distance(g, 1.0, norm), 1e-300)[..., None] / w
 
 
+def row_rng(seed: int, x: np.ndarray):
+    """A random generator of the row's own: seeded by ``seed`` and the row's bytes, so that its
+    draws do not depend on where (or with which other rows) the row is solved."""
+    words = np.frombuffer(np.ascontiguousarray(x, dtype=np.float64).tobytes(), dtype=np.uint32)
+    return np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, *words.tolist()]))
+
+
 def local_search(prob: Problem, B: np.ndarray, dB: np.ndarray, *, rounds: int = 25,
                  n_proposals: int = 12, steps: int = 14, progress=None, offset: int = 0,
-                 total=None):
+                 total=None, per_row_rng: bool = False):
     """Improve verified target points ``B`` (``dB`` their distances; NaN / inf rows skipped) by the
-    local search of the module docstring. Returns the improved ``(B, dB)``."""
+    local search of the module docstring. Returns the improved ``(B, dB)``.
+
+    ``per_row_rng``: every row draws from its own generator (:func:`row_rng`), so a row's answer
+    does not depend on the batch; still one ``predict`` per round for all rows."""
     X0 = prob.X
     n, D = X0.shape
     w = prob.weights
@@ -53,6 +63,7 @@ def local_search(prob: Problem, B: np.ndarray, dB: np.ndarray, *, rounds: int = 
     rows = np.flatnonzero(np.isfinite(dB) & (dB > 0))
     if len(rows) == 0:
         return B, dB
+    rngs = {int(i): row_rng(prob.seed, X0[i]) for i in rows} if per_row_rng else None
     sigma = 0.3 * dB[rows]
     Q = n_proposals
     half = Q // 2
@@ -61,11 +72,20 @@ def local_search(prob: Problem, B: np.ndarray, dB: np.ndarray, *, rounds: int = 
         x0 = X0[rows]
         b = B[rows]
         # proposals: a random step around b, and b with a random subset of changes undone
-        u = _unit_directions(rng, (m, half, D), w, prob.norm)
-        P1 = b[:, None, :] + sigma[:, None, None] * u
-        reset = rng.random((m, Q - half, D)) < rng.uniform(0.1, 0.6, size=(m, Q - half, 1))
-        P2 = np.where(reset, x0[:, None, :], b[:, None, :])
-        prop = np.concatenate([P1, P2], axis=1)
+        if rngs is None:
+            u = _unit_directions(rng, (m, half, D), w, prob.norm)
+            P1 = b[:, None, :] + sigma[:, None, None] * u
+            reset = rng.random((m, Q - half, D)) < rng.uniform(0.1, 0.6, size=(m, Q - half, 1))
+            P2 = np.where(reset, x0[:, None, :], b[:, None, :])
+            prop = np.concatenate([P1, P2], axis=1)
+        else:
+            prop = np.empty((m, Q, D))
+            for a, i in enumerate(rows):  # a loop over rows for the draws only
+                g = rngs[int(i)]
+                u = _unit_directions(g, (half, D), w, prob.norm)
+                prop[a, :half] = b[a] + sigma[a] * u
+                reset = g.random((Q - half, D)) < g.uniform(0.1, 0.6, size=(Q - half, 1))
+                prop[a, half:] = np.where(reset, x0[a], b[a])
         prop = np.clip(prop, prob.lower[rows][:, None, :], prob.upper[rows][:, None, :])
         flat = prop.reshape(m * Q, D)
         ri = np.repeat(rows, Q)

@@ -367,66 +367,21 @@ def _fallback(prob: Problem, model, regions, ans: Answers) -> None:
     _refine_by_queries(prob, ans)
 
 
-def _row_rng(seed: int, x: np.ndarray):
-    """A random generator of the row's own: seeded by ``seed`` and the row's bytes, so that its
-    draws do not depend on where (or with which other rows) the row is solved."""
-    words = np.frombuffer(np.ascontiguousarray(x, dtype=np.float64).tobytes(), dtype=np.uint32)
-    return np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, *words.tolist()]))
-
-
 def _refine_by_queries(prob: Problem, ans: Answers, *, rounds: int = 15, n_proposals: int = 12,
                        steps: int = 14) -> None:
     """Improve non-exact answers by verified queries: the local search of
-    :func:`._nl_blackbox.local_search` (a random step around the best point, or the best point
-    with a random subset of its changes undone; confirmed proposals pulled toward the row by
-    bisection), except that every row draws from its own generator (:func:`_row_rng`): still
-    one ``predict`` per step for all rows, and a row's answer does not depend on the batch."""
-    from invaudit.counterfactual._nl_blackbox import _unit_directions
+    :func:`._nl_blackbox.local_search`, every row drawing from its own generator, so a row's
+    answer does not depend on the batch."""
+    from invaudit.counterfactual._nl_blackbox import local_search
 
-    rows = np.flatnonzero((ans.state == "found") & ~ans.exact & np.isfinite(ans.dist) & (ans.dist > 0))
-    if len(rows) == 0:
-        return
-    X0, w, D = prob.X, prob.weights, prob.d
-    rngs = {int(i): _row_rng(prob.seed, X0[i]) for i in rows}
-    sigma = 0.3 * ans.dist[rows]
-    Q = n_proposals
-    half = Q // 2
-    for _ in range(rounds):
-        m = len(rows)
-        x0, b = X0[rows], ans.x_cf[rows]
-        prop = np.empty((m, Q, D))
-        for a, i in enumerate(rows):  # a loop over rows for the draws only
-            g = rngs[int(i)]
-            u = _unit_directions(g, (half, D), w, prob.norm)
-            prop[a, :half] = b[a] + sigma[a] * u
-            reset = g.random((Q - half, D)) < g.uniform(0.1, 0.6, size=(Q - half, 1))
-            prop[a, half:] = np.where(reset, x0[a], b[a])
-        prop = np.clip(prop, prob.lower[rows][:, None, :], prob.upper[rows][:, None, :])
-        flat = prop.reshape(m * Q, D)
-        ri = np.repeat(rows, Q)
-        ok = qualifies(prob.form, flat, prob.target[ri], prob.P)[0]
-        improved = np.zeros(m, dtype=bool)
-        if np.any(ok):
-            pts, _ = bisect_to_target(prob.form, X0[ri[ok]], flat[ok], prob.target[ri[ok]], prob.P,
-                                      steps=steps)
-            cand_d = np.full(m * Q, np.inf)
-            cand_d[ok] = distance(pts - X0[ri[ok]], w, prob.norm)
-            cand = np.full((m * Q, D), np.nan)
-            cand[ok] = pts
-            cand_d = cand_d.reshape(m, Q)
-            k = np.argmin(cand_d, axis=1)
-            best = cand_d[np.arange(m), k]
-            improved = best < ans.dist[rows] * (1.0 - 1e-12)
-            r = rows[improved]
-            ans.x_cf[r] = cand.reshape(m, Q, D)[np.arange(m), k][improved]
-            ans.dist[r] = best[improved]
-            ans.method[r] = "tree-live-regions+local-search"
-        sigma = np.where(improved, sigma * 1.5, sigma * 0.6)
-        sigma = np.minimum(sigma, ans.dist[rows])
-        keep = sigma > 1e-9 * np.maximum(ans.dist[rows], 1e-300)
-        rows, sigma = rows[keep], sigma[keep]
-        if len(rows) == 0:
-            break
+    todo = (ans.state == "found") & ~ans.exact
+    dB = np.where(todo, ans.dist, np.nan)
+    B, dB = local_search(prob, ans.x_cf, dB, rounds=rounds, n_proposals=n_proposals, steps=steps,
+                         per_row_rng=True)
+    r = np.flatnonzero(todo & (dB < ans.dist))
+    ans.x_cf[r] = B[r]
+    ans.dist[r] = dB[r]
+    ans.method[r] = "tree-live-regions+local-search"
 
 
 def solve_trees(prob: Problem, *, time_limit: float = 10.0, max_binaries: int = 20000,
