@@ -333,6 +333,19 @@ class _Setup:
             else np.zeros(0)
 
 
+def _augmented_box(setup, Xa, rows, qg, Dn):
+    """Fill the last two columns of the solver points ``Xa`` (row id, choice id: frozen columns the
+    row builder reads back) and return the box ``(lo, hi)``: the numeric columns' bounds, every
+    other column frozen at its value."""
+    Xa[:, -2] = rows
+    Xa[:, -1] = qg
+    lo = Xa.copy()
+    hi = Xa.copy()
+    lo[:, :Dn] = setup.lower[rows]
+    hi[:, :Dn] = setup.upper[rows]
+    return lo, hi
+
+
 def _combos(setup: _Setup, max_level: int, limit: int):
     """Choices of categories, by level (number of changed columns): a list of ``(level, codes)``
     with ``codes`` (q, C), ``-1`` = keep the row's own value. Returns (levels, truncated)."""
@@ -581,12 +594,7 @@ def _solve_linear(setup, tm, dec, targets, confidence, time_limit, max_combinati
         Xa = np.empty((len(rows), D))
         Xa[:, :Dn] = xs
         Xa[:, Dn:Dn + M] = sh - xs @ dec.W.T
-        Xa[:, -2] = rows
-        Xa[:, -1] = qg
-        lo = Xa.copy()
-        hi = Xa.copy()
-        lo[:, :Dn] = setup.lower[rows]
-        hi[:, :Dn] = setup.upper[rows]
+        lo, hi = _augmented_box(setup, Xa, rows, qg, Dn)
         cons = Constraints(lower=lo, upper=hi, weights=w_aug)
         res = linear_counterfactuals(form, Xa, target=tt, confidence=confidence, norm=setup.norm,
                                      constraints=cons)
@@ -835,12 +843,7 @@ def _solve_search(setup, tm, targets, confidence, time_limit, seed, best, max_le
         return table, level_of
     Xa = np.empty((len(rows), Dn + 2))
     Xa[:, :Dn] = setup.start[rows]
-    Xa[:, -2] = rows
-    Xa[:, -1] = qg
-    lo = Xa.copy()
-    hi = Xa.copy()
-    lo[:, :Dn] = setup.lower[rows]
-    hi[:, :Dn] = setup.upper[rows]
+    lo, hi = _augmented_box(setup, Xa, rows, qg, Dn)
     w_aug = np.r_[setup.weights, 1.0, 1.0]
     m_pair = level_of[qg]
     x, got, meth = _search_pairs(setup, form, Xa, lo, hi, w_aug, tt, confidence, seed, m_pair, rows,
