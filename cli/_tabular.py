@@ -87,8 +87,7 @@ def run_counterfactual(run, ds, train_ds, *, rows, target, confidence, norm, sca
     opts = _options(tm, train_ds, scale=scale, bounds=bounds, immutable=immutable, increase_only=increase_only,
                     decrease_only=decrease_only, integer=integer, categorical_cost=categorical_cost, seed=seed)
     frame = ds.frame.iloc[rows].reset_index(drop=True)
-    res = tabular_counterfactuals(tm, frame, target=target, confidence=confidence, norm=norm, **opts)
-    update(len(rows), len(rows))
+    res = tabular_counterfactuals(tm, frame, target=target, confidence=confidence, norm=norm, progress=update, **opts)
     results = res.records(tm.classes, rows)
     if out is not None:
         keep = np.asarray(res.status) == "found"
@@ -108,8 +107,7 @@ def run_margin(run, ds, train_ds, *, rows, norm, scale, bounds, immutable, incre
                     decrease_only=decrease_only, integer=integer, categorical_cost=categorical_cost, seed=seed)
     frame = ds.frame.iloc[rows].reset_index(drop=True)
     y_index = None if ds.y_index is None else ds.y_index[rows]
-    res = tabular_margins(tm, frame, norm=norm, labels_index=y_index, **opts)
-    update(len(rows), len(rows))
+    res = tabular_margins(tm, frame, norm=norm, labels_index=y_index, progress=update, **opts)
     results = res.records(tm.classes, rows)
     if out is not None:
         keep = np.isfinite(np.asarray(res.margin, dtype=np.float64))

@@ -71,6 +71,9 @@ from invaudit.models.tabular import TabularModel, _quiet
 
 from .constraints import Constraints
 
+#: Rows per chunk of the typed solvers (memory and progress granularity; fixed, so deterministic).
+CHUNK_ROWS = 64
+
 __all__ = ["tabular_counterfactuals", "TabularCounterfactuals"]
 
 NORMS = ("l2", "l1", "linf")
@@ -155,6 +158,19 @@ class TabularCounterfactuals:
 
     def __len__(self) -> int:
         return len(self.status)
+
+    @classmethod
+    def concat(cls, parts: list) -> "TabularCounterfactuals":
+        """The results of consecutive chunks of rows as one result, in order."""
+        import pandas as pd
+
+        if len(parts) == 1:
+            return parts[0]
+        arrays = {name: np.concatenate([getattr(p, name) for p in parts])
+                  for name in ("status", "reason", "distance", "original_index", "target_index",
+                               "predicted_index", "target_probability", "exact", "method", "lower_bound")}
+        return cls(points=pd.concat([p.points for p in parts]), changes=[c for p in parts for c in p.changes],
+                   norm=parts[0].norm, numeric_columns=parts[0].numeric_columns, **arrays)
 
     def records(self, classes, row_ids) -> list[dict]:
         """The DESIGN.md counterfactual fields per row, JSON-ready, in the user's columns."""
@@ -901,7 +917,8 @@ def class_index(tm, labels):
 def tabular_counterfactuals(tm: TabularModel, frame, *, target, confidence=None, norm="l2",
                             immutable=(), increase_only=(), decrease_only=(), integer=(), bounds=None,
                             scale=None, categorical_cost=1.0, allow_missing_change=False,
-                            time_limit=10.0, seed=0, max_combinations=20000) -> TabularCounterfactuals:
+                            time_limit=10.0, seed=0, max_combinations=20000, progress=None,
+                            chunk_rows=CHUNK_ROWS) -> TabularCounterfactuals:
     """The closest valid row of the input schema that the pipeline assigns to ``target``.
 
     Parameters
@@ -932,6 +949,13 @@ def tabular_counterfactuals(tm: TabularModel, frame, *, target, confidence=None,
     max_combinations : int
         The most choices of categories enumerated for a linear model; beyond, at most two
         changed categorical columns (module docstring).
+    progress : callable(done, total), optional
+        Called after each chunk of rows.
+    chunk_rows : int
+        Rows are solved in consecutive chunks of this many (bounded memory, progress between
+        chunks). Every row's answer is the same whatever else is in the batch, up to the
+        non-linear search's cap on category choices per chunk: the chunk size is fixed, so
+        results are deterministic.
 
     Returns
     -------
@@ -946,6 +970,25 @@ def tabular_counterfactuals(tm: TabularModel, frame, *, target, confidence=None,
     never (verified by the pipeline's own ``predict``).
     """
     import pandas as pd
+
+    n_all = len(frame)
+    if n_all > chunk_rows:
+        if not isinstance(target, str):
+            t_all = np.asarray(target)
+            if t_all.ndim == 0:
+                t_all = np.full(n_all, t_all)
+        parts = []
+        for start in range(0, n_all, chunk_rows):
+            stop = min(start + chunk_rows, n_all)
+            parts.append(tabular_counterfactuals(
+                tm, frame.iloc[start:stop], target=target if isinstance(target, str) else t_all[start:stop],
+                confidence=confidence, norm=norm, immutable=immutable, increase_only=increase_only,
+                decrease_only=decrease_only, integer=integer, bounds=bounds, scale=scale,
+                categorical_cost=categorical_cost, allow_missing_change=allow_missing_change,
+                time_limit=time_limit, seed=seed, max_combinations=max_combinations, chunk_rows=chunk_rows))
+            if progress is not None:
+                progress(stop, n_all)
+        return TabularCounterfactuals.concat(parts)
 
     if norm not in NORMS:
         raise InputError(f"unknown norm {norm!r}; use one of {', '.join(NORMS)}.")
@@ -1067,6 +1110,8 @@ def tabular_counterfactuals(tm: TabularModel, frame, *, target, confidence=None,
         changes.append(ch)
     if isinstance(frame, pd.DataFrame) and len(frame.index) == n:
         points_out.index = frame.index
+    if progress is not None:
+        progress(n, n)
     return TabularCounterfactuals(
         status=status, reason=reason, points=points_out, distance=dist, original_index=orig,
         target_index=np.asarray(tgt_out, dtype=np.intp), predicted_index=pred, target_probability=tprob,

@@ -383,3 +383,25 @@ def test_nonlinear_final_estimators_give_valid_verified_rows(clf):
     assert (res.status == "found").any()
     assert not res.exact.any()
     _check_valid(tm, res, rows, t)
+
+
+def test_chunks_give_the_batch_answer_and_report_progress(credit_lr):
+    """Rows are solved in chunks (bounded memory, progress between chunks): a linear model's
+    answers do not depend on the chunking, and progress reaches every row in order."""
+    df, _, model = credit_lr
+    tm = split_tabular(model)
+    rows = df.iloc[:30]
+    t = 1 - tm.predict_index(rows)
+    whole = tabular_counterfactuals(tm, rows, target=t, norm="l1", scale=SCALE, chunk_rows=1000)
+    seen = []
+    parts = tabular_counterfactuals(tm, rows, target=t, norm="l1", scale=SCALE, chunk_rows=7,
+                                    progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(7, 30), (14, 30), (21, 30), (28, 30), (30, 30)]
+    np.testing.assert_array_equal(parts.status, whole.status)
+    np.testing.assert_allclose(parts.distance, whole.distance, rtol=1e-12)
+    # the same columns change to the same values (up to the last bit of BLAS summation order)
+    assert [[c for c, _, _ in ch] for ch in parts.changes] == [[c for c, _, _ in ch] for ch in whole.changes]
+    assert list(parts.points.index) == list(range(30))
+    pd.testing.assert_frame_equal(parts.points, whole.points, rtol=1e-12)
+    ref = binary_reference(model, df, np.arange(30), "l1", SCALE)
+    np.testing.assert_allclose(parts.distance, ref, rtol=1e-6)
