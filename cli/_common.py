@@ -156,6 +156,14 @@ class Run:
         )
         if ds.column_match == "position":
             self._check_positional(ds)
+        elif ds.column_match == "name" and ds.file_columns:
+            known = set(self.form.feature_names or []) | {c[0] for c in schema or []}
+            ignored = [c for c in ds.file_columns if c not in known]
+            if ignored:
+                shown = ", ".join(ignored[:6]) + (", ..." if len(ignored) > 6 else "")
+                hint = (" (pass --label-column if one holds the labels, --id-column if one names the rows)"
+                        if label_column is None or id_column is None else "")
+                warn(f"{ds.path}: column(s) the model does not read are left out: {shown}{hint}.")
         if primary:
             self.data_info = ds.describe()
         if ds.ids is not None:

@@ -208,6 +208,8 @@ class TabularCounterfactuals:
                 "lower_bound": _num(self.lower_bound[i]),
                 "reason": None if self.reason[i] is None else str(self.reason[i]),
             })
+            if out[-1]["lower_bound"] is None:   # no proven bound: the field is left out (schema: a number)
+                del out[-1]["lower_bound"]
         return out
 
 

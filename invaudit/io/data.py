@@ -223,10 +223,8 @@ def _read_csv(p: Path, label_column, feature_names, id_column=None, schema=None)
                 f"data file {p} lacks the model's feature column '{missing[0]}'"
                 + (f" (and {len(missing) - 1} more)." if len(missing) > 1 else ".")
             )
-        if extra:
-            hint = (" (pass --label-column if it holds the labels, --id-column if it names the rows)"
-                    if label_column is None or id_column is None else "")
-            raise InputError(f"data file {p} has a column '{extra[0]}' the model does not know{hint}.")
+        # columns the model does not read (notes, a label not named with --label-column) are
+        # left out; matched by name, they cannot shift the model's columns. The CLI names them.
         feature_cols = names  # model order
 
     col_pos = {h: j for j, h in enumerate(header)}
@@ -268,8 +266,11 @@ def _typed_frame(cells: np.ndarray, p: Path, schema):
             numeric_cats = bool(cats) and all(isinstance(c, (int, float, np.integer, np.floating))
                                               and not isinstance(c, bool) for c in cats)
             out = np.empty(col.shape[0], dtype=object)
+            known = {str(c) for c in cats}
             for i, v in enumerate(col):
-                if v == "":
+                # a blank or a missing-value marker (NA, null, ...) as pandas reads them, unless the
+                # model knows that very string as a category
+                if v == "" or (v.lower() in _MISSING_NUMBER and v not in known):
                     out[i] = np.nan
                 elif numeric_cats:
                     try:

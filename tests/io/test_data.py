@@ -22,7 +22,6 @@ def test_csv_columns_matched_by_name_in_any_order(tmp_path):
 
 @pytest.mark.parametrize("text, names, label, fragment", [
     ("a,b\n1,2\n", ["a", "c"], None, "lacks the model's feature column 'c'"),
-    ("a,b,c\n1,2,3\n", ["a", "b"], None, "column 'c' the model does not know"),
     ("a,b\n1,x\n", None, None, "line 2, column 'b': 'x' is not a number"),
     ("a,b\n1,2\n3,nan\n", None, None, "row 1, line 3, column 'b'"),
     ("a,b\n1,inf\n", None, None, "NaN or infinity"),
@@ -39,6 +38,21 @@ def test_csv_errors_name_file_row_and_column(tmp_path, text, names, label, fragm
         load_data(p, feature_names=names, classes=np.array([0, 1]), label_column=label)
     msg = str(err.value)
     assert fragment in msg and str(p) in msg and "\n" not in msg
+
+
+def test_columns_the_model_does_not_read_are_left_out_by_name(tmp_path):
+    p = write(tmp_path / "d.csv", "note,b,a\nx,2,1\ny,4,3\n")
+    ds = load_data(p, feature_names=["a", "b"], n_features=2, classes=np.array([0, 1]))
+    np.testing.assert_array_equal(ds.X, [[1, 2], [3, 4]])
+    assert ds.file_columns == ["note", "b", "a"] and ds.columns == ["a", "b"]
+
+
+def test_missing_markers_in_categorical_cells_are_blanks_unless_a_known_category(tmp_path):
+    p = write(tmp_path / "d.csv", "x,c\n1,NA\n2,a\n3,null\n4,\n5,N/A\n")
+    ds = load_data(p, schema=[("x", "numeric", None), ("c", "categorical", ["a", "b"])])
+    assert ds.frame["c"].isna().tolist() == [True, False, True, True, True]
+    ds = load_data(p, schema=[("x", "numeric", None), ("c", "categorical", ["a", "NA"])])
+    assert ds.frame["c"].tolist()[:2] == ["NA", "a"] and ds.frame["c"].isna().tolist()[2:] == [True] * 3
 
 
 def test_label_column_missing_is_an_error_only_where_labels_are_needed(tmp_path):
