@@ -73,8 +73,8 @@ def score_differences(X, W, b, ref, *, rel=1e-11):
 
     The float64 matrix product loses up to ``~D u (|W| . |x| + |b|)`` to rounding, which is
     everything for a row within that distance of a decision boundary (a relative change of the
-    score gap there is a relative change of the counterfactual distance). Rows whose rounding
-    bound exceeds ``rel`` times a gap are recomputed exactly: every product ``W_kj x_j`` is split
+    score gap there is a relative change of the counterfactual distance). Gaps whose rounding
+    bound exceeds ``rel`` times the gap are recomputed exactly: every product ``W_kj x_j`` is split
     into two floats that sum to it exactly (TwoProduct) and ``math.fsum`` rounds the exact sum
     once, so the gap is correct to half an ulp of itself.
 
@@ -92,8 +92,8 @@ def score_differences(X, W, b, ref, *, rel=1e-11):
     import math
 
     X = np.asarray(X, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
     n, D = X.shape
-    K = W.shape[0]
     r = np.arange(n)
     ref = np.asarray(ref, dtype=np.intp)
     S = X @ W.T + b
@@ -102,16 +102,247 @@ def score_differences(X, W, b, ref, *, rel=1e-11):
     gam = (D + 2) * _U / (1.0 - (D + 2) * _U)
     err = gam * (aS + aS[r, ref][:, None]) + _U * np.abs(Sd)
     err[r, ref] = 0.0
-    near = np.flatnonzero(np.any(err > rel * np.abs(Sd), axis=1))
-    if len(near):  # rare: rows within rounding reach of a boundary; a loop over those rows
-        P, E = _two_prod(X[near][:, None, :], W[None, :, :])          # (m, K, D)
-        if np.all(np.isfinite(P)) and np.all(np.isfinite(E)):
-            for q, i in enumerate(near):
-                t = ref[i]
-                base = [-v for v in P[q, t]] + [-v for v in E[q, t]] + [-float(b[t])]
-                for k in range(K):
-                    if k == t:
-                        continue
-                    Sd[i, k] = math.fsum(list(P[q, k]) + list(E[q, k]) + [float(b[k])] + base)
-            err[near] = _U * np.abs(Sd[near])
+    # Only the (row, class) pairs within rounding reach of a tie are recomputed (with many
+    # classes nearly every row has one such pair, but only one or two of its K - 1 gaps): a
+    # loop over those pairs, in blocks of at most _PAIR_BLOCK products so that the exact
+    # terms never take K x D memory per row.
+    pi, pk = np.nonzero(err > rel * np.abs(Sd))
+    for a in range(0, len(pi), _PAIR_BLOCK):
+        qi, qk = pi[a:a + _PAIR_BLOCK], pk[a:a + _PAIR_BLOCK]
+        qt = ref[qi]
+        Pk, Ek = _two_prod(X[qi], W[qk])                              # (m, D) each
+        Pt, Et = _two_prod(X[qi], W[qt])
+        if not (np.all(np.isfinite(Pk)) and np.all(np.isfinite(Ek))
+                and np.all(np.isfinite(Pt)) and np.all(np.isfinite(Et))):
+            continue
+        terms = np.concatenate([Pk, Ek, b[qk][:, None], -Pt, -Et, -b[qt][:, None]], axis=1)
+        Sd[qi, qk] = [math.fsum(row) for row in terms.tolist()]
+        err[qi, qk] = _U * np.abs(Sd[qi, qk])
     return Sd, err, aS.max(axis=1)
+
+
+_PAIR_BLOCK = 4096
+
+
+# --------------------------------------------------------------------------------------------
+# many rows, many classes: chunks, and target "other" without solving every class
+# --------------------------------------------------------------------------------------------
+
+#: Bytes of per-row solver state (K x K Gram and Newton blocks, K x D score terms) allowed at
+#: once: rows are solved in chunks of at most this much state, so peak memory is bounded by
+#: the chunk, not by n x K^2.
+_STATE_BUDGET = 192 * 2 ** 20
+#: A class is skipped for target "other" when its lower bound exceeds the best verified
+#: distance by this factor (far above the rounding of either).
+_PRUNE_REL = 1e-7
+
+_FIELDS = ("status", "reason", "x_cf", "delta", "distance", "original_index", "target_index",
+           "predicted_index", "target_probability", "exact", "method", "kkt_residual",
+           "iterations", "changed")
+
+
+def chunk_rows(K: int, D: int) -> int:
+    """Rows per solver call: the multiclass dual keeps about a dozen ``(K-1) x (K-1)`` blocks
+    per row, the box phase and the exact score gaps a few ``K x D`` ones."""
+    per_row = 8 * (12 * max(K - 1, 1) ** 2 + 4 * K * D + 16 * D)
+    return int(max(256, _STATE_BUDGET // per_row))
+
+
+def _sub_constraints(cons, idx):
+    if cons is None:
+        return None
+    from .constraints import Constraints
+
+    return Constraints(lower=cons.lower[idx], upper=cons.upper[idx], weights=cons.weights)
+
+
+def solve_in_chunks(solve_rows, form, X, t, orig, conf, norm, cons):
+    """``solve_rows`` (the linear solver's per-row entry) over chunks of rows
+    (:func:`chunk_rows`), the results concatenated: each row's problem is its own, so the
+    answers are those of one call on all rows."""
+    from .result import CounterfactualBatch
+
+    n, D = X.shape
+    c = chunk_rows(int(form.n_classes), D)
+    if n <= c:
+        return solve_rows(form, X, t, orig, conf, norm, cons)
+    parts = [solve_rows(form, X[a:a + c], t[a:a + c], orig[a:a + c], conf, norm,
+                        _sub_constraints(cons, slice(a, a + c))) for a in range(0, n, c)]
+    fields = {f: np.concatenate([getattr(p, f) for p in parts]) for f in _FIELDS}
+    return CounterfactualBatch(norm=parts[0].norm, **fields)
+
+
+def other_lower_bounds(form, X, orig, others, conf, norm, cons):
+    """``(n, K-1)`` lower bounds on the distance of any point the estimator assigns to each
+    other class (``others``), from one halfspace each.
+
+    A point predicted as ``j`` has ``s_j >= s_o`` (``o`` the row's class), and with a confidence
+    ``P`` also ``s_j - s_o >= log(P / (1 - P))`` (``p_j >= P`` bounds every ratio
+    ``p_o / p_j``). The closest point of that halfspace inside the row's box is the binary
+    problem of :mod:`._binary` (closed form without a box). Every gap is lowered by far more
+    than the scores' rounding, so the bound holds for the points as the estimator verifies
+    them. ``inf`` where the halfspace cannot be reached inside the box.
+    """
+    from ._binary import solve_binary
+
+    n, D = X.shape
+    W = np.asarray(form.W_full, dtype=np.float64)
+    b = np.asarray(form.b_full, dtype=np.float64)
+    w = np.ones(D) if cons is None else np.asarray(cons.weights, dtype=np.float64)
+    if cons is None:
+        kept = np.arange(D)
+    else:
+        kept = np.flatnonzero(~np.all(cons.lower == cons.upper, axis=0))
+    need = 0.0 if conf is None else max(np.log(conf) - np.log1p(-conf), 0.0)
+    S = X @ W.T + b
+    r = np.arange(n)
+    so = S[r, orig]
+    aS = (np.abs(X) @ np.abs(W).T + np.abs(b)).max(axis=1)
+    slack = 8.0 * (D + 2) * np.finfo(np.float64).eps * aS       # >> the scores' rounding
+    gap = so[:, None] - np.take_along_axis(S, others, axis=1) + need
+    gap = gap - 1e-9 * np.abs(gap) - slack[:, None] - 1e-9 * need
+    gap = np.maximum(gap, 0.0)
+    Ak = W[:, kept] / w[kept]
+    lb = np.zeros_like(gap)
+    boxed = None
+    if cons is not None:
+        lo, hi = cons.lower[:, kept], cons.upper[:, kept]
+        boxed = np.any(np.isfinite(lo) | np.isfinite(hi), axis=1)
+    free = np.ones(n, dtype=bool) if boxed is None else ~boxed
+    if np.any(free):
+        # ||a||_q of every class difference (q the dual norm), one class at a time
+        K = W.shape[0]
+        Nq = np.empty((K, K))
+        for k in range(K):
+            dk = Ak - Ak[k]
+            Nq[k] = (np.sqrt(np.einsum("ij,ij->i", dk, dk)) if norm == "l2" else
+                     np.abs(dk).max(axis=1) if norm == "l1" else np.abs(dk).sum(axis=1))
+        fr = np.flatnonzero(free)
+        nq = Nq[orig[fr][:, None], others[fr]]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            v = gap[fr] / nq
+        lb[fr] = np.where(gap[fr] <= 0, 0.0, np.where(nq > 0, v, np.inf))
+    if boxed is not None and np.any(boxed):
+        br = np.flatnonzero(boxed)
+        m = others.shape[1]
+        step = max(1, chunk_rows(int(form.n_classes), D) * 4 // max(m, 1))
+        for a0 in range(0, br.size, step):
+            rows = br[a0:a0 + step]
+            rep = np.repeat(rows, m)
+            cls = others[rows].ravel()
+            delta = gap[rows].ravel()
+            out = np.zeros(rep.size)
+            pos = delta > 0
+            if np.any(pos):
+                xk = X[rep[pos]][:, kept]
+                lz = np.minimum(w[kept] * (lo[rep[pos]] - xk), 0.0)
+                uz = np.maximum(w[kept] * (hi[rep[pos]] - xk), 0.0)
+                a = Ak[cls[pos]] - Ak[orig[rep[pos]]]
+                z, feas, _, _ = solve_binary(a, delta[pos], lz, uz, norm)
+                zz = np.nan_to_num(z)
+                d = (np.sqrt(np.einsum("ij,ij->i", zz, zz)) if norm == "l2" else
+                     np.abs(zz).sum(axis=1) if norm == "l1" else np.abs(zz).max(axis=1))
+                out[pos] = np.where(feas, d, np.inf)
+            lb[rows] = out.reshape(rows.size, m)
+    # the bound must not exceed what the solvers' rounded points can reach
+    return lb * (1.0 - 1e-9)
+
+
+def closest_other(solve_rows, form, X, orig, conf, norm, cons):
+    """For each row the closest point the estimator assigns to any class other than ``orig``:
+    the answer of solving every other class and keeping the closest verified point, without
+    solving most of them.
+
+    Each class ``j`` has a lower bound (:func:`other_lower_bounds`); classes are solved in
+    increasing order of it, a row's first class alone, then the next 1, 2, 4, ... at a time,
+    and a row stops once its best verified distance is below the bound of every class not yet
+    solved (those could only be farther). Without a box and without a confidence the first
+    class is the answer (the nearest halfspace's projection is predicted as that class; see
+    :mod:`invaudit.margins._linear`). Ties between distances go to the lower class index, as
+    when every class is solved. A row where no class verifies has had every class solved, and
+    is reported as then: ``infeasible`` when every class was, else ``failed``.
+
+    ``iterations`` counts the solver iterations of the classes actually solved.
+    """
+    from .result import CounterfactualBatch
+    from ._dual import others_of
+
+    n, D = X.shape
+    K = int(form.n_classes)
+    m = K - 1
+    others = others_of(orig, K)
+    lb = other_lower_bounds(form, X, orig, others, conf, norm, cons)
+    order = np.argsort(lb, axis=1, kind="stable")           # ties: the lower class first
+    lb_sorted = np.take_along_axis(lb, order, axis=1)
+
+    best = {"status": np.full(n, "failed", dtype=object), "reason": np.full(n, None, dtype=object),
+            "x_cf": np.full((n, D), np.nan), "delta": np.full((n, D), np.nan),
+            "distance": np.full(n, np.inf), "original_index": np.asarray(orig, dtype=np.intp).copy(),
+            "target_index": np.full(n, -1, dtype=np.intp),
+            "predicted_index": np.full(n, -1, dtype=np.intp),
+            "target_probability": np.full(n, np.nan), "exact": np.zeros(n, dtype=bool),
+            "method": np.full(n, "", dtype=object), "kkt_residual": np.full(n, np.nan),
+            "iterations": np.zeros(n, dtype=np.int64), "changed": np.zeros((n, D), dtype=bool)}
+    found = np.zeros(n, dtype=bool)
+    n_infeasible = np.zeros(n, dtype=np.int64)
+    norm_name = None
+    pos = np.zeros(n, dtype=np.int64)
+    width = 1
+    chunk = chunk_rows(K, D)
+    while True:
+        bound_next = np.where(pos < m, lb_sorted[np.arange(n), np.minimum(pos, m - 1)], np.inf)
+        open_ = (pos < m) & ~(found & (bound_next > best["distance"] * (1.0 + _PRUNE_REL)))
+        rows = np.flatnonzero(open_)
+        if rows.size == 0:
+            break
+        # the next `width` classes of every open row, minus those already beaten
+        take = np.minimum(width, m - pos[rows])
+        rep = np.repeat(rows, take)
+        off = np.arange(rep.size) - np.repeat(np.cumsum(take) - take, take)
+        slot = pos[rep] + off
+        keep = ~(found[rep] & (lb_sorted[rep, slot] > best["distance"][rep] * (1.0 + _PRUNE_REL)))
+        rep, slot = rep[keep], slot[keep]
+        pos[rows] += take
+        width = min(2 * width, m)
+        cls = others[rep, order[rep, slot]]
+        for a in range(0, rep.size, chunk):
+            ri, ci = rep[a:a + chunk], cls[a:a + chunk]
+            res = solve_rows(form, X[ri], ci, orig[ri], conf, norm, _sub_constraints(cons, ri))
+            norm_name = res.norm
+            np.add.at(best["iterations"], ri, res.iterations)
+            np.add.at(n_infeasible, ri, res.status == "infeasible")
+            ok = res.status == "found"
+            if not np.any(ok):
+                continue
+            # the best of this block per row: smallest distance, then lowest class
+            q = np.flatnonzero(ok)
+            srt = np.lexsort((ci[q], res.distance[q], ri[q]))
+            q = q[srt]
+            _, firstq = np.unique(ri[q], return_index=True)
+            q = q[firstq]
+            i = ri[q]
+            better = (~found[i]) | (res.distance[q] < best["distance"][i]) | (
+                (res.distance[q] == best["distance"][i]) & (ci[q] < best["target_index"][i]))
+            q, i = q[better], i[better]
+            for f in _FIELDS:
+                if f != "iterations":
+                    best[f][i] = getattr(res, f)[q]
+            found[i] = True
+    none = ~found
+    if np.any(none):
+        # every class of these rows was solved: report the lowest class's answer (as a
+        # search over all classes does), solved again (deterministic; rare rows)
+        i = np.flatnonzero(none)
+        res = solve_in_chunks(solve_rows, form, X[i], others[i, 0], orig[i], conf, norm,
+                              _sub_constraints(cons, i))
+        for f in _FIELDS:
+            if f != "iterations":
+                best[f][i] = getattr(res, f)
+        all_inf = none & (n_infeasible == m)
+        best["status"][all_inf] = "infeasible"
+        best["status"][none & ~all_inf] = "failed"
+        best["reason"][all_inf] = ("no other class can be reached within the constraints"
+                                   + ("" if conf is None else f" at p >= {conf:g}"))
+        best["reason"][none & ~all_inf] = "no other class was reached with a verified point"
+        best["target_index"][none] = -1
+    return CounterfactualBatch(norm=norm_name or norm, **best)

@@ -52,7 +52,7 @@ from invaudit.errors import InputError, UnsupportedModelError
 from invaudit.models.base import LinearForm
 
 from . import _binary, _dual, _local, _lp
-from ._common import _Sol, check_target, score_differences
+from ._common import _Sol, check_target, closest_other, score_differences, solve_in_chunks
 from .constraints import Constraints
 from .result import CounterfactualBatch
 
@@ -568,15 +568,11 @@ def counterfactuals(form, X, *, target, confidence=None, norm="l2", constraints=
         orig = form.predict_index(X) if n else np.zeros(0, dtype=np.intp)
     if tgt is None:
         if K == 2:
-            return _solve_rows(form, X, 1 - orig, orig, conf, norm, cons)
-        # every class other than the predicted one, then the closest that verifies
-        rep = np.repeat(np.arange(n), K - 1)
-        cand = _dual.others_of(orig, K).ravel()
-        sub = None if cons is None else Constraints(
-            lower=cons.lower[rep], upper=cons.upper[rep], weights=cons.weights)
-        res = _solve_rows(form, X[rep], cand, orig[rep], conf, norm, sub)
-        return _pick_closest(res, n, K - 1, conf)
-    return _solve_rows(form, X, tgt, orig, conf, norm, cons)
+            return solve_in_chunks(_solve_rows, form, X, 1 - orig, orig, conf, norm, cons)
+        # the closest verified point over every other class, solving the classes in order of
+        # a lower bound and stopping once no class left can be closer (rows in chunks)
+        return closest_other(_solve_rows, form, X, orig, conf, norm, cons)
+    return solve_in_chunks(_solve_rows, form, X, tgt, orig, conf, norm, cons)
 
 
 def invert(form, reference, *, target, confidence=None, norm="l2", constraints=None):

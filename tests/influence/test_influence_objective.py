@@ -74,7 +74,7 @@ def test_conjugate_gradients_agree_with_cholesky():
     X, y = data(n=80, d=5, k=3, seed=3)
     est, form = fit(LogisticRegression(tol=1e-12, max_iter=10_000), X, y)
     direct = build_objective(form, X, y)
-    cg = build_objective(form, X, y, max_direct_params=5)
+    cg = build_objective(form, X, y, max_direct_params=5, max_factor_params=5)
     assert cg.method == "conjugate-gradient" and direct.method == "cholesky"
     assert cg.estimates == ("first-order",) and not cg.exact
     G = direct.train_gradients[:5]
