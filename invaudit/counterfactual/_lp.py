@@ -533,16 +533,16 @@ def cutting_plane(norm, Ad, d0, c_eff, tau, lz, uz, z_feas, sd, *, max_rounds=12
     gap = np.full(n, np.inf)
     rounds = np.zeros(n, dtype=np.int64)
     active = np.ones(n, dtype=bool)
-    extra = None
+    extra = []
     for rnd in range(1, max_rounds + 1):
         idx = np.flatnonzero(active)
         if len(idx) == 0:
             break
         C, e = _tangent(Ad[idx], d0[idx], c_eff[idx], best[idx])
         cuts_C, cuts_e = [C], [e]
-        if extra is not None:
-            cuts_C.append(extra[0][idx])
-            cuts_e.append(extra[1][idx])
+        for ck, ek in extra:   # every Kelley cut so far: the relaxation only tightens
+            cuts_C.append(ck[idx])
+            cuts_e.append(ek[idx])
         zl, ok, lpk = solve_lp(norm, Ad[idx], d0[idx], None if tau is None else tau[idx],
                                None if lz is None else lz[idx], None if uz is None else uz[idx],
                                cuts=(np.stack(cuts_C, 1), np.stack(cuts_e, 1)), sd=sd[idx])
@@ -583,5 +583,5 @@ def cutting_plane(norm, Ad, d0, c_eff, tau, lz, uz, z_feas, sd, *, max_rounds=12
         # keep a Kelley cut at the LP point for the next round (sharpens the relaxation)
         Ck, ek = _tangent(Ad, d0, c_eff, best)
         Ck[gi], ek[gi] = _tangent(Ad[gi], d0[gi], c_eff[gi], zstart)
-        extra = (Ck, ek)
+        extra.append((Ck, ek))
     return best, gap, rounds
