@@ -126,3 +126,54 @@ class CounterfactualBatch:
                 "reason": None if self.reason[i] is None else str(self.reason[i]),
             })
         return out
+
+    def columns(self, classes, row_ids, feature_names=None):
+        """The fields of :meth:`records` held as columns (``invaudit.io.report.Columns``): the
+        report writes the point and delta matrices in bulk, one line per row, and a table turns
+        only the rows it shows into dicts."""
+        from invaudit.io.report import Columns, to_json
+
+        classes = [to_jsonable(c) for c in np.asarray(classes)]
+        row_ids = list(row_ids)
+        n = len(self)
+        if len(row_ids) != n:
+            raise ValueError(f"row_ids has {len(row_ids)} entries for {n} results")
+        x_cf = np.asarray(self.x_cf, dtype=np.float64)
+        has_point = np.all(np.isfinite(x_cf), axis=1) if x_cf.size else np.zeros(n, dtype=bool)
+        if x_cf.ndim == 2 and x_cf.shape[1] == 0:
+            has_point = np.ones(n, dtype=bool)
+        names = [to_json(str(f)) for f in feature_names] if feature_names is not None else None
+        changed = np.asarray(self.changed, dtype=bool).reshape(n, -1)
+        changed_raw = []
+        for i in range(n):
+            idx = np.flatnonzero(changed[i])
+            if names is None:
+                changed_raw.append(to_json(idx.astype(np.int64)))
+            else:
+                changed_raw.append(b"[" + b",".join(names[j] for j in idx.tolist()) + b"]")
+        statuses = list(STATUSES) + sorted({str(s) for s in self.status} - set(STATUSES))
+        status_code = np.array([statuses.index(str(s)) for s in self.status], dtype=np.intp)
+        methods, method_code = np.unique(np.asarray(self.method).astype(str), return_inverse=True)
+        rows = np.asarray([to_jsonable(r) for r in row_ids], dtype=object)
+        cols = Columns(n)
+        if all(isinstance(r, int) for r in rows.tolist()):
+            cols.add("row", "int", np.asarray(rows.tolist(), dtype=np.int64))
+        else:
+            cols.add("row", "obj", rows.tolist())
+        cols.add("original_class", "cat", np.asarray(self.original_index, dtype=np.intp), values=classes)
+        cols.add("target_class", "cat", np.asarray(self.target_index, dtype=np.intp), values=classes)
+        cols.add("status", "cat", status_code, values=statuses)
+        cols.add("counterfactual", "vec", x_cf.reshape(n, -1), present=has_point)
+        cols.add("delta", "vec", np.asarray(self.delta, dtype=np.float64).reshape(n, -1), present=has_point)
+        cols.add("distance", "num", np.asarray(self.distance, dtype=np.float64))
+        cols.add("norm", "const", self.norm)
+        cols.add("target_probability", "num", np.asarray(self.target_probability, dtype=np.float64))
+        cols.add("predicted_class", "cat", np.asarray(self.predicted_index, dtype=np.intp), values=classes)
+        cols.add("exact", "bool", np.asarray(self.exact, dtype=bool))
+        cols.add("method", "cat", method_code.reshape(-1), values=[str(m) for m in methods])
+        cols.add("changed_features", "raw", changed_raw)
+        cols.add("kkt_residual", "num", np.asarray(self.kkt_residual, dtype=np.float64))
+        cols.add("iterations", "int", np.asarray(self.iterations, dtype=np.int64))
+        cols.add("reason", "obj", [None if r is None else str(r) for r in self.reason])
+        return cols
+

@@ -19,6 +19,7 @@ says ``"position"`` (the CLI says so on stderr and in the report).
 from __future__ import annotations
 
 import csv
+import mmap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -50,13 +51,27 @@ class Dataset:
     frame: Any = None                         # typed rows (pandas DataFrame) for a schema'd model
     column_match: Optional[str] = None        # "name" or "position" (CSV); None for NPY/NPZ
     file_columns: Optional[list] = None       # the CSV's feature columns in file order
+    n_rows_in_file: Optional[int] = None      # a CSV read only up to the last --rows row: its row count
 
     @property
     def n_rows(self) -> int:
         return int(self.X.shape[0] if self.X is not None else len(self.frame))
 
+    def take(self, rows) -> np.ndarray:
+        """Rows of ``X`` as a float64 copy. A memory-mapped NPY gives its pages back afterwards,
+        so reading a large file chunk by chunk keeps only one chunk in memory."""
+        rows = np.asarray(rows, dtype=np.intp)
+        X = self.X
+        if rows.size and rows[-1] - rows[0] == rows.size - 1 and np.all(np.diff(rows) == 1):
+            out = np.array(X[int(rows[0]):int(rows[-1]) + 1], dtype=np.float64)
+        else:
+            out = np.array(X[rows], dtype=np.float64)
+        _release(X)
+        return out
+
     def describe(self) -> dict:
-        out = {"path": self.path, "sha256": self.sha256, "n_rows": self.n_rows}
+        n = self.n_rows if self.n_rows_in_file is None else self.n_rows_in_file
+        out = {"path": self.path, "sha256": self.sha256, "n_rows": n}
         if self.column_match is not None:
             out["column_match"] = self.column_match
         return out
@@ -74,6 +89,7 @@ def load_data(
     id_column: Optional[str] = None,
     schema: Optional[Sequence] = None,
     id_column_optional: bool = False,
+    rows: Optional[str] = None,
 ) -> Dataset:
     """Read a data file and check it against the model.
 
@@ -90,6 +106,9 @@ def load_data(
     schema : the model's input columns as ``(name, kind, categories)`` with ``kind`` one of
         ``numeric``, ``integer``, ``categorical``: the CSV is read with these types into
         ``Dataset.frame`` (blank cells become NaN) and ``X`` is ``None``.
+    rows : the ``--rows`` spec the caller will select. A CSV is then read only up to the last
+        row it names (what comes after is not parsed or checked; ``Dataset.n_rows_in_file``
+        counts its lines), and an NPY is checked for NaN only on those rows.
     """
     p = Path(path)
     if not p.is_file():
@@ -113,13 +132,14 @@ def load_data(
                          "give it a CSV with a header.")
     if label_column is not None and id_column is not None and label_column == id_column:
         raise InputError(f"--id-column and --label-column both name '{id_column}'.")
-    ids = frame = file_columns = column_match = None
+    ids = frame = file_columns = column_match = in_file = None
 
     try:
         digest = file_sha256(p)
         if suffix == ".csv":
-            X, y_raw, columns, ids, frame, file_columns = _read_csv(p, label_column, feature_names, id_column,
-                                                                    schema)
+            limit = _last_row(rows)
+            X, y_raw, columns, ids, frame, file_columns, in_file = _read_csv(
+                p, label_column, feature_names, id_column, schema, limit=None if limit is None else limit + 1)
             column_match = "name" if feature_names is not None else "position"
         elif suffix == ".npy":
             X, y_raw, columns = _read_npy(p, labels_path), None, None
@@ -150,7 +170,10 @@ def load_data(
             raise InputError(
                 f"data file {p} has {X.shape[1]} feature columns but the model expects {n_features}."
             )
-        _check_finite(X, p, columns)
+        if isinstance(X, np.memmap):
+            _check_finite_mapped(X, p, rows)
+        else:
+            _check_finite(X, p, columns)
 
     y = y_index = None
     if y_raw is not None:
@@ -160,7 +183,24 @@ def load_data(
                ".npz": "store them as array 'y'"}[suffix]
         raise InputError(f"data file {p} has no labels; {how}.")
     return Dataset(path=str(p), sha256=digest, X=X, y=y, y_index=y_index, columns=columns, ids=ids,
-                   frame=frame, column_match=column_match, file_columns=file_columns)
+                   frame=frame, column_match=column_match, file_columns=file_columns, n_rows_in_file=in_file)
+
+
+def _last_row(spec: Optional[str]) -> Optional[int]:
+    """The largest row number a ``--rows`` spec names (None: all rows, or a spec parse_rows will
+    refuse with its own message)."""
+    if spec is None or spec.strip().lower() in ("", "all"):
+        return None
+    last = -1
+    try:
+        for part in spec.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            last = max(last, int(part.split("-", 1)[1]) if "-" in part[1:] else int(part))
+    except ValueError:
+        return None
+    return last if last >= 0 else None
 
 
 # --- CSV ---------------------------------------------------------------------------------------
@@ -176,7 +216,14 @@ def _csv_header(p: Path) -> list:
 _MISSING_NUMBER = frozenset({"", "na", "n/a", "nan", "null", "none"})
 
 
-def _read_csv(p: Path, label_column, feature_names, id_column=None, schema=None):
+_CSV_CHUNK = 65536  # rows converted to numbers at a time (memory: one chunk of cells)
+
+
+def _read_csv(p: Path, label_column, feature_names, id_column=None, schema=None, limit=None):
+    """Read a CSV (``limit``: only its first ``limit`` rows; the rest is counted, not parsed).
+
+    Returns ``X, y_raw, columns, ids, frame, file_columns, n_rows_in_file`` (the last None
+    unless ``limit`` stopped the read early)."""
     # utf-8-sig: a byte-order mark is not part of the first column's name
     with open(p, newline="", encoding="utf-8-sig") as fh:
         reader = csv.reader(fh)
@@ -186,59 +233,103 @@ def _read_csv(p: Path, label_column, feature_names, id_column=None, schema=None)
             raise InputError(f"data file {p} is empty.") from None
         except csv.Error as exc:
             raise InputError(f"data file {p} is not valid CSV: {exc}.") from None
+        header = [h.strip() for h in header]
+        width = len(header)
+        dup = sorted({h for h in header if header.count(h) > 1})
+        if dup:
+            raise InputError(f"data file {p} repeats the column name '{dup[0]}'.")
+        if label_column is not None and label_column not in header:
+            raise InputError(f"data file {p} has no column '{label_column}' (--label-column).")
+        if id_column is not None and id_column not in header:
+            raise InputError(f"data file {p} has no column '{id_column}' (--id-column).")
+        feature_cols = [h for h in header if h not in (label_column, id_column)]
+        file_columns = list(feature_cols)
+
+        positional = schema is not None and feature_names is None
+        if positional and len(feature_cols) != len(schema):
+            raise InputError(f"data file {p} has {len(feature_cols)} feature columns but the model expects {len(schema)}.")
+        if schema is not None and not positional:
+            feature_names = [c[0] for c in schema]
+        if feature_names is not None:
+            names = [str(n) for n in feature_names]
+            missing = [n for n in names if n not in feature_cols]
+            if missing:
+                raise InputError(
+                    f"data file {p} lacks the model's feature column '{missing[0]}'"
+                    + (f" (and {len(missing) - 1} more)." if len(missing) > 1 else ".")
+                )
+            # columns the model does not read (notes, a second ID) are left out by name
+            feature_cols = names  # model order
+        col_pos = {h: j for j, h in enumerate(header)}
+        idx = [col_pos[h] for h in feature_cols]
+
+        X_parts, y_parts, id_parts, typed_cells = [], [], [], []
+        buf: list = []
+        done = 0  # rows converted so far
+
+        def flush() -> None:
+            nonlocal done
+            if not buf:
+                return
+            cells = np.array(buf, dtype=object).reshape(len(buf), width)
+            if label_column is not None:
+                y_parts.append(cells[:, col_pos[label_column]])
+            if id_column is not None:
+                id_parts.append(np.array([str(v).strip() for v in cells[:, col_pos[id_column]]], dtype=object))
+            if schema is not None:
+                typed_cells.append(cells[:, idx])
+            else:
+                X_parts.append(_to_float(cells[:, idx], p, feature_cols, first=done))
+            done += len(buf)
+            buf.clear()
+
         try:
-            rows = list(reader)
+            for r in reader:
+                if not r:
+                    continue  # a blank line (e.g. trailing) is not a row
+                if len(r) != width:
+                    raise InputError(
+                        f"data file {p}, line {reader.line_num}: {len(r)} cells where the header has {width}."
+                    )
+                buf.append(r)
+                if limit is not None and done + len(buf) >= limit:
+                    break
+                if len(buf) >= _CSV_CHUNK:
+                    flush()
         except csv.Error as exc:
             raise InputError(f"data file {p} is not valid CSV at line {reader.line_num}: {exc}.") from None
-    header = [h.strip() for h in header]
-    rows = [r for r in rows if r]  # a trailing blank line is not a row
-    width = len(header)
-    for i, r in enumerate(rows):
-        if len(r) != width:
-            raise InputError(
-                f"data file {p}, line {i + 2}: {len(r)} cells where the header has {width}."
-            )
-    dup = sorted({h for h in header if header.count(h) > 1})
-    if dup:
-        raise InputError(f"data file {p} repeats the column name '{dup[0]}'.")
+        flush()
+        in_file = None
+        if limit is not None and done >= limit:
+            in_file = done + _count_lines(fh)
 
-    if label_column is not None and label_column not in header:
-        raise InputError(f"data file {p} has no column '{label_column}' (--label-column).")
-    if id_column is not None and id_column not in header:
-        raise InputError(f"data file {p} has no column '{id_column}' (--id-column).")
-    feature_cols = [h for h in header if h not in (label_column, id_column)]
-    file_columns = list(feature_cols)
-
-    positional = schema is not None and feature_names is None
-    if positional and len(feature_cols) != len(schema):
-        raise InputError(f"data file {p} has {len(feature_cols)} feature columns but the model expects {len(schema)}.")
-    if schema is not None and not positional:
-        feature_names = [c[0] for c in schema]
-    if feature_names is not None:
-        names = [str(n) for n in feature_names]
-        missing = [n for n in names if n not in feature_cols]
-        extra = [h for h in feature_cols if h not in names]
-        if missing:
-            raise InputError(
-                f"data file {p} lacks the model's feature column '{missing[0]}'"
-                + (f" (and {len(missing) - 1} more)." if len(missing) > 1 else ".")
-            )
-        # columns the model does not read (notes, a label not named with --label-column) are
-        # left out; matched by name, they cannot shift the model's columns. The CLI names them.
-        feature_cols = names  # model order
-
-    col_pos = {h: j for j, h in enumerate(header)}
-    idx = [col_pos[h] for h in feature_cols]
-    cells = np.array(rows, dtype=object).reshape(len(rows), width) if rows else np.empty((0, width), object)
-    y_raw = cells[:, col_pos[label_column]] if label_column is not None else None
-    ids = np.array([str(v).strip() for v in cells[:, col_pos[id_column]]], dtype=object) \
-        if id_column is not None else None
+    y_raw = np.concatenate(y_parts) if y_parts else (np.empty(0, dtype=object) if label_column is not None else None)
+    ids = np.concatenate(id_parts) if id_parts else (np.empty(0, dtype=object) if id_column is not None else None)
     if schema is not None:
+        cells = np.concatenate(typed_cells) if typed_cells else np.empty((0, len(idx)), dtype=object)
         # a model without feature names gets the file's columns by position, under its own names
-        frame = _typed_frame(cells[:, idx], p, schema)
-        return None, y_raw, [c[0] for c in schema] if positional else list(feature_cols), ids, frame, file_columns
-    X = _to_float(cells[:, idx] if rows else np.empty((0, len(idx))), p, feature_cols)
-    return X, y_raw, list(feature_cols), ids, None, file_columns
+        frame = _typed_frame(cells, p, schema)
+        return (None, y_raw, [c[0] for c in schema] if positional else list(feature_cols), ids, frame,
+                file_columns, in_file)
+    X = np.concatenate(X_parts) if X_parts else np.zeros((0, len(idx)), dtype=np.float64)
+    return X, y_raw, list(feature_cols), ids, None, file_columns, in_file
+
+
+def _count_lines(fh) -> int:
+    """Non-blank lines left in an open text file, counted in large blocks without parsing them
+    (a quoted cell spanning lines counts once per line)."""
+    count, last = 0, "\n"
+    while True:
+        block = fh.read(1 << 22)
+        if not block:
+            break
+        count += block.count("\n") - block.count("\n\n")
+        if last == "\n" and block.startswith("\n"):
+            count -= 1
+        last = block[-1]
+    if last != "\n":
+        count += 1
+    return max(count, 0)
 
 
 def _typed_frame(cells: np.ndarray, p: Path, schema):
@@ -320,7 +411,7 @@ def _cell_message(p: Path, i: int, column: str, v: str, what: str) -> str:
     return f"data file {p}, line {i + 2}, column '{column}': '{shown}' {what}."
 
 
-def _to_float(cells: np.ndarray, p: Path, columns) -> np.ndarray:
+def _to_float(cells: np.ndarray, p: Path, columns, first: int = 0) -> np.ndarray:
     if cells.size == 0:
         return np.zeros(cells.shape, dtype=np.float64)
     try:
@@ -334,6 +425,7 @@ def _to_float(cells: np.ndarray, p: Path, columns) -> np.ndarray:
             float(v)
         except ValueError:
             i, j = divmod(k, cells.shape[1])
+            i += first
             v = str(v)
             if not v.strip():
                 raise InputError(f"data file {p}, line {i + 2}, column '{columns[j]}' is blank; this model "
@@ -421,6 +513,43 @@ def _check_npz_sizes(p: Path) -> None:
 
 
 # --- checks ------------------------------------------------------------------------------------
+
+def _release(X) -> None:
+    """Give a memory-mapped array's pages back to the page cache (they count as the process's
+    memory while mapped); the next read maps them in again."""
+    mm = getattr(X, "_mmap", None)
+    if mm is None:
+        base = getattr(X, "base", None)
+        mm = base if isinstance(base, mmap.mmap) else None
+    if mm is not None and hasattr(mm, "madvise"):
+        try:
+            mm.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError, AttributeError):
+            pass
+
+
+def _check_finite_mapped(X: np.ndarray, p: Path, rows: Optional[str]) -> None:
+    """NaN check of a memory-mapped NPY a block at a time (pages released behind it), on the rows
+    ``--rows`` names when it is given."""
+    n = X.shape[0]
+    step = max(1, (1 << 22) // max(1, X.shape[1]))
+    selected = None
+    if _last_row(rows) is not None:
+        selected = parse_rows(rows, n)
+    if selected is not None:
+        chunks = (np.sort(selected)[lo:lo + step] for lo in range(0, selected.size, step))
+    else:
+        chunks = (np.arange(lo, min(n, lo + step)) for lo in range(0, n, step))
+    for idx in chunks:
+        block = X[idx[0]:idx[-1] + 1] if idx[-1] - idx[0] == idx.size - 1 else X[idx]
+        finite = np.isfinite(block)
+        if not finite.all():
+            i, j = np.argwhere(~finite)[0]
+            _release(X)
+            raise InputError(f"data file {p}, row {int(idx[i])}, column {j}: {block[i, j]} "
+                             "(NaN or infinity is not allowed).")
+        _release(X)
+
 
 def _check_finite(X: np.ndarray, p: Path, columns) -> None:
     finite = np.isfinite(X)

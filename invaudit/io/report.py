@@ -10,7 +10,6 @@ symbolic link is written through to its target, and an existing report keeps its
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import re
@@ -20,9 +19,10 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
+import orjson
 
 from .. import __version__
 from ..errors import InputError
@@ -31,23 +31,36 @@ from ..errors import InputError
 STALE_SECONDS = 3600.0
 
 
+#: Envelope keys that come before ``results`` (the first line of ``--format jsonl``).
+HEAD_KEYS = ("schema", "invaudit_version", "command", "model", "data", "params")
+
+_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
 def envelope(command: str, *, model: Optional[dict], data: Optional[dict], params: dict,
-             results: list, summary: dict, elapsed_s: float, extra: Optional[dict] = None) -> dict:
-    """The report every command emits (DESIGN.md, "JSON report")."""
+             results, summary: dict, elapsed_s: float, extra: Optional[dict] = None,
+             version: int = 1) -> dict:
+    """The report every command emits (DESIGN.md, "JSON report").
+
+    ``results`` is a list of dicts or a :class:`Columns` (kept as columns: it is encoded in bulk
+    by :func:`encode`, and only the rows a table shows ever become dicts). Everything but
+    ``results`` is made plain Python (:func:`jsonable`); list results are made plain one level
+    deep (:func:`_plain_record`), leaving numpy vectors inside them for the encoder.
+    """
     report = {
-        "schema": f"invaudit.{command}/1",
+        "schema": f"invaudit.{command}/{int(version)}",
         "invaudit_version": __version__,
         "command": command,
-        "model": model,
-        "data": data,
-        "params": params,
-        "results": results,
-        "summary": summary,
+        "model": jsonable(model),
+        "data": jsonable(data),
+        "params": jsonable(params),
+        "results": results if isinstance(results, Columns) else [_plain_record(r) for r in results],
+        "summary": jsonable(summary),
         "elapsed_s": round(float(elapsed_s), 6),
     }
     if extra:
-        report.update(extra)
-    return jsonable(report)
+        report.update(jsonable(extra))
+    return report
 
 
 def jsonable(obj: Any) -> Any:
@@ -64,11 +77,285 @@ def jsonable(obj: Any) -> Any:
         return None
     if isinstance(obj, Path):
         return str(obj)
+    if isinstance(obj, Columns):
+        return [jsonable(r) for r in obj]
     return obj
 
 
+def _plain_scalar(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, Path):
+        return str(v)
+    return v
+
+
+def _plain_record(r: Any) -> Any:
+    """A result record with plain scalars (what tables print), walked through nested dicts and
+    lists of dicts but never through long numeric vectors: those stay as they are (numpy arrays
+    or lists) and the encoder writes them in bulk, NaN as null."""
+    if isinstance(r, dict):
+        return {str(k): _plain_record(v) for k, v in r.items()}
+    if isinstance(r, (list, tuple)) and r and isinstance(r[0], dict):
+        return [_plain_record(v) for v in r]
+    if isinstance(r, (list, tuple, np.ndarray)):
+        return r
+    return _plain_scalar(r)
+
+
+def _default(obj: Any) -> Any:
+    """What orjson does not write natively."""
+    if isinstance(obj, np.ndarray):  # object dtype or not C-contiguous
+        if obj.dtype.kind in "fiub":
+            return np.ascontiguousarray(obj)
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    if isinstance(obj, Columns):
+        return list(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+def to_json(value: Any, *, indent: bool = False) -> bytes:
+    """One value as JSON bytes (orjson: numpy arrays in bulk, NaN and infinities as null)."""
+    return orjson.dumps(value, default=_default, option=_OPTS | (orjson.OPT_INDENT_2 if indent else 0))
+
+
+# --- results held as columns ---------------------------------------------------------------------
+
+class Columns:
+    """The results of a row command held as columns, one entry per row.
+
+    Encoded in bulk (:meth:`lines`): numbers, booleans and whole vector columns go through
+    orjson's numpy path in one call per chunk, repeated values (class labels, methods) are
+    encoded once. Rows become Python dicts only when asked (:meth:`row`, :meth:`rows`), which is
+    what a table does for the rows it shows. Field kinds:
+
+    - ``num``: float array, non-finite values written as null;
+    - ``int`` / ``bool``: integer or boolean array;
+    - ``const``: one value for every row;
+    - ``cat``: integer codes into a list of values (code -1: null);
+    - ``vec``: an ``(n, D)`` float matrix, one JSON list per row, null where ``present`` is False;
+    - ``obj``: a list of arbitrary JSON-ready values.
+    """
+
+    def __init__(self, n: int):
+        self.n = int(n)
+        self._fields: dict = {}
+        self._optional: set = set()
+
+    def __len__(self) -> int:
+        return self.n
+
+    @property
+    def names(self) -> list:
+        return list(self._fields)
+
+    def add(self, name: str, kind: str, data: Any, *, values=None, present=None,
+            optional: bool = False) -> "Columns":
+        """Add a field (see the class docstring for ``kind``). ``optional``: a row whose value
+        would be null leaves the field out instead (the first field is never optional)."""
+        if kind not in ("num", "int", "bool", "const", "cat", "vec", "obj", "raw"):
+            raise ValueError(f"unknown column kind {kind!r}")
+        if optional and not self._fields:
+            raise ValueError("the first field cannot be optional")
+        if kind in ("num", "int", "bool", "cat"):
+            data = np.asarray(data)
+            if data.shape != (self.n,):
+                raise ValueError(f"column {name!r} has shape {data.shape} for {self.n} rows")
+        elif kind == "vec":
+            data = np.asarray(data, dtype=np.float64)
+            if data.ndim != 2 or data.shape[0] != self.n:
+                raise ValueError(f"vector column {name!r} has shape {data.shape} for {self.n} rows")
+            present = np.ones(self.n, dtype=bool) if present is None else np.asarray(present, dtype=bool)
+        elif kind in ("obj", "raw") and len(data) != self.n:
+            raise ValueError(f"column {name!r} has {len(data)} entries for {self.n} rows")
+        self._fields[name] = (kind, data, values, present)
+        if optional:
+            self._optional.add(name)
+        else:
+            self._optional.discard(name)
+        return self
+
+    def column(self, name: str) -> np.ndarray:
+        """A numeric column as an array (for sorting and summaries)."""
+        kind, data, _, _ = self._fields[name]
+        if kind == "const":
+            return np.full(self.n, data, dtype=object)
+        return np.asarray(data)
+
+    def values(self, name: str) -> list:
+        """A field's values for every row, as the report writes them (decoded categories)."""
+        return [self._value(name, i) for i in range(self.n)]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._fields
+
+    # -- rows as dicts (tables) --------------------------------------------------------------------
+    def _value(self, name: str, i: int) -> Any:
+        kind, data, values, present = self._fields[name]
+        if kind == "const":
+            return data
+        if kind == "num":
+            return _plain_scalar(float(data[i]))
+        if kind == "int":
+            return int(data[i])
+        if kind == "bool":
+            return bool(data[i])
+        if kind == "cat":
+            k = int(data[i])
+            return None if k < 0 else values[k]
+        if kind == "vec":
+            return [_plain_scalar(v) for v in data[i].tolist()] if present[i] else None
+        if kind == "raw":
+            return orjson.loads(data[i])
+        return data[i]
+
+    def row(self, i: int) -> dict:
+        out = {}
+        for name in self._fields:
+            v = self._value(name, int(i))
+            if v is None and name in self._optional:
+                continue
+            out[name] = v
+        return out
+
+    def rows(self, index) -> list:
+        return [self.row(i) for i in index]
+
+    def __iter__(self):
+        for i in range(self.n):
+            yield self.row(i)
+
+    def __getitem__(self, i: int) -> dict:
+        if not -self.n <= i < self.n:
+            raise IndexError(i)
+        return self.row(i % self.n if self.n else i)
+
+    # -- bulk encoding -----------------------------------------------------------------------------
+    def _encoded(self, name: str, lo: int, hi: int) -> list:
+        kind, data, values, present = self._fields[name]
+        m = hi - lo
+        if kind == "const":
+            return [to_json(data)] * m
+        if kind == "obj":
+            return [to_json(v) for v in data[lo:hi]]
+        if kind == "raw":
+            return list(data[lo:hi])
+        if kind == "cat":
+            lookup = np.array([to_json(v) for v in values] + [b"null"], dtype=object)
+            codes = np.asarray(data[lo:hi], dtype=np.intp)
+            return lookup[np.where(codes < 0, len(values), codes)].tolist()
+        if kind == "vec":
+            block = np.ascontiguousarray(data[lo:hi])
+            if block.shape[1] == 0:
+                parts = [b"[]"] * m
+            else:
+                # one C-level replace and split: each row keeps its own brackets (numbers never
+                # hold a newline)
+                parts = orjson.dumps(block, option=_OPTS)[1:-1].replace(b"],[", b"]\n[").split(b"\n")
+            mask = present[lo:hi]
+            if not mask.all():
+                parts = [p if ok else b"null" for p, ok in zip(parts, mask.tolist())]
+            return parts
+        dtype = {"num": np.float64, "int": np.int64, "bool": np.bool_}[kind]
+        return orjson.dumps(np.ascontiguousarray(data[lo:hi], dtype=dtype), option=_OPTS)[1:-1].split(b",")
+
+    def lines(self, chunk: int = 8192):
+        """Yield lists of encoded rows (compact JSON objects, bytes), ``chunk`` rows at a time."""
+        names = list(self._fields)
+        parts = []
+        for j, k in enumerate(names):
+            key = orjson.dumps(k).replace(b"%", b"%%")
+            # an optional field carries its own comma and key (or nothing)
+            parts.append(b"%b" if k in self._optional else (b"" if j == 0 else b",") + key + b":%b")
+        template = b"{" + b"".join(parts) + b"}"
+        for lo in range(0, self.n, max(1, int(chunk))):
+            hi = min(self.n, lo + chunk)
+            cols = []
+            for k in names:
+                enc = self._encoded(k, lo, hi)
+                if k in self._optional:
+                    prefix = b"," + orjson.dumps(k) + b":"
+                    enc = [b"" if v == b"null" else prefix + v for v in enc]
+                cols.append(enc)
+            yield [template % t for t in zip(*cols)] if names else [b"{}"] * (hi - lo)
+
+
+def _result_lines(results) -> Iterator[list]:
+    if isinstance(results, Columns):
+        yield from results.lines()
+    else:
+        for lo in range(0, len(results), 4096):
+            yield [to_json(r) for r in results[lo:lo + 4096]]
+
+
+def _member(key: str, value: Any) -> bytes:
+    """``  "key": value`` at the envelope's indentation (nested lines two spaces deeper)."""
+    return b"  " + orjson.dumps(key) + b": " + to_json(value, indent=True).replace(b"\n", b"\n  ")
+
+
+def encode(report: dict) -> Iterator[bytes]:
+    """The report as JSON, in pieces: the envelope indented, one compact line per result (a
+    vector stays on its row's line), so a million rows are written without ever holding the
+    whole text."""
+    if "results" not in report:  # not an envelope: one indented value
+        yield to_json(report, indent=True) + b"\n"
+        return
+    yield json_head(report)
+    any_row = False
+    for lines in _result_lines(report["results"]):
+        if lines:
+            yield json_rows(lines, first=not any_row)
+            any_row = True
+    yield json_tail(report, any_row=any_row)
+
+
+def json_head(report: dict) -> bytes:
+    """``{`` and every envelope member before ``results``, then ``"results": [``."""
+    members = [_member(k, report[k]) for k in HEAD_KEYS if k in report]
+    return b"{\n" + b",\n".join(members + [b'  "results": [']) 
+
+
+def json_rows(lines: list, *, first: bool) -> bytes:
+    """Encoded result rows inside ``results`` (``first``: no comma before them)."""
+    return (b"\n    " if first else b",\n    ") + b",\n    ".join(lines)
+
+
+def json_tail(report: dict, *, any_row: bool) -> bytes:
+    """``]`` and the members after ``results`` (summary, elapsed_s, extras), then ``}``."""
+    rest = [_member(k, v) for k, v in report.items() if k not in HEAD_KEYS and k != "results"]
+    return (b"\n  ]" if any_row else b"]") + b"".join(b",\n" + m for m in rest) + b"\n}\n"
+
+
+def encode_jsonl(report: dict) -> Iterator[bytes]:
+    """``--format jsonl``: the envelope (without results and summary) on the first line, one
+    result per line, then ``{"summary": ..., "elapsed_s": ...}`` (and any extra top-level
+    fields) on the last line."""
+    yield jsonl_head(report)
+    for lines in _result_lines(report["results"]):
+        if lines:
+            yield b"\n".join(lines) + b"\n"
+    yield jsonl_tail(report)
+
+
+def jsonl_head(report: dict) -> bytes:
+    return to_json({k: report[k] for k in HEAD_KEYS if k in report}) + b"\n"
+
+
+def jsonl_tail(report: dict) -> bytes:
+    return to_json({k: v for k, v in report.items() if k not in HEAD_KEYS and k != "results"}) + b"\n"
+
+
 def dumps(report: dict) -> str:
-    return json.dumps(report, indent=2, allow_nan=False) + "\n"
+    """The whole report as JSON text (see :func:`encode`)."""
+    return b"".join(encode(report)).decode("utf-8")
 
 
 def check_writable(path, *, option: str = "--json") -> Path:
@@ -201,45 +488,111 @@ def _signals_raise():
 
 
 def write_atomic(path, text) -> None:
-    """Write ``text`` (str or bytes) to ``path`` so that readers see the old file or the whole new one.
+    """Write ``text`` (str, bytes, or an iterable of bytes pieces) to ``path`` so that readers see
+    the old file or the whole new one.
 
     The temporary is removed if the write fails or SIGINT/SIGTERM arrives (the signal is then
     delivered as it would have been); stale temporaries of the same target are swept first. A
     symbolic link is written through to its target; an existing file keeps its mode, a new one
     gets the umask's default (not the 0600 of a temporary file).
     """
-    target = _resolved(Path(path))
-    folder = target.parent if str(target.parent) else Path(".")
-    folder.mkdir(parents=True, exist_ok=True)
-    sweep_stale_temporaries(target)
-    try:
-        mode = stat.S_IMODE(os.stat(target).st_mode)
-    except OSError:
-        mode = 0o666 & ~_umask()
-    tmp = None
-    try:
-        with _signals_raise():
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp",
-                                       dir=folder)
-            binary = isinstance(text, (bytes, bytearray))
-            with os.fdopen(fd, "wb" if binary else "w",
-                           **({} if binary else {"encoding": "utf-8"})) as fh:
-                os.fchmod(fh.fileno(), mode)
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-            tmp = None
-    except BaseException as exc:
-        if tmp is not None:
+    with AtomicFile(path) as fh:
+        if isinstance(text, str):
+            fh.write(text.encode("utf-8"))
+        elif isinstance(text, (bytes, bytearray, memoryview)):
+            fh.write(text)
+        else:
+            for piece in text:
+                fh.write(piece)
+
+
+class AtomicFile:
+    """A file written piece by piece that appears at ``path`` only when complete.
+
+    ``with AtomicFile(path) as fh: fh.write(b"...")``: the pieces go to a temporary next to the
+    target (``.NAME.PID.XXXX.tmp``); leaving the block normally flushes it to disk and renames it
+    over the target; an exception (or SIGINT/SIGTERM, which raise while the block runs) removes
+    it, and the signal is then delivered as it would have been. A streamed report thus never
+    exists half-written under its own name.
+    """
+
+    def __init__(self, path):
+        self.target = _resolved(Path(path))
+        self._fh = None
+        self._tmp = None
+        self._signals = None
+
+    def __enter__(self) -> "AtomicFile":
+        target = self.target
+        folder = target.parent if str(target.parent) else Path(".")
+        folder.mkdir(parents=True, exist_ok=True)
+        sweep_stale_temporaries(target)
+        try:
+            mode = stat.S_IMODE(os.stat(target).st_mode)
+        except OSError:
+            mode = 0o666 & ~_umask()
+        self._signals = _signals_raise()
+        self._signals.__enter__()
+        try:
+            fd, self._tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=folder)
+            self._fh = os.fdopen(fd, "wb")
+            os.fchmod(self._fh.fileno(), mode)
+        except BaseException as exc:
+            self._cleanup()
+            self._exit_signals(exc)
+            raise
+        return self
+
+    def write(self, data) -> None:
+        self._fh.write(data)
+
+    def seek(self, offset: int) -> None:
+        self._fh.flush()
+        self._fh.seek(offset)
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+    def _cleanup(self) -> None:
+        if self._fh is not None:
             try:
-                os.unlink(tmp)
+                self._fh.close()
+            except OSError:
+                pass
+            self._fh = None
+        if self._tmp is not None:
+            try:
+                os.unlink(self._tmp)
             except FileNotFoundError:
                 pass
+            self._tmp = None
+
+    def _exit_signals(self, exc) -> None:
+        sig, self._signals = self._signals, None
+        if sig is not None:
+            sig.__exit__(None, None, None)
         if isinstance(exc, _Interrupted):
             # deliver the signal as if nothing had caught it (default: terminate; SIGINT raises
             # KeyboardInterrupt through Python's own handler)
             if exc.signum == signal.SIGINT:
                 raise KeyboardInterrupt from None
             os.kill(os.getpid(), exc.signum)
-        raise
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc is None:
+            try:
+                self._fh.flush()
+                os.fsync(self._fh.fileno())
+                self._fh.close()
+                self._fh = None
+                os.replace(self._tmp, self.target)
+                self._tmp = None
+            except BaseException as err:
+                self._cleanup()
+                self._exit_signals(err)
+                raise
+            self._exit_signals(None)
+            return False
+        self._cleanup()
+        self._exit_signals(exc)
+        return False

@@ -109,6 +109,40 @@ class MarginBatch:
         return out
 
 
+    def columns(self, classes, row_ids=None, labels=None, *, perturbation: bool = True):
+        """The same fields as :meth:`records`, held as columns (``invaudit.io.report.Columns``):
+        the report encodes them in bulk and a table turns only the rows it shows into dicts.
+        ``perturbation=False`` leaves the vectors out (a batch whose matrix was not kept)."""
+        from invaudit.io.report import Columns
+
+        classes = [to_jsonable(c) for c in np.asarray(classes)]
+        n = len(self)
+        row_ids = np.arange(n) if row_ids is None else np.asarray(row_ids)
+        if row_ids.shape != (n,):
+            raise InputError(f"row ids must have one entry per row ({n}), got shape {row_ids.shape}.")
+        cols = Columns(n).add("row", "int", row_ids.astype(np.int64))
+        if labels is not None:
+            labels = np.asarray(labels)
+            if labels.shape != (n,):
+                raise InputError(f"labels must have one entry per row ({n}), got shape {labels.shape}.")
+            uniq, codes = np.unique(labels, return_inverse=True)
+            cols.add("label", "cat", codes.reshape(-1), values=[to_jsonable(v) for v in uniq])
+        cols.add("predicted_class", "cat", np.asarray(self.predicted_index, dtype=np.intp), values=classes)
+        cols.add("margin", "num", np.asarray(self.margin, dtype=np.float64))
+        cols.add("norm", "const", self.norm)
+        cols.add("nearest_class", "cat", np.asarray(self.nearest_index, dtype=np.intp), values=classes)
+        if perturbation:
+            pert = np.asarray(self.perturbation, dtype=np.float64)
+            has = np.all(np.isfinite(pert), axis=1) if pert.size else np.zeros(n, dtype=bool)
+            cols.add("perturbation", "vec", pert, present=has)
+        cols.add("perturbation_norm", "num", np.asarray(self.perturbation_norm, dtype=np.float64))
+        cols.add("exact", "bool", np.asarray(self.exact, dtype=bool))
+        cols.add("lower_bound", "num", np.asarray(self.lower_bound, dtype=np.float64))
+        methods, codes = np.unique(np.asarray(self.method).astype(str), return_inverse=True)
+        cols.add("method", "cat", codes.reshape(-1), values=[str(m) for m in methods])
+        return cols
+
+
 def default_eps(margins: np.ndarray, count: int = 5) -> list[float]:
     """A handful of epsilons spread over the observed margins: the 10/25/50/75/90 % quantiles of
     the finite positive margins, rounded to two significant digits, without duplicates."""

@@ -1,6 +1,7 @@
 """Rendering reports for people: rich tables on a terminal, Markdown for CI summaries.
 
-JSON is not rendered here: it is the report itself (``invaudit.io.dumps``). Each command has a
+JSON is not rendered here: it is the report itself (``invaudit.io.report.encode``; ``jsonl``:
+``encode_jsonl``). Each command has a
 :class:`~invaudit.render.views.View`; table and Markdown output both come from it, so they cannot
 drift apart.
 """
@@ -17,6 +18,7 @@ from .views import VIEWS, View, view_for
 class Format(str, Enum):
     table = "table"
     json = "json"
+    jsonl = "jsonl"
     markdown = "markdown"
 
     def to_renderer(self):
@@ -24,10 +26,11 @@ class Format(str, Enum):
         from .markdown import render_markdown
         from .table import render_table
 
-        if self is Format.json:
-            from ..io import dumps
+        if self in (Format.json, Format.jsonl):
+            from ..io.report import encode, encode_jsonl
 
-            return lambda report, console: console.file.write(dumps(report))
+            pieces = encode if self is Format.json else encode_jsonl
+            return lambda report, console: console.file.write(b"".join(pieces(report)).decode("utf-8"))
         return {Format.table: render_table, Format.markdown: render_markdown}[self]
 
 

@@ -68,14 +68,13 @@ def to_markdown(report: dict) -> str:
     lines = [f"### {view.title(report)}", ""]
     for key, value in view.summary(report):
         lines.append(f"- **{key}**: {value}")
-    rows = view.rows(report)
-    if rows:
+    shown, total = view.shown(report)
+    if shown:
         lines += ["", "| " + " | ".join(c.header or " " for c in view.columns) + " |",
                   "|" + "|".join("---:" if c.justify == "right" else ":---" for c in view.columns) + "|"]
-        shown = rows if view.max_rows is None else rows[: view.max_rows]
         lines += ["| " + " | ".join(_cell(c.get(r)) for c in view.columns) + " |" for r in shown]
-        if len(shown) < len(rows):
-            lines += ["", f"_{len(rows) - len(shown)} more rows in the JSON report._"]
+        if len(shown) < total:
+            lines += ["", f"_{total - len(shown)} more rows in the JSON report._"]
     for extra in view.extras:
         for heading, block in extra(report):
             lines += ["", f"**{heading}**", "", "```", str(block), "```"]

@@ -16,17 +16,16 @@ def render_table(report: dict, console: Console) -> None:
     console.print(f"[bold]{escape(view.title(report))}[/bold]", highlight=False)
     for key, value in view.summary(report):
         console.print(f"  {key}: {value}", highlight=False, markup=False)
-    rows = view.rows(report)
-    if rows:
+    shown, total = view.shown(report)
+    if shown:
         table = Table(show_edge=False, pad_edge=False)
         for col in view.columns:
             table.add_column(col.header, justify=col.justify, overflow="fold")
-        shown = rows if view.max_rows is None else rows[: view.max_rows]
         for row in shown:
             table.add_row(*(Text(fmt_num(col.get(row))) for col in view.columns))
         console.print(table)
-        if len(shown) < len(rows):
-            console.print(f"  ... {len(rows) - len(shown)} more rows in the JSON report (--format json or --json PATH)",
+        if len(shown) < total:
+            console.print(f"  ... {total - len(shown)} more rows in the JSON report (--format json or --json PATH)",
                           highlight=False, markup=False)
     for extra in view.extras:
         for heading, block in extra(report):

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+import numpy as np
+
 
 def fmt_num(v: Any, digits: int = 4) -> str:
     if v is None:
@@ -39,14 +41,38 @@ class Column:
     justify: str = "right"
 
 
+def _all_rows(report: dict) -> list:
+    return list(report.get("results", []))
+
+
 @dataclass(frozen=True)
 class View:
     title: Callable[[dict], str]
     columns: list
     summary: Callable[[dict], list] = lambda report: []
-    rows: Callable[[dict], list] = lambda report: report.get("results", [])
+    rows: Callable[[dict], list] = _all_rows
     max_rows: Optional[int] = 200
     extras: list = field(default_factory=list)  # callables report -> list of (heading, text) blocks
+    # (report, limit) -> (rows to show, how many rows there are): what a table prints, without
+    # turning every result into a dict (results held as columns stay columns)
+    select: Optional[Callable[[dict, Optional[int]], tuple]] = None
+
+    def shown(self, report: dict) -> tuple:
+        """``(rows, total)``: the rows a table or Markdown shows (at most ``max_rows``), and how
+        many there are in all."""
+        from invaudit.io.report import Columns
+
+        results = report.get("results", [])
+        if self.select is not None:
+            shown, total = self.select(report, self.max_rows)
+        elif isinstance(results, Columns) and self.rows is _all_rows:
+            k = len(results) if self.max_rows is None else min(len(results), self.max_rows)
+            shown, total = results.rows(range(k)), len(results)
+        else:
+            rows = self.rows(report)
+            shown, total = (rows if self.max_rows is None else rows[: self.max_rows]), len(rows)
+        # a streamed run keeps only the rows it could show, and says how many there were
+        return shown, getattr(results, "n_total", total)
 
 
 def _row(x: dict):
@@ -139,10 +165,31 @@ COUNTERFACTUAL = View(
     ],
 )
 
+def _smallest_margins(report: dict, limit: Optional[int]) -> tuple:
+    """The rows with the smallest margins first (no margin: last); from columns, only the rows
+    shown become dicts."""
+    from invaudit.io.report import Columns
+
+    results = report["results"]
+    if not isinstance(results, Columns):
+        rows = sorted(results, key=lambda x: (x["margin"] is None, x["margin"] or 0.0))
+        return (rows if limit is None else rows[:limit]), len(rows)
+    m = np.asarray(results.column("margin"), dtype=np.float64)
+    key = np.where(np.isfinite(m), m, np.inf)
+    k = len(results) if limit is None else min(limit, len(results))
+    if k < len(results):
+        part = np.argpartition(key, k - 1)[:k] if k else np.zeros(0, dtype=np.intp)
+        order = part[np.lexsort((part, key[part]))]
+    else:
+        order = np.lexsort((np.arange(len(key)), key))
+    return results.rows(order.tolist()), len(results)
+
+
 MARGIN = View(
     title=lambda r: f"margins ({r['params'].get('norm')}): {_model_line(r)}",
     summary=_summary_items,
-    rows=lambda r: sorted(r["results"], key=lambda x: (x["margin"] is None, x["margin"] or 0.0)),
+    rows=lambda r: _smallest_margins(r, None)[0],
+    select=_smallest_margins,
     max_rows=20,
     columns=[
         Column("row", _row),
@@ -198,7 +245,8 @@ def explain_images(report: dict, limit: int = 4) -> list:
     if not shape:
         return []
     blocks = []
-    for res in report["results"][:limit]:
+    results = report["results"]
+    for res in (results[i] for i in range(min(limit, len(results)))):
         resp = res["responsibility"]
         top = max(resp) or 1.0
         heat = _grid(resp, shape, lambda v: SHADES[min(4, int(round(4 * v / top)))])

@@ -34,9 +34,11 @@ def test_atomic_write_leaves_old_file_when_interrupted(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temporary left behind
 
 
-def test_dumps_refuses_nan():
-    with pytest.raises(ValueError):
-        dumps({"x": math.nan})
+def test_dumps_never_writes_nan():
+    # JSON has no NaN or infinity: both become null, in scalars and inside numpy vectors
+    text = dumps({"x": math.nan, "v": np.array([1.0, np.inf, -np.inf, np.nan])})
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"x": None, "v": [1.0, None, None, None]}
 
 
 # --- issue 14: signals, stale temporaries, modes, links, writability checked up front ----------
@@ -140,3 +142,76 @@ def test_unwritable_json_path_fails_before_the_model_is_even_read(tmp_path, inva
     r = invaudit("info", str(tmp_path / "missing-model.joblib"), "--json",
                  str(tmp_path / "file" / "r.json"))
     assert r.code == 3 and "not a folder" in r.err
+
+
+# --- issue 16: results held as columns, encoded in bulk -------------------------------------------
+
+from invaudit.io.report import AtomicFile, Columns, encode, encode_jsonl, to_json  # noqa: E402
+
+
+def _columns():
+    """Every kind of field, with the values that trip encoders: NaN, infinities, -0.0, huge and
+    tiny numbers, quotes, commas, brackets, % signs and non-ASCII text in labels."""
+    vec = np.array([[1e-300, -0.0, 1e300], [np.nan, 1.0, 2.0], [0.1, 0.2, 0.30000000000000004]])
+    return (Columns(3)
+            .add("row", "int", np.array([7, 8, 9]))
+            .add("margin", "num", np.array([0.5, np.inf, -np.nan]))
+            .add("exact", "bool", np.array([True, False, True]))
+            .add("norm", "const", "l2")
+            .add("label", "cat", np.array([1, -1, 0]), values=['a "b"', "c,d],[e%s", "é∞"])
+            .add("perturbation", "vec", vec, present=np.array([True, False, True]))
+            .add("extra", "obj", [{"k": [1, 2]}, None, "x"])
+            .add("changed", "raw", [b"[0,2]", b"[]", b'["f%"]'])
+            .add("lower_bound", "num", np.array([np.nan, 1.5, np.nan]), optional=True))
+
+
+def test_columns_encode_each_row_as_its_dict_would_be():
+    cols = _columns()
+    expected = [
+        {"row": 7, "margin": 0.5, "exact": True, "norm": "l2", "label": "c,d],[e%s",
+         "perturbation": [1e-300, -0.0, 1e300], "extra": {"k": [1, 2]}, "changed": [0, 2]},
+        {"row": 8, "margin": None, "exact": False, "norm": "l2", "label": None, "perturbation": None,
+         "extra": None, "changed": [], "lower_bound": 1.5},
+        {"row": 9, "margin": None, "exact": True, "norm": "l2", "label": 'a "b"',
+         "perturbation": [0.1, 0.2, 0.30000000000000004], "extra": "x", "changed": ["f%"]},
+    ]
+    for chunk in (1, 2, 5):
+        lines = [line for block in cols.lines(chunk) for line in block]
+        assert [json.loads(line) for line in lines] == expected
+        assert all(b"\n" not in line for line in lines)  # one line per row, vectors included
+    assert cols.rows(range(3)) == expected
+    got = json.loads(lines[0])["perturbation"]
+    assert got[0] == 1e-300 and str(got[1]) == "-0.0"  # shortest round trip, sign of zero kept
+
+
+def test_the_report_text_parses_to_the_same_report_as_plain_dicts():
+    cols = _columns()
+    extra = {"interrupted": None}
+    rep = envelope("margin", model={"path": "m", "classes": np.array([0, 1])}, data=None,
+                   params={"eps": [np.float64(0.5)]}, results=cols, summary={"min": np.float32(0.25)},
+                   elapsed_s=1.0, extra=extra)
+    plain = envelope("margin", model={"path": "m", "classes": np.array([0, 1])}, data=None,
+                     params={"eps": [np.float64(0.5)]}, results=list(cols), summary={"min": np.float32(0.25)},
+                     elapsed_s=1.0, extra=extra)
+    text = b"".join(encode(rep)).decode()
+    assert json.loads(text) == json.loads(b"".join(encode(plain))) == jsonable(plain)
+    lines = b"".join(encode_jsonl(rep)).decode().splitlines()
+    assert json.loads(lines[0]) == {k: json.loads(text)[k] for k in
+                                    ("schema", "invaudit_version", "command", "model", "data", "params")}
+    assert [json.loads(x) for x in lines[1:-1]] == json.loads(text)["results"]
+    assert json.loads(lines[-1]) == {"summary": {"min": 0.25}, "elapsed_s": 1.0, "interrupted": None}
+    empty = envelope("margin", model=None, data=None, params={}, results=Columns(0), summary={}, elapsed_s=0)
+    assert json.loads(dumps(empty))["results"] == []
+
+
+def test_an_atomic_stream_appears_only_when_complete(tmp_path):
+    target = tmp_path / "r.json"
+    target.write_text("old\n")
+    with pytest.raises(RuntimeError):
+        with AtomicFile(target) as fh:
+            fh.write(b"half")
+            assert target.read_text() == "old\n"
+            raise RuntimeError("stop")
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"] and target.read_text() == "old\n"
+    write_atomic(target, (piece for piece in [b"a", b"b", to_json([1.5])]))
+    assert target.read_text() == "ab[1.5]"

@@ -1,0 +1,212 @@
+"""Benchmark (issue 16, parts 1, 2 and 5): the command around the solver, at scale.
+
+Run by hand (not by pytest), from the repository root::
+
+    .venv/bin/python benchmarks/report_scale.py [--quick] [--only margin,cf,rows,info]
+
+Inputs are generated once in ``/tmp/invaudit_report_scale`` (about 0.8 GB). For each target it
+prints the CLI's wall time, its CPU time (user + system: on a loaded machine wall time is
+inflated by waiting for a core, CPU time much less), its peak memory (``ru_maxrss`` of that one
+child, from ``/usr/bin/time``), the report's size, and the in-process solver time measured in the same
+run, so the CLI's overhead (wall - solver) sits next to the solver itself:
+
+1. ``margin --json`` on 1,000,000 x 50 rows, a 10-class linear model (target: <= 20 s wall,
+   <= 1.5 GB peak), and the same with ``--format table`` (target: <= solver + data read + 1 s);
+   ``--quick``: 100,000 rows.
+2. ``counterfactual --json`` on 400 x 2,000 rows, softmax with K = 50 classes, target class 0
+   for every row (target: CLI wall <= solver + 1.5 s, report <= 20 MB); ``--quick``: 100 rows.
+3. ``margin --rows 0-9`` on a 1,000,000-row CSV with an ID and a label column (target: <= 2 s,
+   <= 300 MB).
+4. Process start for ``invaudit info MODEL`` (target: <= 0.6 s), next to the floor: a bare
+   Python that only unpickles the same model with joblib.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+warnings.filterwarnings("ignore")
+
+WORK = Path("/tmp/invaudit_report_scale")
+CLI = [sys.executable, "-m", "invaudit.cli.app"]
+
+
+def run(cmd, stdout=subprocess.DEVNULL) -> dict:
+    """Run one child under ``/usr/bin/time``: its wall time, CPU time and peak memory. (Not
+    ``os.wait4`` here: a child forked from this process inherits its high-water mark.)"""
+    env = dict(os.environ, INVAUDIT_NO_PROGRESS="1", PYTHONWARNINGS="ignore")
+    stats = WORK / "time.txt"
+    t0 = time.perf_counter()
+    proc = subprocess.run(["/usr/bin/time", "-o", str(stats), "-f", "%e %U %S %M", *[str(c) for c in cmd]],
+                          stdout=stdout, stderr=subprocess.PIPE, env=env)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(map(str, cmd))} exited {proc.returncode}: {proc.stderr.decode().strip()}")
+    e, u, s_, m = stats.read_text().split()[-4:]
+    return {"wall": wall, "cpu": float(u) + float(s_), "peak_mb": int(m) / 1024}
+
+
+def _linear_model(path: Path, D: int, K: int, seed: int):
+    import joblib
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(seed)
+    clf = LogisticRegression()
+    clf.coef_ = rng.normal(size=(K, D)) / np.sqrt(D)
+    clf.intercept_ = rng.normal(size=K)
+    clf.classes_ = np.arange(K)
+    clf.n_features_in_ = D
+    joblib.dump(clf, path)
+    return clf
+
+
+def prepare(n_margin: int, n_cf: int) -> dict:
+    WORK.mkdir(exist_ok=True)
+    files = {"lin": WORK / "linear10.joblib", "X": WORK / f"X_{n_margin}x50.npy",
+             "soft": WORK / "softmax50.joblib", "Xcf": WORK / f"Xcf_{n_cf}x2000.npy",
+             "csv_model": WORK / "csv_lr.joblib", "csv": WORK / "rows_1m.csv"}
+    if not files["lin"].exists():
+        _linear_model(files["lin"], 50, 10, 0)
+    if not files["X"].exists():
+        rng = np.random.default_rng(1)
+        X = np.lib.format.open_memmap(files["X"], mode="w+", dtype=np.float64, shape=(n_margin, 50))
+        for lo in range(0, n_margin, 100_000):
+            X[lo:lo + 100_000] = rng.normal(size=(min(100_000, n_margin - lo), 50))
+        X.flush()
+        del X
+    if not files["soft"].exists():
+        _linear_model(files["soft"], 2000, 50, 2)
+    if not files["Xcf"].exists():
+        np.save(files["Xcf"], np.random.default_rng(3).normal(size=(n_cf, 2000)))
+    if not files["csv"].exists():
+        import joblib
+        import orjson
+        import pandas as pd
+        from sklearn.linear_model import LogisticRegression
+
+        rng = np.random.default_rng(4)
+        names = [f"f{j}" for j in range(20)]
+        Xt = rng.normal(size=(2000, 20))
+        clf = LogisticRegression().fit(pd.DataFrame(Xt, columns=names), (Xt[:, 0] + Xt[:, 1] > 0).astype(int))
+        joblib.dump(clf, files["csv_model"])
+        with open(files["csv"], "wb") as fh:
+            fh.write((",".join(["id", *names, "target"]) + "\n").encode())
+            for lo in range(0, 1_000_000, 50_000):
+                X = np.round(rng.normal(size=(50_000, 20)), 6)
+                y = (X[:, 0] + X[:, 1] > 0).astype(int)
+                body = orjson.dumps(X, option=orjson.OPT_SERIALIZE_NUMPY)[2:-2].split(b"],[")
+                fh.write(b"".join(b"r%d,%b,%d\n" % (lo + i, line, y[i]) for i, line in enumerate(body)))
+    return files
+
+
+def _row(label, r, solver=None, size=None, target=""):
+    """``solver``: (wall, CPU) seconds of the same work in-process; overhead = CLI - solver, in
+    wall and in CPU time (the CPU figure is the one a loaded machine does not inflate)."""
+    sw = sc = over = ""
+    if solver is not None:
+        sw, sc = f"{solver[0]:8.2f}", f"{solver[1]:8.2f}"
+        over = f"{r['wall'] - solver[0]:6.2f}/{r['cpu'] - solver[1]:5.2f}"
+    print(f"{label:44s} {r['wall']:8.2f} {r['cpu']:8.2f} {r['peak_mb']:8.0f} {sw:>8s} {sc:>8s} {over:>12s} "
+          f"{'' if size is None else f'{size / 1e6:8.1f}':>8s}  {target}")
+
+
+def _timed(fn):
+    w, c = time.perf_counter(), time.process_time()
+    out = fn()
+    return (time.perf_counter() - w, time.process_time() - c), out
+
+
+def bench_margin(files, n):
+    import joblib
+
+    from invaudit.margins import margins
+    from invaudit.models import adapt
+
+    form = adapt(joblib.load(files["lin"]))
+    t_read, X = _timed(lambda: np.array(np.load(files["X"], mmap_mode="r")))
+    solver, batch = _timed(lambda: margins(form, X))
+    assert batch.exact.all()
+    del X, batch
+    out = WORK / "margin.json"
+    r = run([*CLI, "margin", files["lin"], files["X"], "--json", out])
+    _row(f"margin --json, {n:,} x 50, K=10", r, solver, out.stat().st_size, "target <= 20 s, <= 1536 MB")
+    r = run([*CLI, "margin", files["lin"], files["X"], "--format", "jsonl"])
+    _row(f"margin --format jsonl (to /dev/null)", r, solver, None, "")
+    r = run([*CLI, "margin", files["lin"], files["X"]])
+    _row(f"margin --format table", r, solver, None, f"target <= solver + read ({t_read[0]:.2f} s) + 1 s")
+    pts = WORK / "adv.npy"
+    r = run([*CLI, "margin", files["lin"], files["X"], "--out", pts])
+    _row(f"margin --out adv.npy (table on stdout)", r, solver, pts.stat().st_size, "")
+    out.unlink(missing_ok=True)
+    pts.unlink(missing_ok=True)
+
+
+def bench_counterfactual(files, n):
+    import joblib
+
+    from invaudit.counterfactual import counterfactuals
+    from invaudit.models import adapt
+
+    form = adapt(joblib.load(files["soft"]))
+    X = np.load(files["Xcf"])
+    target = np.zeros(n, dtype=np.intp)
+    counterfactuals(form, X[:1], target=target[:1])  # per-model precomputation, as the CLI pays it once
+    solver, _ = _timed(lambda: counterfactuals(form, X, target=target))
+    out = WORK / "cf.json"
+    r = run([*CLI, "counterfactual", files["soft"], files["Xcf"], "--target", "0", "--json", out])
+    _row(f"counterfactual --json, {n} x 2000, K=50", r, solver, out.stat().st_size,
+         "target wall <= solver + 1.5 s, <= 20 MB")
+    out.unlink(missing_ok=True)
+
+
+def bench_rows(files):
+    out = WORK / "rows.json"
+    r = run([*CLI, "margin", files["csv_model"], files["csv"], "--id-column", "id", "--label-column", "target",
+             "--rows", "0-9", "--json", out])
+    _row("margin --rows 0-9 on a 1,000,000-row CSV", r, None, out.stat().st_size, "target <= 2 s, <= 300 MB")
+
+
+def bench_info(files):
+    floor = [run([sys.executable, "-c", f"import joblib; joblib.load({str(files['lin'])!r})"]) for _ in range(3)]
+    info = [run([*CLI, "info", files["lin"]]) for _ in range(3)]
+    best = lambda rs: min(rs, key=lambda r: r["wall"])  # noqa: E731
+    _row("python: joblib.load(model) only (the floor)", best(floor))
+    _row("invaudit info MODEL", best(info), None, None, "target <= 0.6 s")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="100,000 margin rows, 100 counterfactual rows")
+    ap.add_argument("--only", default="margin,cf,rows,info")
+    args = ap.parse_args(argv)
+    n_margin = 100_000 if args.quick else 1_000_000
+    n_cf = 100 if args.quick else 400
+    files = prepare(n_margin, n_cf)
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (wall times wait for a core; "
+          "CPU = user + system of the CLI process; peak = its maximum resident set)")
+    print(f"{'case':44s} {'wall s':>8s} {'CPU s':>8s} {'peak MB':>8s} {'solver s':>8s} {'solv CPU':>8s} "
+          f"{'overhead w/c':>12s} {'out MB':>8s}  target")
+    only = set(args.only.split(","))
+    if "margin" in only:
+        bench_margin(files, n_margin)
+    if "cf" in only:
+        bench_counterfactual(files, n_cf)
+    if "rows" in only:
+        bench_rows(files)
+    if "info" in only:
+        bench_info(files)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
