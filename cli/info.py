@@ -18,6 +18,15 @@ def info(model: ModelArg, trust: Trust = False, sha256: Sha256 = None,
         results = [c.as_dict() for c in tabular_capabilities(run.tabular)]
     else:
         results = [c.as_dict() for c in capabilities(run.form)]
+        from invaudit.models.tabular import has_categorical_splits
+
+        from ._common import NUMERIC_ANSWER_COMMANDS
+
+        if has_categorical_splits(run.loaded.estimator):  # the same refusal as the commands' (Run)
+            for r in results:
+                if r["command"] in NUMERIC_ANSWER_COMMANDS:
+                    r.update(available="no", exact="-", method="the model splits on categories that invaudit cannot "
+                             "read as typed columns here; answers would move category codes as numbers")
     run.emit(params={"trust": trust}, results=results,
              summary={"form": run.form.kind, "trusted": run.loaded.trusted}, fmt=format, json_path=json)
 

@@ -243,6 +243,44 @@ _TRANSFORMERS = {
     ("sklearn.feature_selection._sequential", "SequentialFeatureSelector"),  # by hand
 }
 
+# LightGBM and XGBoost scikit-learn wrappers (the ``boost`` extra), recorded by pickling binary and
+# multiclass LGBMClassifier / XGBClassifier (lightgbm 4.7, xgboost 3.2; numeric and categorical
+# features; early stopping) at protocols 0-5 and with joblib.dump. Each wrapper keeps its booster,
+# and each booster pickles its model as data: LightGBM's Booster as the model text
+# (``model_to_string``), XGBoost's as a bytearray of UBJSON (``XGBoosterSerializeToBuffer``). Their
+# ``__setstate__`` hand that data to compiled parsers that trust node and feature indices, so the
+# classes in ``STATE_ONLY`` may only be created empty (NEWOBJ / copy_reg) and given a state that
+# model_file checks first (model_file._check_lightgbm_state / _check_xgboost_state); calling them
+# with arguments (``Booster(model_file=...)`` reads a file) is refused.
+_BOOSTERS = {
+    ("lightgbm.sklearn", "LGBMClassifier"),
+    ("lightgbm.basic", "Booster"),
+    ("xgboost.sklearn", "XGBClassifier"),
+    ("xgboost.core", "Booster"),
+    # LightGBM's best_score: defaultdict(OrderedDict) (the factory is checked)
+    ("collections", "OrderedDict"),
+    ("collections", "defaultdict"),
+    # XGBoost's model buffer at protocols 0-4: bytearray(bytes) / bytearray(str, "latin-1")
+    # (the arguments are checked: bytearray(n) would allocate n bytes)
+    ("builtins", "bytearray"),
+    ("__builtin__", "bytearray"),
+    # XGBClassifier(callbacks=[...]) keeps its training callbacks (only used while fitting);
+    # EvaluationMonitor keeps its logger, which may never be called while loading (NEVER_CALLED)
+    ("xgboost.callback", "EarlyStopping"),
+    ("xgboost.callback", "EvaluationMonitor"),
+    ("xgboost.collective", "communicator_print"),
+}
+
+# Functions a model may hold as a value but that a pickle may not call (REDUCE) while loading.
+NEVER_CALLED: frozenset[tuple[str, str]] = frozenset({("xgboost.collective", "communicator_print")})
+
+STATE_ONLY: frozenset[tuple[str, str]] = frozenset({
+    ("lightgbm.sklearn", "LGBMClassifier"),
+    ("lightgbm.basic", "Booster"),
+    ("xgboost.sklearn", "XGBClassifier"),
+    ("xgboost.core", "Booster"),
+})
+
 # What protocols 0-2 need for ordinary objects and bytes (the unpickler checks each use:
 # _reconstructor only builds an allowlisted class on object (or a dict subclass on dict),
 # _codecs.encode only turns a str into latin-1 bytes, bytes() only makes b"").
@@ -257,7 +295,7 @@ _OLD_PROTOCOLS = {
 
 ALLOWED: frozenset[tuple[str, str]] = frozenset(
     _NUMPY | _NUMPY_RANDOM | _UFUNCS | _JOBLIB | _ESTIMATORS | _LOSSES | _CLASSIFIERS
-    | _TRANSFORMERS | _OLD_PROTOCOLS
+    | _TRANSFORMERS | _OLD_PROTOCOLS | _BOOSTERS
 )
 
 # scikit-learn 1.5 wheels name the Cython module ``sklearn._loss._loss`` as ``_loss`` in pickles

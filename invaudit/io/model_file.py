@@ -25,11 +25,13 @@ bytes, as joblib does):
 
 from __future__ import annotations
 
+import collections
 import copyreg
 import functools
 import hashlib
 import inspect
 import io
+import json
 import lzma
 import math
 import os
@@ -45,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, RefusedModelError
-from ._allowlist import ALLOWED, BOUND_METHODS, MODULE_ALIASES
+from ._allowlist import ALLOWED, BOUND_METHODS, MODULE_ALIASES, NEVER_CALLED, STATE_ONLY
 
 MODEL_SUFFIXES = (".joblib", ".pkl", ".pickle")
 
@@ -860,6 +862,7 @@ class _RestrictedMixin:
         try:
             found = pickle._Unpickler.find_class(self, real_module, name)
         except (ImportError, AttributeError):
+            _missing_optional(self._shown, [module])
             raise InputError(
                 f"{self._shown} needs {module}.{name}, which this installation does not provide "
                 "(was it pickled with another scikit-learn or numpy version?)"
@@ -1000,6 +1003,18 @@ class _RestrictedMixin:
             raise _Refused("it calls numpy.ndarray directly, which numpy never pickles")
         if _is_tree_class(func):
             _check_tree_args(args)
+        if (getattr(func, "__module__", None), getattr(func, "__qualname__", None)) in NEVER_CALLED:
+            raise _Refused(f"it calls {func.__module__}.{func.__qualname__}, which a model only holds")
+        if isinstance(func, type) and (func.__module__, func.__qualname__) in STATE_ONLY:
+            if not new or args or kwargs:
+                raise _Refused(f"it calls {func.__module__}.{func.__qualname__} with arguments; "
+                               "only its saved state may be loaded")
+        elif func is bytearray:
+            _check_bytearray_args(args, kwargs)
+        elif func is collections.defaultdict:
+            if kwargs or len(args) > 1 or (args and args[0] not in
+                                           (None, collections.OrderedDict, dict, list)):
+                raise _Refused("a defaultdict is made with a factory other than a dict or list")
         if new:
             return func.__new__(func, *args, **(kwargs or {}))
         return func(*args, **(kwargs or {}))
@@ -1015,6 +1030,12 @@ class _RestrictedMixin:
             _check_dtype_state(inst, state)
         elif isinstance(inst, np.ndarray):
             self._check_array_state(inst, state)
+        else:
+            owner = (type(inst).__module__, type(inst).__qualname__)
+            if owner == _LGBM_BOOSTER:
+                _check_lightgbm_state(state)
+            elif owner == _XGB_BOOSTER:
+                _check_xgboost_state(state)
         default_build(self)
 
 
@@ -1034,6 +1055,16 @@ def _latin1_encode(obj, encoding="utf-8", errors="strict"):
     if not isinstance(obj, str) or encoding not in ("latin1", "latin-1") or errors != "strict":
         raise _Refused("_codecs.encode is used for something other than bytes")
     return obj.encode("latin1")
+
+
+def _check_bytearray_args(args, kwargs) -> None:
+    # bytearray(bytes) (protocols 3-4) or bytearray(str, "latin-1") (0-2); bytearray(n) would
+    # allocate n bytes
+    ok = not kwargs and (args == () or (len(args) == 1 and isinstance(args[0], (bytes, bytearray)))
+                         or (len(args) == 2 and isinstance(args[0], str)
+                             and args[1] in ("latin-1", "latin1")))
+    if not ok:
+        raise _Refused("bytearray() is called with something other than bytes")
 
 
 def _empty_bytes(*args):
@@ -1177,18 +1208,498 @@ def _make_numpy_unpickler():
     return _RestrictedNumpyUnpickler
 
 
-_OPTIONAL = {"lightgbm": "lightgbm", "xgboost": "xgboost"}
+# --------------------------------------------------------------------------------------------
+# LightGBM and XGBoost: a booster's saved model is data that their compiled parsers and
+# predictors trust (node, leaf and feature indices, byte counts). It is read here first, by a
+# parser that executes nothing, and refused unless it is a well-formed forest; only then does
+# the booster's own ``__setstate__`` see it. (_allowlist.STATE_ONLY: these classes are only ever
+# created empty and given their state by BUILD.)
+
+_LGBM_BOOSTER = ("lightgbm.basic", "Booster")
+_XGB_BOOSTER = ("xgboost.core", "Booster")
+_MAX_TREES = 1_000_000
+_MAX_LEAVES = 1 << 24
+# Booster attributes a LightGBM model pickles besides the model text (lightgbm 4.x): plain data.
+_LGBM_STATE_KEYS = frozenset({
+    "_handle", "handle", "_network", "_train_data_name", "best_iteration", "best_score",
+    "name_valid_sets", "pandas_categorical", "train_set_version", "params",
+    "_Booster__need_reload_eval_info", "_Booster__set_objective_to_none",
+    "_Booster__num_dataset", "_Booster__init_predictor", "_Booster__num_class",
+    "_Booster__inner_predict_buffer", "_Booster__is_predicted_cur_iter",
+    "_Booster__num_inner_eval", "_Booster__name_inner_eval", "_Booster__higher_better_inner_eval",
+    "_Booster__attr",
+})
+_XGB_OBJECTIVES = frozenset({
+    "binary:logistic", "binary:logitraw", "binary:hinge", "multi:softprob", "multi:softmax",
+})
+
+
+def _plain_data(value, depth: int = 0) -> bool:
+    """Only str, numbers, bools, None, bytes and (nested) lists, tuples and dicts of them."""
+    if depth > 32:
+        return False
+    if value is None or isinstance(value, (str, bytes, bool, int, float, np.number, np.bool_)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_plain_data(v, depth + 1) for v in value)
+    if isinstance(value, dict):  # OrderedDict / defaultdict(OrderedDict) included
+        return all(_plain_data(k, depth + 1) and _plain_data(v, depth + 1)
+                   for k, v in value.items())
+    return False
+
+
+def _check_lightgbm_state(state) -> None:
+    """A LightGBM ``Booster.__setstate__`` state: plain attributes and a well-formed model text."""
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        raise _Refused("a LightGBM booster's state is not a dictionary of attributes")
+    unknown = sorted(set(state) - _LGBM_STATE_KEYS)
+    if unknown:
+        raise _Refused(f"a LightGBM booster's state has attributes LightGBM never saves "
+                       f"({', '.join(map(repr, unknown[:5]))})")
+    if state.get("_network", False) is not False:
+        raise _Refused("a LightGBM booster's state claims a network connection")
+    model = state.get("_handle", state.get("handle"))
+    if "_handle" in state and "handle" in state and state["handle"] is not None:
+        raise _Refused("a LightGBM booster's state holds two models")
+    if not isinstance(model, str):
+        raise _Refused("a LightGBM booster's state holds no model text")
+    for key, value in state.items():
+        if key not in ("_handle", "handle") and not _plain_data(value):
+            raise _Refused(f"a LightGBM booster's attribute {key!r} is not plain data")
+    problem = lightgbm_model_problem(model)
+    if problem:
+        raise _Refused(f"its LightGBM model text is malformed: {problem}")
+
+
+def _ints(text: str, n: int, what: str) -> list:
+    parts = text.split()
+    if len(parts) != n:
+        raise ValueError(f"{what} has {len(parts)} values where {n} are expected")
+    try:
+        return [int(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"{what} holds something other than integers") from None
+
+
+def _floats(text: str, n: int, what: str) -> list:
+    parts = text.split()
+    if len(parts) != n:
+        raise ValueError(f"{what} has {len(parts)} values where {n} are expected")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"{what} holds something other than numbers") from None
+    if any(v != v for v in values):
+        raise ValueError(f"{what} holds NaN")
+    return values
+
+
+def lightgbm_model_problem(text: str) -> str | None:
+    """Why a LightGBM model text (``Booster.model_to_string``) is unsafe to parse, or None.
+
+    Checked: the header's sizes; ``tree_sizes`` (LightGBM cuts the text into trees by these byte
+    counts) equal to the real size of each ``Tree=`` block; in every tree, every array of the
+    length ``num_leaves`` implies, children that form one tree over ``num_leaves - 1`` internal
+    nodes and ``num_leaves`` leaves (each reached once, from the root), split features at most
+    ``max_feature_idx``, categorical splits pointing inside ``cat_boundaries`` and those inside
+    ``cat_threshold``, and linear leaves naming features in range.
+    """
+    try:
+        return _lightgbm_text_problem(text)
+    except ValueError as exc:
+        return str(exc)
+
+
+def _key_values(lines, what: str) -> dict:
+    out = {}
+    for line in lines:
+        if not line:
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            if line == "tree" or line == "end of trees":
+                continue
+            raise ValueError(f"{what} has a line that is not key=value")
+        if key in out:
+            raise ValueError(f"{what} sets {key} twice")
+        out[key] = value
+    return out
+
+
+def _lightgbm_text_problem(text: str) -> str | None:
+    end = text.find("\nend of trees")
+    if not text.startswith("tree\n") or end < 0:
+        return "it does not start with 'tree' and end its trees with 'end of trees'"
+    body = text[:end + 1]
+    starts = [m.start() for m in re.finditer(r"^Tree=", body, re.M)]
+    header_end = starts[0] if starts else len(body)
+    header = _key_values(body[:header_end].split("\n"), "the header")
+    for key in ("max_feature_idx", "num_class", "num_tree_per_iteration"):
+        if key not in header:
+            return f"the header has no {key}"
+    n_features = int(header["max_feature_idx"]) + 1
+    n_class = int(header["num_class"])
+    per_iter = int(header["num_tree_per_iteration"])
+    if not (1 <= n_features <= 1 << 24 and 1 <= n_class <= 1 << 16 and 1 <= per_iter <= 1 << 16):
+        return "the header's sizes are out of range"
+    if len(header.get("feature_names", "").split()) != n_features:
+        return "the header's feature_names disagree with max_feature_idx"
+    if len(starts) > _MAX_TREES or len(starts) % per_iter:
+        return "the number of trees is not a whole number of iterations"
+    blocks = [(a, b) for a, b in zip(starts, starts[1:] + [end + 1])]
+    if "tree_sizes" in header:
+        sizes = _ints(header["tree_sizes"], len(blocks), "tree_sizes")
+        if any(s != b - a for s, (a, b) in zip(sizes, blocks)):
+            return "tree_sizes disagree with the trees' real sizes"
+    for i, (a, b) in enumerate(blocks):
+        lines = text[a:b].split("\n")
+        if lines[0] != f"Tree={i}":
+            return f"tree {i} is labelled {lines[0][:30]!r}"
+        problem = _lightgbm_tree_problem(_key_values(lines[1:], f"tree {i}"), n_features)
+        if problem:
+            return f"tree {i}: {problem}"
+    return None
+
+
+def _lightgbm_tree_problem(kv: dict, n_features: int) -> str | None:
+    n_leaves = int(kv.get("num_leaves", "0"))
+    n_cat = int(kv.get("num_cat", "0"))
+    if not (1 <= n_leaves <= _MAX_LEAVES) or not (0 <= n_cat < n_leaves):
+        return "num_leaves or num_cat is out of range"
+    if "leaf_value" not in kv or "shrinkage" not in kv:
+        return "it has no leaf_value or shrinkage"
+    _floats(kv["leaf_value"], n_leaves, "leaf_value")
+    _floats(kv["shrinkage"], 1, "shrinkage")
+    n_inner = n_leaves - 1
+    if n_inner:
+        for key in ("split_feature", "threshold", "decision_type", "left_child", "right_child"):
+            if key not in kv:
+                return f"it has no {key}"
+        feature = _ints(kv["split_feature"], n_inner, "split_feature")
+        kinds = _ints(kv["decision_type"], n_inner, "decision_type")
+        threshold = _floats(kv["threshold"], n_inner, "threshold")
+        left = _ints(kv["left_child"], n_inner, "left_child")
+        right = _ints(kv["right_child"], n_inner, "right_child")
+        if any(not 0 <= f < n_features for f in feature):
+            return "a split names a feature past max_feature_idx"
+        if any(not 0 <= k < 16 for k in kinds):
+            return "a decision_type is out of range"
+        # children: >= 0 an internal node, < 0 the leaf ~child; each reached exactly once
+        seen_inner, seen_leaf = [False] * n_inner, [False] * n_leaves
+        seen_inner[0] = True
+        todo = [0]
+        while todo:
+            node = todo.pop()
+            for child in (left[node], right[node]):
+                if child >= 0:
+                    if child >= n_inner or seen_inner[child]:
+                        return "its children do not form a tree"
+                    seen_inner[child] = True
+                    todo.append(child)
+                else:
+                    leaf = ~child
+                    if leaf >= n_leaves or seen_leaf[leaf]:
+                        return "its children do not form a tree"
+                    seen_leaf[leaf] = True
+        if not (all(seen_inner) and all(seen_leaf)):
+            return "some of its nodes are unreachable"
+        categorical = [i for i, k in enumerate(kinds) if k & 1]
+        if categorical or n_cat:
+            if "cat_boundaries" not in kv or "cat_threshold" not in kv:
+                return "it has categorical splits but no category sets"
+            bounds = _ints(kv["cat_boundaries"], n_cat + 1, "cat_boundaries")
+            words = kv["cat_threshold"].split()
+            if bounds[0] != 0 or bounds[-1] != len(words) or any(
+                    b < a for a, b in zip(bounds, bounds[1:])):
+                return "cat_boundaries disagree with cat_threshold"
+            if any(not 0 <= int(w) < 1 << 32 for w in words):
+                return "cat_threshold holds values that are not 32-bit sets"
+            for i in categorical:
+                t = threshold[i]
+                if t != int(t) or not 0 <= t < n_cat:
+                    return "a categorical split points outside cat_boundaries"
+    if kv.get("is_linear", "0") not in ("0", "1"):
+        return "is_linear is neither 0 nor 1"
+    if kv.get("is_linear", "0") == "1":
+        counts = _ints(kv.get("num_features", ""), n_leaves, "num_features")
+        if any(c < 0 for c in counts):
+            return "num_features is negative"
+        total = sum(counts)
+        used = _ints(kv.get("leaf_features", ""), total, "leaf_features") if total else []
+        if any(not 0 <= f < n_features for f in used):
+            return "a linear leaf names a feature past max_feature_idx"
+        if total:
+            _floats(kv.get("leaf_coeff", ""), total, "leaf_coeff")
+        _floats(kv.get("leaf_const", ""), n_leaves, "leaf_const")
+    return None
+
+
+# -- XGBoost: a small UBJSON reader (XGBoost's own binary JSON), executing nothing ----------------
+
+_UBJ_NUMBERS = {b"i": ">i1", b"U": ">u1", b"I": ">i2", b"l": ">i4", b"L": ">i8",
+                b"d": ">f4", b"D": ">f8"}
+_MAX_UBJ_DEPTH = 64
+
+
+class _UBJ:
+    """Decode UBJSON (https://ubjson.org, draft 12, as XGBoost writes it). Typed numeric arrays
+    become numpy arrays (read in one piece); every count is checked against the bytes left."""
+
+    def __init__(self, data: bytes):
+        self.data = memoryview(data)
+        self.at = 0
+
+    def take(self, n: int) -> memoryview:
+        if n < 0 or self.at + n > len(self.data):
+            raise ValueError("it ends early")
+        out = self.data[self.at:self.at + n]
+        self.at += n
+        return out
+
+    def marker(self) -> bytes:
+        m = bytes(self.take(1))
+        while m == b"N":
+            m = bytes(self.take(1))
+        return m
+
+    def number(self, m: bytes):
+        code = _UBJ_NUMBERS.get(m)
+        if code is None:
+            raise ValueError(f"it has an unknown number type {m!r}")
+        dtype = np.dtype(code)
+        return np.frombuffer(self.take(dtype.itemsize), dtype=dtype)[0].item()
+
+    def count(self) -> int:
+        n = self.number(self.marker())
+        if not isinstance(n, int) or n < 0 or n > len(self.data) - self.at:
+            raise ValueError("it declares a container or string longer than the data")
+        return n
+
+    def string(self) -> str:
+        return bytes(self.take(self.count())).decode("utf-8")
+
+    def value(self, m: bytes, depth: int):
+        if depth > _MAX_UBJ_DEPTH:
+            raise ValueError("it nests too deeply")
+        if m in _UBJ_NUMBERS:
+            return self.number(m)
+        if m == b"S" or m == b"H":
+            return self.string()
+        if m == b"C":
+            return bytes(self.take(1)).decode("latin-1")
+        if m in (b"T", b"F", b"Z"):
+            return {b"T": True, b"F": False, b"Z": None}[m]
+        if m == b"[":
+            return self.container(depth, is_object=False)
+        if m == b"{":
+            return self.container(depth, is_object=True)
+        raise ValueError(f"it has an unknown marker {m!r}")
+
+    def container(self, depth: int, *, is_object: bool):
+        typed, n = None, None
+        m = self.marker()
+        if m == b"$":
+            typed = self.marker()
+            m = self.marker()
+            if m != b"#":
+                raise ValueError("a typed container has no count")
+        if m == b"#":
+            n = self.count()
+            m = None
+        if typed is not None and not is_object and typed in _UBJ_NUMBERS:
+            dtype = np.dtype(_UBJ_NUMBERS[typed])
+            return np.frombuffer(self.take(n * dtype.itemsize), dtype=dtype).astype(dtype.newbyteorder("="))
+        out = {} if is_object else []
+        i = 0
+        while True:
+            if n is not None:
+                if i == n:
+                    return out
+            else:
+                m = self.marker() if m is None else m
+                if m == (b"}" if is_object else b"]"):
+                    return out
+            if is_object:
+                if n is None:
+                    self.at -= 1  # the marker read was the key's length type
+                key = self.string()
+                item = self.value(typed or self.marker(), depth + 1)
+                out[key] = item
+            else:
+                item = self.value(typed or (m if n is None else self.marker()), depth + 1)
+                out.append(item)
+            m = None
+            i += 1
+
+
+def _check_xgboost_state(state) -> None:
+    """An XGBoost ``Booster.__setstate__`` state: ``{"handle": bytearray}`` of a checked model."""
+    if not isinstance(state, dict) or set(state) != {"handle"}:
+        raise _Refused("an XGBoost booster's state is not the single model buffer XGBoost saves")
+    buf = state["handle"]
+    if not isinstance(buf, (bytes, bytearray)):
+        raise _Refused("an XGBoost booster's state holds no model buffer")
+    problem = xgboost_model_problem(bytes(buf))
+    if problem:
+        raise _Refused(f"its XGBoost model is malformed: {problem}")
+
+
+def xgboost_model_problem(buf: bytes) -> str | None:
+    """Why an XGBoost model buffer (``XGBoosterSerializeToBuffer``: UBJSON ``{"Config", "Model"}``)
+    is unsafe to hand to XGBoost, or None.
+
+    Checked: the UBJSON is well formed; the objective is a classification objective; a gblinear
+    booster has one weight per feature and bias and output; for gbtree and dart, the number of
+    trees, ``tree_info`` (class of each tree) and ``iteration_indptr`` agree; in every tree,
+    every array has ``num_nodes`` entries, children come after their parent and name it as their
+    parent (so the nodes form one tree), split features are below ``num_feature``, and
+    categorical split sets lie inside ``categories``.
+    """
+    if not buf.startswith(b"{"):
+        return ("it is not the UBJSON document XGBoost >= 1.6 writes (save it again with a "
+                "current XGBoost)")
+    try:
+        reader = _UBJ(buf)
+        if reader.marker() != b"{":
+            return "it is not a UBJSON object"
+        doc = reader.container(0, is_object=True)
+        if reader.at != len(buf):
+            return "it has bytes after its end"
+        return _xgboost_doc_problem(doc)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, UnicodeDecodeError,
+            OverflowError) as exc:
+        return _one_line(exc) or type(exc).__name__
+
+
+def _int_text(value, what: str) -> int:
+    if isinstance(value, str):
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{what} is not an integer")
+    return value
+
+
+def _xgboost_doc_problem(doc) -> str | None:
+    config, model = doc.get("Config"), doc.get("Model")
+    if not isinstance(config, dict) or not isinstance(model, dict):
+        return "it has no Config and Model"
+    train = config["learner"]["learner_train_param"]
+    objective = train.get("objective")
+    if objective not in _XGB_OBJECTIVES:
+        return f"its objective {str(objective)[:40]!r} is not a classification objective XGBoost documents"
+    learner = model["learner"]
+    param = learner["learner_model_param"]
+    n_features = _int_text(param["num_feature"], "num_feature")
+    n_class = _int_text(param["num_class"], "num_class")
+    if not (0 <= n_features <= 1 << 24 and 0 <= n_class <= 1 << 16):
+        return "num_feature or num_class is out of range"
+    booster = learner["gradient_booster"]
+    name = booster.get("name")
+    if name == "dart":
+        weights = booster.get("weight_drop")
+        booster = booster["gbtree"]
+    elif name == "gbtree":
+        weights = None
+    elif name == "gblinear":  # one weight per (feature + bias, output)
+        coef = np.asarray(booster["model"]["weights"])
+        if coef.shape != ((n_features + 1) * max(n_class, 1),):
+            return "its linear weights disagree with num_feature and num_class"
+        return None
+    else:
+        return f"its booster {str(name)[:20]!r} is not one XGBoost documents (gbtree, dart, gblinear)"
+    if booster.get("name") != "gbtree":
+        return "its tree booster has no trees"
+    forest = booster["model"]
+    trees, info = forest["trees"], np.asarray(forest["tree_info"])
+    n_trees = _int_text(forest["gbtree_model_param"]["num_trees"], "num_trees")
+    if not isinstance(trees, list) or len(trees) != n_trees or n_trees > _MAX_TREES \
+            or info.shape != (n_trees,) or (n_trees and info.dtype.kind not in "iu"):
+        return "its number of trees disagrees with tree_info"
+    if n_trees and (info.min() < 0 or info.max() >= max(n_class, 1)):
+        return "tree_info names a class that does not exist"
+    if weights is not None and np.asarray(weights).shape != (n_trees,):
+        return "its dart weights disagree with its trees"
+    indptr = np.asarray(forest.get("iteration_indptr", [0, n_trees]))
+    if indptr.ndim != 1 or indptr.size < 1 or indptr[0] != 0 or indptr[-1] != n_trees \
+            or np.any(np.diff(indptr) < 0):
+        return "iteration_indptr disagrees with its trees"
+    for i, tree in enumerate(trees):
+        problem = _xgboost_tree_problem(tree, n_features)
+        if problem:
+            return f"tree {i}: {problem}"
+    return None
+
+
+def _xgboost_tree_problem(tree, n_features: int) -> str | None:
+    param = tree["tree_param"]
+    n = _int_text(param["num_nodes"], "num_nodes")
+    if not 1 <= n <= 2 * _MAX_LEAVES:
+        return "num_nodes is out of range"
+    if _int_text(param.get("size_leaf_vector", "1"), "size_leaf_vector") not in (0, 1):
+        return "it has vector leaves (multi_strategy='multi_output_tree'), which invaudit does not read"
+    arrays = {}
+    for key in ("left_children", "right_children", "parents", "split_indices", "split_conditions",
+                "default_left", "base_weights"):
+        arr = np.asarray(tree[key])
+        if arr.shape != (n,):
+            return f"{key} does not have num_nodes entries"
+        arrays[key] = arr
+    split_type = np.asarray(tree.get("split_type", np.zeros(n, np.uint8)))
+    if split_type.shape != (n,):
+        return "split_type does not have num_nodes entries"
+    left = arrays["left_children"].astype(np.int64)
+    right = arrays["right_children"].astype(np.int64)
+    parents = arrays["parents"].astype(np.int64)
+    feature = arrays["split_indices"].astype(np.int64)
+    leaf = left == -1
+    if not np.array_equal(leaf, right == -1):
+        return "a node has one child"
+    inner = np.flatnonzero(~leaf)
+    lc, rc = left[inner], right[inner]
+    if np.any((lc <= inner) | (rc <= inner) | (lc >= n) | (rc >= n) | (lc == rc)):
+        return "its children do not come after their parents"
+    if np.any(parents[lc] != inner) or np.any(parents[rc] != inner):
+        return "its children and parents disagree"
+    if np.any((feature[inner] < 0) | (feature[inner] >= n_features)):
+        return "a split names a feature past num_feature"
+    if not np.all(np.isfinite(np.asarray(arrays["split_conditions"], dtype=np.float64))):
+        return "a split condition or leaf value is not finite"
+    cat_nodes = np.asarray(tree.get("categories_nodes", []), dtype=np.int64).reshape(-1)
+    segments = np.asarray(tree.get("categories_segments", []), dtype=np.int64).reshape(-1)
+    sizes = np.asarray(tree.get("categories_sizes", []), dtype=np.int64).reshape(-1)
+    cats = np.asarray(tree.get("categories", []), dtype=np.int64).reshape(-1)
+    if not (cat_nodes.shape == segments.shape == sizes.shape):
+        return "its categorical splits disagree"
+    if cat_nodes.size and (np.any((cat_nodes < 0) | (cat_nodes >= n)) or np.any(segments < 0)
+                           or np.any(sizes < 0) or np.any(segments + sizes > cats.size)):
+        return "a categorical split points outside categories"
+    if cats.size and (cats.min() < 0 or cats.max() >= 1 << 24):
+        return "a category is out of range"
+    is_cat = split_type.astype(np.int64) != 0
+    if np.any(is_cat & leaf) or not np.array_equal(np.flatnonzero(is_cat), np.sort(cat_nodes)):
+        return "its categorical splits disagree with split_type"
+    return None
+
+
+_OPTIONAL = {"lightgbm": "LightGBM", "xgboost": "XGBoost"}
+
+
+def _installed(root: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(root) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _missing_optional(shown: str, modules) -> None:
     """A pickle of a LightGBM or XGBoost model, without that package here: say so."""
-    import importlib.util
-
     for module in modules:
         root = str(module).partition(".")[0]
-        if root in _OPTIONAL and importlib.util.find_spec(root) is None:
-            raise InputError(f"{shown} holds a {root} model, which needs the optional package "
-                             f"{root} (pip install 'invaudit[{_OPTIONAL[root]}]')")
+        if root in _OPTIONAL and not _installed(root):
+            raise InputError(f"{shown} holds a {_OPTIONAL[root]} model, which needs the optional "
+                             f"package {root} (pip install 'invaudit[boost]')")
 
 
 def _load_restricted(data: bytes, shown: str, limit: int = DEFAULT_MAX_MODEL_BYTES):
@@ -1199,9 +1710,12 @@ def _load_restricted(data: bytes, shown: str, limit: int = DEFAULT_MAX_MODEL_BYT
     except _Corrupt as exc:
         scan, problem = exc.result, exc
     refused = [pair for pair in scan.requested if pair not in ALLOWED] + scan.pseudo
-    if refused:
+    if refused and all(str(m).partition(".")[0] in _OPTIONAL for m, _ in refused):
         _missing_optional(shown, [m for m, _ in refused])
+    if refused:
         raise RefusedModelError(shown, refused)
+    # allowed names from a package that is not installed: name the package and the extra
+    _missing_optional(shown, [m for m, _ in scan.requested])
     if problem is not None:
         raise _input_error(shown, problem)
 
@@ -1365,6 +1879,10 @@ def _check_fitted_state(estimator, shown: str) -> None:
                     problem = (f"a member of an ensemble expects {int(n_in)} features where the "
                                f"ensemble has {required}")
                 width = int(n_in)
+            if type(obj).__module__.startswith(("lightgbm.", "xgboost.")):
+                booster = _booster_problem(obj, state)
+                if booster:
+                    raise InputError(f"{shown} was refused: {booster}")
             problem = problem or _estimator_problem(obj, state, width)
             if _calls_members_unchecked(obj):
                 child_required = width
@@ -1383,6 +1901,28 @@ def _calls_members_unchecked(obj) -> bool:
 def _as_int(value):
     return int(value) if isinstance(value, (int, np.integer)) and not isinstance(value, bool) \
         else None
+
+
+def _booster_problem(obj, state: dict) -> str | None:
+    """A LightGBM / XGBoost wrapper whose sizes disagree with its (already checked) booster."""
+    name = type(obj).__name__
+    try:
+        if name == "LGBMClassifier" and state.get("_Booster") is not None:
+            booster = state["_Booster"]
+            n_class = _as_int(state.get("_n_classes"))
+            classes = state.get("_classes")
+            if booster.num_feature() != _as_int(state.get("_n_features")) or n_class is None \
+                    or booster._Booster__num_class != (1 if n_class <= 2 else n_class) \
+                    or (classes is not None and len(classes) != n_class):
+                return "a LightGBM classifier whose sizes disagree with its booster"
+        elif name == "XGBClassifier" and state.get("_Booster") is not None:
+            n_class = _as_int(state.get("n_classes_"))
+            param = json.loads(state["_Booster"].save_config())["learner"]["learner_model_param"]
+            if n_class is None or int(param["num_class"]) != (0 if n_class <= 2 else n_class):
+                return "an XGBoost classifier whose classes disagree with its booster"
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return f"a {name} whose booster cannot be read"
+    return None
 
 
 def _estimator_problem(obj, state: dict, width) -> str | None:

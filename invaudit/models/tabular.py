@@ -606,7 +606,11 @@ def has_categorical_splits(estimator) -> bool:
     while hasattr(est, "steps"):
         est = est.steps[-1][1]
     is_cat = getattr(est, "is_categorical_", None)
-    return is_cat is not None and bool(np.any(np.asarray(is_cat, dtype=bool)))
+    if is_cat is not None and bool(np.any(np.asarray(is_cat, dtype=bool))):
+        return True
+    from invaudit.models import _boosters   # LightGBM / XGBoost categorical splits
+
+    return _boosters.has_categorical_splits(est)
 
 
 def reference_frame(tm: TabularModel, n: int):

@@ -15,7 +15,15 @@ GradientBoostingClassifier        ``boosting``  ``(M,)`` raw score per output: t
                                                 learning_rate * sum_t value_t``
 HistGradientBoostingClassifier    ``boosting``  as above; leaf values already include the learning
                                                 rate, so ``scale == 1``
+LGBMClassifier, XGBClassifier     ``boosting``  as above, read from the libraries' own JSON dumps
+                                                with their own comparisons (see
+                                                :mod:`invaudit.models._boosters`)
 ================================  ============  ===================================================
+
+A Pipeline of StandardScaler / MinMaxScaler / MaxAbsScaler / RobustScaler (each non-decreasing in
+every feature) ending in one of these is read too: the final model's boxes are pulled back to
+input units exactly (the largest double whose scaled value is at most each bound, found by
+bisection through the pipeline's own ``transform``; :func:`_from_scaled_pipeline`).
 
 For boosting, ``M == 1`` for binary models (``p(classes[1]) = sigmoid(raw)``) and ``M == K``
 otherwise (``p = softmax(raw)``); trees are listed stage by stage, and within a stage by output.
@@ -369,10 +377,148 @@ def _from_hist_gradient_boosting(est, d: int) -> TreesForm | None:
     return _make_form(est, trees, est.classes_, d)
 
 
+# --- a Pipeline of monotone per-feature scalers in front of a tree model ----------------------
+
+_SCALERS = ("StandardScaler", "MinMaxScaler", "MaxAbsScaler", "RobustScaler")
+# The search covers |x| <= 1e150 (a scaler may overflow to inf beyond what any data reaches, and
+# scikit-learn refuses inf between steps): a bound past it is taken as +-inf.
+_KEY_MAX = np.int64(np.array(1e150).view(np.int64))
+
+
+def _key(x: np.ndarray) -> np.ndarray:
+    """Doubles as int64 keys in the same order (-0.0 and 0.0 share one)."""
+    bits = np.asarray(x, dtype=np.float64).view(np.int64)
+    return np.where(bits < 0, -(bits & np.int64(0x7FFFFFFFFFFFFFFF)), bits)
+
+
+def _unkey(k: np.ndarray) -> np.ndarray:
+    k = np.asarray(k, dtype=np.int64)
+    bits = np.where(k < 0, (-k) | np.int64(-0x8000000000000000), k)
+    return bits.view(np.float64)
+
+
+def _pull_back(transform, feature: np.ndarray, value: np.ndarray, d: int) -> np.ndarray:
+    """For each pair, the largest double ``x`` with ``transform(x)[feature] <= value`` (-inf if
+    none, +inf if every double up to 1e150 qualifies), for a ``transform`` that is non-decreasing in each
+    feature separately: a bisection over the ordered doubles (64 steps, all pairs at once,
+    through the transform itself, so its rounding is the pipeline's own)."""
+    m = len(value)
+    rows = np.arange(m)
+
+    def ok(x):
+        Z = np.zeros((m, d))
+        Z[rows, feature] = x
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            out = np.asarray(transform(Z), dtype=np.float64)[rows, feature]
+        return out <= value
+
+    lo = np.full(m, -_KEY_MAX)  # invariant: ok(lo) (checked), not ok(hi + 1)
+    hi = np.full(m, _KEY_MAX)
+    at_lo, at_hi = ok(_unkey(lo)), ok(_unkey(hi))
+    for _ in range(66):
+        todo = hi > lo
+        if not todo.any():
+            break
+        mid = lo // 2 + hi // 2 + (lo % 2 + hi % 2 + 1) // 2  # ceil((lo + hi) / 2), no overflow
+        good = ok(_unkey(mid))
+        lo = np.where(todo & good, mid, lo)
+        hi = np.where(todo & ~good, mid - 1, hi)
+    out = _unkey(lo)
+    out = np.where(at_lo, out, -np.inf)
+    return np.where(at_hi, np.inf, out)
+
+
+def _monotone_scalers(steps) -> bool:
+    for step in steps:
+        if step is None or step == "passthrough":
+            continue
+        if type(step).__name__ not in _SCALERS or not type(step).__module__.startswith("sklearn."):
+            return False
+        scale = getattr(step, "scale_", None)
+        if scale is not None and not np.all(np.asarray(scale, dtype=np.float64) > 0):
+            return False
+    return True
+
+
+def _from_scaled_pipeline(est, d: int) -> TreesForm | None:
+    """A Pipeline of per-feature scalers (StandardScaler, MinMaxScaler, MaxAbsScaler,
+    RobustScaler; each non-decreasing in every feature) ending in a tree model: the final
+    model's boxes pulled back to input units exactly (:func:`_pull_back`), so
+    ``lower < x <= upper`` in input units iff the scaled row is in the final model's box."""
+    from sklearn.pipeline import Pipeline
+
+    steps = [s for _, s in est.steps]
+    if len(steps) < 2 or not _monotone_scalers(steps[:-1]):
+        return None
+    inner = from_estimator(steps[-1])
+    if inner is None or inner.n_features != d:
+        return None
+    front = Pipeline(est.steps[:-1])
+
+    def transform(Z):
+        return front.transform(Z)
+
+    # every distinct finite bound, per feature, pulled back once
+    lows = [t.lower for t in inner.trees]
+    ups = [t.upper for t in inner.trees]
+    allb = np.concatenate([np.concatenate(lows), np.concatenate(ups)])  # (sum 2L, D)
+    feats, vals = [], []
+    for f in range(d):
+        v = np.unique(allb[:, f][np.isfinite(allb[:, f])])
+        feats.append(np.full(len(v), f))
+        vals.append(v)
+    feature, value = np.concatenate(feats).astype(np.intp), np.concatenate(vals)
+    try:
+        pulled = _pull_back(transform, feature, value, d) if len(value) else np.zeros(0)
+    except ValueError:  # a step refuses what the one before made of extreme values
+        return None
+    table = [dict() for _ in range(d)]
+    for f, v, p in zip(feature, value, pulled):
+        table[f][v] = p
+
+    def back(B):
+        out = B.copy()
+        for f in range(d):  # a loop over features; the lookup is per distinct bound
+            col = B[:, f]
+            fin = np.isfinite(col)
+            if fin.any():
+                out[fin, f] = [table[f][v] for v in col[fin]]
+        return out
+
+    boxes = [TreeBoxes(lower=back(t.lower), upper=back(t.upper), value=t.value) for t in inner.trees]
+
+    def leaf_index(X):
+        X = _rows(X, d)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="X does not have valid feature names")
+            return inner.leaf_index(front.transform(X))
+
+    names = getattr(est, "feature_names_in_", None)
+    return TreesForm(
+        estimator=est, trees=boxes, aggregate=inner.aggregate, classes=np.asarray(est.classes_),
+        n_features=d, leaf_index=leaf_index, proba_from_leaves=inner.proba_from_leaves,
+        init=inner.init, scale=inner.scale, link=inner.link,
+        feature_names=None if names is None else [str(s) for s in names],
+        preprocessing=[type(s).__name__ for s in steps[:-1] if s not in (None, "passthrough")],
+    )
+
+
 def from_estimator(est: Any) -> TreesForm | None:
     """The trees form of a fitted tree classifier, or None if ``est`` is not one this module
     represents exactly (see the module docstring). Box construction walks each tree's nodes once;
     ``leaf_index`` and ``proba_from_leaves`` are vectorised over rows."""
+    from sklearn.pipeline import Pipeline
+
+    from invaudit.models import _boosters
+
+    if _boosters.is_booster(est):
+        # categorical splits: answers would move category codes as numbers; such a model is queried
+        # as a black box, and the commands whose answers are points refuse it (cli.Run)
+        return None if _boosters.has_categorical_splits(est) else _boosters.from_estimator(est)
+    if isinstance(est, Pipeline):
+        d = getattr(est, "n_features_in_", None)
+        return None if d is None else _from_scaled_pipeline(est, int(d))
     from sklearn.ensemble import (
         ExtraTreesClassifier,
         GradientBoostingClassifier,

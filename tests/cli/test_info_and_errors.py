@@ -4,6 +4,7 @@ import pickle
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 
@@ -63,7 +64,6 @@ def test_pickle_that_runs_a_command_is_refused_without_running(invaudit, tmp_pat
     (["info", "{samples}/digits_train.csv"], "csv"),
     (["info", "{samples}/breast_cancer_logreg.joblib", "--sha256", "0" * 64], "sha256"),
     (["explain", "{samples}/digits_mlp.joblib", "{samples}/breast_cancer_test.csv"], "breast_cancer_test.csv"),
-    (["explain", "{samples}/digits_mlp.joblib", "{samples}/digits_test.csv"], "target"),
     (["explain", "{samples}/digits_mlp.joblib", "{samples}/digits_test.npz", "--rows", "5000"], "out of range"),
 ])
 def test_bad_input_is_one_sentence_and_exit_3(invaudit, samples, tmp_path, args, fragment):
@@ -99,3 +99,38 @@ def test_console_script_runs_as_installed(samples):
     assert json.loads(p.stdout)["model"]["form"] == "trees"
     p = subprocess.run([exe, "info", str(samples / "missing.joblib")], capture_output=True, text=True, timeout=120)
     assert p.returncode == 3 and p.stdout == "" and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_a_column_the_model_does_not_read_is_left_out_and_named(invaudit, samples, validate):
+    """A named model matches columns by name: a label column not named with --label-column cannot
+    shift the features, so it is left out, and stderr says which column and why."""
+    r = invaudit("margin", f"{samples}/digits_logreg.joblib", f"{samples}/digits_test.csv", "--rows", "0-2",
+                 "--format", "json")
+    assert r.code == 0, r.err
+    assert "left out: target" in r.err and "--label-column" in r.err
+    with_label = invaudit("margin", f"{samples}/digits_logreg.joblib", f"{samples}/digits_test.csv", "--rows",
+                          "0-2", "--format", "json", "--label-column", "target")
+    assert with_label.code == 0 and "left out" not in with_label.err
+    a, b = validate(r.json()), validate(with_label.json())
+    assert [x["margin"] for x in a["results"]] == [x["margin"] for x in b["results"]]
+
+
+def test_categorical_booster_info_tells_the_truth_and_point_commands_refuse(invaudit, tmp_path, validate):
+    """A LightGBM model that splits on categories: queried as a black box; info says the commands
+    whose answers are points are unavailable, and they refuse with exit 3 (codes are not numbers)."""
+    lgb = pytest.importorskip("lightgbm")
+    import joblib
+
+    rng = np.random.default_rng(0)
+    X = np.column_stack([rng.integers(0, 12, 600), rng.normal(size=600)]).astype(float)
+    y = (np.isin(X[:, 0], [1, 3, 4, 8, 11]) ^ (X[:, 1] > 0.2)).astype(int)
+    est = lgb.LGBMClassifier(n_estimators=8, num_leaves=6, min_child_samples=5, cat_smooth=1,
+                             min_data_per_group=5, verbose=-1, n_jobs=1).fit(X, y, categorical_feature=[0])
+    joblib.dump(est, tmp_path / "m.joblib")
+    np.save(tmp_path / "x.npy", X[:5])
+    rep = validate(invaudit("info", tmp_path / "m.joblib", "--format", "json").json())
+    avail = {r["command"]: r["available"] for r in rep["results"]}
+    assert avail["margin"] == avail["counterfactual"] == avail["explain"] == "no" and avail["mislabel"] == "yes"
+    for cmd in ("margin", "explain"):
+        r = invaudit(cmd, tmp_path / "m.joblib", tmp_path / "x.npy")
+        assert r.code == 3 and "splits on categories" in r.err and "Traceback" not in r.err
