@@ -36,26 +36,40 @@ prediction are resolved as the estimator resolves them (the lower class index; c
 binary GradientBoosting at ``raw >= 0``) for score gaps below 1e-8 of the score scale; a tuple
 of leaves the estimator does not confirm is cut off and the program solved again.
 
+Anytime. Every row has a time limit (seconds, the searches and the MILP together; default
+:data:`invaudit.margins._trees.DEFAULT_TIME_LIMIT`) and gets the best verified point found when
+it runs out. Before the program, searches that need no solver
+(:meth:`~invaudit.margins._trees.EnsembleMilp.anytime_points`) propose points the leaf boxes say
+qualify, routed through the estimator's own comparisons (thousands of candidates in
+milliseconds): (a) the row projected onto the cells of the nearest qualifying ``--train`` rows,
+and those rows themselves; (b) every single-feature change (the row with one feature moved across
+one split point, for every split point); (c) a boundary walk that crosses one split point at a
+time; the best are pulled back toward the row cell by cell. The nearest the estimator confirms is
+the incumbent: its cost fixes every dearer flip and cuts the program off, so the MILP either
+improves it, proves it optimal, or stops at the limit with its dual bound as ``lower_bound``. So
+an answer is never farther than the nearest training row the model assigns the target, the best
+single-feature change, or the walk. Models over ``max_binaries`` get the searches only.
+
 Fallback: *live regions*, cells of the ensemble on which it predicts the target. A training
 row (``--train``) predicted as the target lies in the intersection of its leaves, a box on which
 the ensemble is constant; projecting the row onto every such box gives verified candidates
 (``exact: false``). Without ``--train`` (and besides it) the candidates come from the model and
-the row alone: a walk from the row through leaf boxes (the solver-free starting point of the
-MILP, :meth:`~invaudit.margins._trees.EnsembleMilp.start_point`) and the boundary on the segments
-to the nearest leaf boxes favouring the target. A local search by verified queries then tries to
+the row alone: a walk from the row through leaf boxes and the boundary on the segments to the
+nearest leaf boxes favouring the target. A local search by verified queries then tries to
 improve them, each row with random draws of its own. So a row's answer never depends on the other
-rows of the batch. Used only for rows the MILP did not settle: when it is too large
-(``max_binaries``), stopped by the time limit (its incumbent competes; its proven bound is kept as
-``lower_bound``, never above the answer), or cannot express the constraint (multiclass boosting
-with a confidence: the softmax threshold is not linear in the leaves).
+rows of the batch. Used only for rows the anytime search and the MILP left without a verified
+point, and for what the program cannot express (multiclass boosting with a confidence: the
+softmax threshold is not linear in the leaves).
 """
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from invaudit.counterfactual._nl_common import Answers, Problem, bisect_to_target, distance, qualifies
-from invaudit.margins._trees import EnsembleMilp, beat_row, score_scale, score_table
+from invaudit.margins._trees import DEFAULT_TIME_LIMIT, EnsembleMilp, beat_row, score_scale, score_table
 from invaudit.margins.boxes import intersect_boxes, project_to_boxes
 
 __all__ = ["solve_trees", "EnsembleMilp", "live_regions"]
@@ -213,19 +227,27 @@ def _supports(form, P) -> bool:
     return not (form.aggregate == "boosting" and form.link == "softmax" and P is not None)
 
 
+def _reference_rows(prob: Problem, k: int):
+    """The reference rows (``--train``) that qualify for target ``k`` (with the confidence)."""
+    pool = prob.pool
+    if pool is None or pool.X is None or len(pool.X) == 0:
+        return None
+    ok = pool.pred == k
+    if prob.P is not None and pool.proba is not None:
+        ok &= pool.proba[:, k] >= prob.P
+    return pool.X[ok]
+
+
 def _ensemble(prob: Problem, *, time_limit: float, max_binaries: int, progress_offset: int,
-              progress_total) -> Answers:
+              progress_total, run_deadline=None) -> Answers:
     form = prob.form
     n, D = prob.X.shape
     ans = Answers(n, D)
     model = EnsembleMilp(form)
     total = progress_total if progress_total is not None else n
-    use = model.n_binaries <= max_binaries and _supports(form, prob.P)
-    regions = live_regions(form, prob.pool.X if prob.pool is not None else None)
-    if not use:
-        why = ("the MILP would need more than {} binaries".format(max_binaries)
-               if model.n_binaries > max_binaries else
-               "a softmax confidence is not linear in the leaves")
+    if not _supports(form, prob.P):
+        why = "a softmax confidence is not linear in the leaves"
+        regions = live_regions(form, prob.pool.X if prob.pool is not None else None)
         _fallback(prob, model, regions, ans)
         ans.backing[ans.state == "found"] = np.array(
             [f"{b}; MILP not used: {why}" for b in ans.backing[ans.state == "found"]], dtype=object)
@@ -234,21 +256,30 @@ def _ensemble(prob: Problem, *, time_limit: float, max_binaries: int, progress_o
         if prob.progress is not None:
             prob.progress(progress_offset + n, total)
         return ans
+    use = model.n_binaries <= max_binaries
+    too_large = f"MILP not used: it would need more than {max_binaries} binaries"
     Sc, s0, _ = score_table(form)
     sigma = score_scale(Sc, s0)
     milp_lb = np.full(n, np.nan)
     why_not = np.full(n, None, dtype=object)
+    refs = {}
     for i in range(n):  # the documented per-row loop of the MILP: each row on its own
         k = int(prob.target[i])
+        if k not in refs:
+            refs[k] = _reference_rows(prob, k)
         C, clb = _target_rows(form, Sc, s0, sigma, k, prob.P)
         x0 = prob.X[i]
+        budget = float(time_limit)
+        if run_deadline is not None:  # the run's own limit: afterwards, the searches only
+            budget = min(budget, run_deadline - time.perf_counter())
 
         def verify(pt, k=k):
             ok = qualifies(form, pt[None, :], np.array([k]), prob.P)[0][0]
             return ok, pt, None if ok else form.leaf_index(pt[None, :])[0] + model.leaf_offsets
 
         out = model.minimize(x0, prob.lower[i], prob.upper[i], prob.weights, prob.norm, C, clb,
-                             verify, time_limit=time_limit)
+                             verify, time_limit=max(budget, 0.0), refs=refs[k],
+                             milp=use and budget > 0)
         milp_lb[i] = out["lb"]
         if out["status"] == "infeasible" and out["exact"]:
             ans.fail([i], "the MILP proves that no point within the constraints reaches the target"
@@ -263,22 +294,31 @@ def _ensemble(prob: Problem, *, time_limit: float, max_binaries: int, progress_o
                           kkt=gap, iters=1, lower_bound=out["lb"],
                           backing=f"exact: MILP optimal (HiGHS), relative gap {gap:.1e} to the "
                                   "proven lower bound, verified by the estimator")
+            elif out["status"] == "skipped":
+                why_not[i] = too_large if not use else "the run's time limit"
+                ans.offer([i], out["point"][None, :], d, k, "tree-ensemble-anytime", iters=1,
+                          lower_bound=out["lb"],
+                          backing="verified by the estimator; anytime search (cells of the nearest "
+                                  "qualifying --train rows, single-feature changes, boundary walk); "
+                                  f"{why_not[i]}; lower bound {out['lb']:.4g}")
             else:
                 why_not[i] = ("time limit" if out["status"] == "limit" else
                               "the estimator disagrees with the leaf boxes" if out["status"] == "unverified"
                               else "gap")
                 ans.offer([i], out["point"][None, :], d, k, f"tree-ensemble-milp ({why_not[i]})",
                           iters=1, lower_bound=out["lb"],
-                          backing=f"verified by the estimator; MILP stopped ({why_not[i]}) with "
-                                  f"lower bound {out['lb']:.4g}")
+                          backing=f"verified by the estimator; anytime search, then the MILP stopped "
+                                  f"({why_not[i]}) with lower bound {out['lb']:.4g}")
         else:
-            why_not[i] = ("time limit" if out["status"] in ("limit", "error") else
+            why_not[i] = (too_large if not use else
+                          "time limit" if out["status"] in ("limit", "error", "skipped") else
                           "the estimator disagrees with the leaf boxes")
         if prob.progress is not None:
             prob.progress(progress_offset + i + 1, total)
-    # rows the MILP did not settle: live regions and local search may still find a verified point
-    rest = np.flatnonzero(~ans.exact & (ans.state != "infeasible"))
+    # rows left without a verified point: live regions and local search may still find one
+    rest = np.flatnonzero(~ans.exact & ~np.isin(ans.state, ("found", "infeasible")))
     if len(rest):
+        regions = live_regions(form, prob.pool.X if prob.pool is not None else None)
         sub = prob.subset(rest)
         sa = Answers(len(rest), D)
         for name in ("x_cf", "dist", "state", "reason", "exact", "method", "kkt", "iters", "target",
@@ -293,9 +333,9 @@ def _ensemble(prob: Problem, *, time_limit: float, max_binaries: int, progress_o
         ans.exact[rest] = False
         nf = rest[ans.state[rest] != "found"]
         for i in nf:  # a loop over failed rows only, to word the reason
-            ans.fail([i], f"the MILP stopped ({why_not[i] or 'no point'}) without a verified point "
-                          f"(lower bound {milp_lb[i]:.4g}) and no live region of the target class "
-                          "is reachable", method="tree-ensemble-milp")
+            ans.fail([i], f"no verified point ({why_not[i] or 'no point'}; lower bound "
+                          f"{milp_lb[i]:.4g}) and no live region of the target class is reachable",
+                     method="tree-ensemble-milp")
     return ans
 
 
@@ -384,9 +424,10 @@ def _refine_by_queries(prob: Problem, ans: Answers, *, rounds: int = 15, n_propo
     ans.method[r] = "tree-live-regions+local-search"
 
 
-def solve_trees(prob: Problem, *, time_limit: float = 10.0, max_binaries: int = 20000,
-                progress_offset: int = 0, progress_total=None) -> Answers:
-    """Counterfactuals for a TreesForm (module docstring)."""
+def solve_trees(prob: Problem, *, time_limit: float = DEFAULT_TIME_LIMIT, max_binaries: int = 20000,
+                progress_offset: int = 0, progress_total=None, run_deadline=None) -> Answers:
+    """Counterfactuals for a TreesForm (module docstring). ``run_deadline``: a
+    ``time.perf_counter()`` value after which rows get the anytime search only."""
     if prob.n == 0:
         return Answers(0, prob.d)
     if prob.form.aggregate == "single":
@@ -395,4 +436,5 @@ def solve_trees(prob: Problem, *, time_limit: float = 10.0, max_binaries: int = 
             prob.progress(progress_offset + prob.n, progress_total or prob.n)
         return ans
     return _ensemble(prob, time_limit=time_limit, max_binaries=max_binaries,
-                     progress_offset=progress_offset, progress_total=progress_total)
+                     progress_offset=progress_offset, progress_total=progress_total,
+                     run_deadline=run_deadline)

@@ -49,6 +49,19 @@ through scipy's own binding where available (``scipy.optimize.milp`` re-validate
 on each call, which costs as much as these small programs take to solve), with
 ``scipy.optimize.milp`` as the fallback.
 
+Anytime. A row's time limit (default :data:`DEFAULT_TIME_LIMIT`) covers everything. Before
+any program, :meth:`EnsembleMilp.anytime_points` proposes points the leaf boxes say qualify,
+scored through the estimator's own comparisons on stacked node arrays (:class:`_Walker`; a
+single-feature change is re-routed only in the trees whose path tests that feature): (a) the
+row projected onto the cells of the nearest ``--train`` rows of the wanted class, and those rows;
+(b) every single-feature change across one split point; (c) a boundary walk crossing one split
+point at a time; the best are moved back toward the row cell by cell. The nearest one the
+estimator confirms is the incumbent (its cost the cutoff of the program, every dearer flip
+fixed). So an answer is never farther than the nearest training row of the wanted class, the
+best single-feature change or the walk, whether or not the program runs (models over
+``max_binaries`` get the searches only; so do rows after a run's ``run_time_limit``). When the
+program stops at the limit, its dual bound is the reported lower bound.
+
 Ties. Class scores equal up to ``1e-8`` of the score scale (``max|init| + sum_t max|leaf|``)
 count as ties, resolved as the estimator resolves them (the lower class index; class 1 for
 binary GradientBoosting, which predicts it at ``raw >= 0``). Whatever the solver proposes is
@@ -215,6 +228,157 @@ def leaf_exit_bounds(form, prob: Problem, Sc, s0, offsets):
         lbr[np.arange(r.size), pr] = np.inf
         lb[r] = lbr
     return lb, scores
+
+
+
+# --- the estimator's own routing, vectorised over (point, tree) pairs -------------------------------
+
+def _node_arrays(est):
+    """Per tree ``(left, right, feature, split, is_leaf)`` with ``x <= split`` going left, as the
+    estimator compares (float32 rounding made exact for scikit-learn trees), or None for an
+    estimator whose trees this module does not read (then :class:`_Walker` asks ``leaf_index``)."""
+    from invaudit.models.trees import float32_split_point
+
+    name = type(est).__name__
+    if name in ("DecisionTreeClassifier", "ExtraTreeClassifier"):
+        trees = [est.tree_]
+    elif name in ("RandomForestClassifier", "ExtraTreesClassifier"):
+        trees = [e.tree_ for e in est.estimators_]
+    elif name == "GradientBoostingClassifier":
+        trees = [e.tree_ for e in np.asarray(est.estimators_).ravel()]
+    elif name == "HistGradientBoostingClassifier":
+        out = []
+        for it in est._predictors:
+            for p in it:
+                nd = p.nodes
+                out.append((nd["left"].astype(np.intp), nd["right"].astype(np.intp),
+                            nd["feature_idx"].astype(np.intp), nd["num_threshold"].astype(np.float64),
+                            nd["is_leaf"].astype(bool)))
+        return out
+    else:
+        return None
+    out = []
+    for t in trees:
+        leaf = t.children_left == -1
+        thr = np.where(leaf, 0.0, float32_split_point(np.where(leaf, 0.0, t.threshold)))
+        out.append((t.children_left.astype(np.intp), t.children_right.astype(np.intp),
+                    np.maximum(t.feature, 0).astype(np.intp), thr, leaf))
+    return out
+
+
+class _Walker:
+    """``Y (m, D) -> (m, T)`` global leaf ids (``leaf_offsets[t] +`` the leaf's number in tree
+    ``t``), routed by the estimator's own comparisons on stacked node arrays: one vectorised step
+    per tree level for all points and trees at once. The estimator's ``predict`` costs a fixed
+    0.1 s on a 100-tree forest (joblib dispatch per tree) however few the points; this costs
+    microseconds per (point, tree), so the anytime search can score thousands of candidate
+    points a row. It only *proposes*: every answer is still confirmed by ``predict``. Checked
+    against ``form.leaf_index`` on probe points at build; any disagreement (or an estimator it
+    does not read) falls back to ``form.leaf_index``."""
+
+    def __init__(self, form, leaf_offsets):
+        self.form = form
+        self.leaf_offsets = leaf_offsets
+        self.fast = False
+        arrays = _node_arrays(getattr(form, "estimator", None)) if form is not None else None
+        if arrays is None or len(arrays) != len(form.trees):
+            return
+        sizes = np.array([len(a[0]) for a in arrays])
+        off = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.intp)
+        left = np.concatenate([a[0] + o for a, o in zip(arrays, off)])
+        right = np.concatenate([a[1] + o for a, o in zip(arrays, off)])
+        feat = np.concatenate([a[2] for a in arrays])
+        thr = np.concatenate([a[3] for a in arrays])
+        leaf = np.concatenate([a[4] for a in arrays])
+        idx = np.arange(leaf.size)
+        # leaves point to themselves and always "go left": a fixed number of steps suffices
+        self.left = np.where(leaf, idx, left)
+        self.right = np.where(leaf, idx, right)
+        self.feat = np.where(leaf, 0, feat)
+        self.thr = np.where(leaf, np.inf, thr)
+        rank = np.cumsum(leaf) - 1  # leaves numbered in increasing node id within each tree
+        first = np.concatenate([[0], np.cumsum([a[4].sum() for a in arrays])[:-1]])
+        tree_of = np.repeat(np.arange(len(arrays)), sizes)
+        self.node_leaf = np.where(leaf, rank - first[tree_of] + leaf_offsets[tree_of], -1)
+        self.roots = off
+        steps, frontier = 0, off  # the deepest leaf: one level of every tree at a time
+        while True:
+            inner = frontier[~leaf[frontier]]
+            if inner.size == 0:
+                break
+            frontier = np.concatenate([left[inner], right[inner]])
+            steps += 1
+        self.steps = steps
+        rng = np.random.default_rng(0)
+        d = int(form.n_features)
+        probe = np.vstack([np.zeros(d), rng.normal(size=(6, d)) * np.maximum(np.abs(thr).max(initial=1.0), 1.0)])
+        probe = np.vstack([probe, thr[rng.integers(0, thr.size, size=(6, d))]])
+        self.fast = True
+        try:
+            ok = np.array_equal(self(probe), form.leaf_index(probe) + leaf_offsets)
+        except Exception:  # noqa: BLE001 - any mismatch: use the form's own lookup
+            ok = False
+        self.fast = ok
+
+    def path(self, y) -> tuple:
+        """``(leaves (T,), first (D, T))`` for one point: its global leaf per tree, and per
+        feature and tree the first node on the point's path that tests the feature (-1: none;
+        only those trees can change leaf when that feature alone moves, and their paths agree
+        with the point's up to that node)."""
+        T, d = self.roots.size, y.shape[0]
+        node = self.roots.copy()
+        first = np.full((d, T), -1, dtype=np.intp)
+        ar = np.arange(T)
+        for _ in range(self.steps):
+            f = self.feat[node]
+            new = np.isfinite(self.thr[node]) & (first[f, ar] < 0)
+            first[f[new], ar[new]] = node[new]
+            node = np.where(y[f] <= self.thr[node], self.left[node], self.right[node])
+        return self.node_leaf[node], first
+
+    def moved(self, y, base, first, feats, vals) -> tuple:
+        """Leaves of the points ``y`` with feature ``feats[c]`` set to ``vals[c]`` (one change
+        each), re-routed only in the trees whose path tests that feature, from the first node
+        that does: ``(cand, tree, leaf)`` for every (candidate, tree) pair whose leaf differs
+        from ``base``."""
+        sub = first[feats]
+        c, t = np.nonzero(sub >= 0)
+        fc, vc = feats[c], vals[c]
+        node = sub[c, t]
+        live = np.arange(t.size)  # pairs not yet at a leaf (compacted as they arrive)
+        for k in range(self.steps):
+            nd = node[live]
+            f = self.feat[nd]
+            x = np.where(f == fc[live], vc[live], y[f])
+            nd = np.where(x <= self.thr[nd], self.left[nd], self.right[nd])
+            node[live] = nd
+            if k % 3 == 2:
+                live = live[np.isfinite(self.thr[nd])]
+                if live.size == 0:
+                    break
+        leaf = self.node_leaf[node]
+        ch = leaf != base[t]
+        return c[ch], t[ch], leaf[ch]
+
+    def __call__(self, Y) -> np.ndarray:
+        Y = np.asarray(Y, dtype=np.float64)
+        if not self.fast:
+            return self.form.leaf_index(Y) + self.leaf_offsets
+        m, T = Y.shape[0], self.roots.size
+        out = np.empty((m, T), dtype=np.intp)
+        step = max(1, _CHUNK // max(1, T))
+        d = Y.shape[1]
+        for a in range(0, m, step):
+            Yc = Y[a:a + step]
+            mc = Yc.shape[0]
+            node = np.tile(self.roots, mc)
+            base = np.repeat(np.arange(mc) * d, T)
+            flat = Yc.ravel()
+            for _ in range(self.steps):
+                go = flat[base + self.feat[node]] <= self.thr[node]
+                node = np.where(go, self.left[node], self.right[node])
+            out[a:a + mc] = self.node_leaf[node].reshape(mc, T)
+        return out
 
 
 # --- ensembles: the MILP ---------------------------------------------------------------------------
@@ -481,22 +645,278 @@ class EnsembleMilp:
             y, cur = Y[k], float(dist[k])
         return y
 
+    # -- the anytime search: verified-by-boxes candidates in milliseconds, no solver ---------------
+    @property
+    def walker(self) -> "_Walker":
+        if getattr(self, "_walker", None) is None:
+            self._walker = _Walker(self.form, self.leaf_offsets)
+        return self._walker
+
+    def slack_moves(self, y, feats, vals, C, clb) -> np.ndarray:
+        """:meth:`slack` of the points ``y`` with one feature changed each (``y[feats[c]] =
+        vals[c]``), scoring only the trees whose leaf changes (:meth:`_Walker.moved`)."""
+        wk = self.walker
+        feats = np.asarray(feats, dtype=np.intp)
+        vals = np.asarray(vals, dtype=np.float64)
+        if not wk.fast or feats.size == 0:
+            Y = np.repeat(y[None, :], feats.size, axis=0)
+            Y[np.arange(feats.size), feats] = vals
+            return self.slack(Y, C, clb) if feats.size else np.zeros(0)
+        base, tests = wk.path(y)
+        s0 = C[:, base].sum(axis=1) - clb  # (r,)
+        out = np.empty(feats.size)
+        step = max(1, _CHUNK // max(1, self.T))
+        for a in range(0, feats.size, step):
+            c, t, leaf = wk.moved(y, base, tests, feats[a:a + step], vals[a:a + step])
+            m = min(step, feats.size - a)
+            dv = np.zeros((C.shape[0], m))
+            for r in range(C.shape[0]):  # a loop over constraint rows (classes)
+                dv[r] = np.bincount(c, weights=C[r, leaf] - C[r, base[t]], minlength=m)
+            out[a:a + m] = (s0[:, None] + dv).min(axis=0)
+        return out
+
+    def slack(self, Y, C, clb) -> np.ndarray:
+        """``(m,)``: the smallest ``C z - clb`` at each point of ``Y`` (``>= 0``: the boxes say it
+        qualifies), with ``z`` the leaves the estimator's routing reaches (:class:`_Walker`)."""
+        G = self.walker(Y)
+        return (C[:, G].sum(axis=2) - clb[:, None]).min(axis=0)
+
+    def cells(self, X_ref) -> tuple:
+        """``(lower, upper)`` of the ensemble cell holding each reference row: the intersection of
+        the leaf boxes it reaches (``lower < x <= upper``), on which every tree's leaf, and so the
+        prediction, is that of the row."""
+        X_ref = np.asarray(X_ref, dtype=np.float64)
+        m = X_ref.shape[0]
+        lo = np.full((m, self.d), -np.inf)
+        hi = np.full((m, self.d), np.inf)
+        step = max(1, _CHUNK // max(1, self.T * self.d))
+        for a in range(0, m, step):
+            G = self.walker(X_ref[a:a + step])
+            lo[a:a + step] = self._lowers[G].max(axis=1)
+            hi[a:a + step] = self._uppers[G].min(axis=1)
+        return lo, hi
+
+    def _moves(self, y, blo, bhi, k):
+        """``(feats, vals)``: moves of one feature of ``y`` across the next ``k`` split points of
+        that feature, up and down (``k=None``: all of them), inside ``[blo, bhi]``."""
+        cells = self._cells()
+        vals, feats = [], []
+        for f in range(self.d):  # a loop over features; the moves are scored together
+            th = cells[f]
+            if th.size == 0:
+                continue
+            j = np.searchsorted(th, y[f], side="left")  # th[j:] >= y_f: crossing goes above
+            up = np.nextafter(th[j:] if k is None else th[j:j + k], np.inf)
+            dn = th[:j][::-1] if k is None else th[max(0, j - k):j][::-1]
+            v = np.concatenate([up, dn])
+            v = v[(v >= blo[f]) & (v <= bhi[f])]
+            vals.append(v)
+            feats.append(np.full(v.size, f))
+        if not vals:
+            return np.zeros(0, dtype=np.intp), np.zeros(0)
+        return np.concatenate(feats), np.concatenate(vals)
+
+    @staticmethod
+    def _move_dist(y, x0, w, norm, feats, vals):
+        """Distances from ``x0`` of ``y`` with one feature changed each (vectorised)."""
+        dy = np.abs(w * (y - x0))
+        dn = np.abs(w[feats] * (vals - x0[feats]))
+        if norm == "l1":
+            return dy.sum() - dy[feats] + dn
+        if norm == "l2":
+            q = dy * dy
+            return np.sqrt(np.maximum(q.sum() - q[feats] + dn * dn, 0.0))
+        # linf: the largest of the other features and the moved one
+        order = np.argsort(dy)[::-1]
+        top, second = dy[order[0]], (dy[order[1]] if dy.size > 1 else 0.0)
+        rest = np.where(feats == order[0], second, top)
+        return np.maximum(rest, dn)
+
+    def _prune(self, y, x0, w, norm, C, clb, deadline):
+        """Move features of a qualifying ``y`` back toward the row: first whole features back to
+        the row's value (the move that saves most, while one qualifies), then cell by cell (the
+        nearest qualifying point of all single moves, repeated while it helps)."""
+        cells = self._cells()
+        cur = float(weighted_norm(y - x0, w, norm))
+        for _ in range(self.d):  # whole features back
+            f = np.flatnonzero(y != x0)
+            if f.size == 0 or time.perf_counter() > deadline:
+                break
+            ok = self.slack_moves(y, f, x0[f], C, clb) >= 0
+            if not ok.any():
+                break
+            dist = self._move_dist(y, x0, w, norm, f, x0[f])
+            j = np.flatnonzero(ok)[np.argmin(dist[ok])]
+            y = y.copy()
+            y[f[j]] = x0[f[j]]
+            cur = float(dist[j])
+        for _ in range(self.P + self.d):  # then cell by cell
+            if time.perf_counter() > deadline:
+                break
+            vals, feats = [], []
+            for f in np.flatnonzero(y != x0):  # a loop over moved features
+                th = cells[f]
+                if y[f] > x0[f]:
+                    v = np.nextafter(th[(th >= x0[f]) & (th < y[f])], np.inf)
+                else:
+                    v = th[(th < x0[f]) & (th >= y[f])]
+                v = v[v != y[f]]
+                vals.append(v)
+                feats.append(np.full(v.size, f))
+            if not vals:
+                break
+            vals, feats = np.concatenate(vals), np.concatenate(feats)
+            dist = self._move_dist(y, x0, w, norm, feats, vals)
+            better = dist < cur
+            if not better.any():
+                break
+            feats, vals, dist = feats[better], vals[better], dist[better]
+            ok = self.slack_moves(y, feats, vals, C, clb) >= 0
+            if not ok.any():
+                break
+            j = np.flatnonzero(ok)[np.argmin(dist[ok])]
+            y = y.copy()
+            y[feats[j]] = vals[j]
+            cur = float(dist[j])
+        return y
+
+    def _boundary_walk(self, x0, blo, bhi, w, norm, C, clb, deadline, max_steps=400):
+        """From the row, cross one split point at a time: the move that raises the smallest slack
+        most per unit of added distance (moves that shorten the distance and raise it first),
+        looking at the next split point of each feature (further ones when no move helps). Any
+        qualifying move seen on the way is remembered; the walk goes on while it is still
+        nearer than the best of them. Deterministic; None if nothing qualifies in time."""
+        y = x0.copy()
+        sl = float(self.slack(y[None, :], C, clb)[0])
+        if sl >= 0:
+            return y
+        cur = 0.0
+        best, best_d = None, np.inf
+        k = 1
+        for _ in range(max_steps):
+            if time.perf_counter() > deadline or cur >= best_d:
+                break
+            feats, vals = self._moves(y, blo, bhi, k)
+            if feats.size == 0:
+                break
+            slc = self.slack_moves(y, feats, vals, C, clb)
+            dist = self._move_dist(y, x0, w, norm, feats, vals)
+            ok = slc >= 0
+            if ok.any():
+                j = np.flatnonzero(ok)[np.argmin(dist[ok])]
+                if dist[j] < best_d:
+                    best = y.copy()
+                    best[feats[j]] = vals[j]
+                    best_d = float(dist[j])
+            gain = slc - sl
+            dc = dist - cur
+            up = (gain > 1e-15 * (1.0 + abs(sl))) & ~ok & (dist < best_d)
+            if not up.any():
+                if k is None or ok.any():
+                    break
+                k = None if k >= 64 else 4 * k  # a plateau: look further along each feature
+                continue
+            free = up & (dc <= 0)
+            if free.any():
+                j = np.flatnonzero(free)[np.argmax(gain[free])]
+            else:
+                ratio = np.where(up, gain / np.maximum(dc, 1e-300), -np.inf)
+                j = int(np.argmax(ratio))
+            y = y.copy()
+            y[feats[j]] = vals[j]
+            sl, cur = float(slc[j]), float(dist[j])
+            k = 1
+        return best
+
+    def anytime_points(self, x0, blo, bhi, w, norm, C, clb, *, refs=None, deadline=np.inf,
+                       max_points=2):
+        """Candidate answers the leaf boxes say qualify (``C z >= clb``), nearest first, from
+        three searches that need no solver (each answer is then confirmed by the estimator):
+
+        (a) the reference rows ``refs`` (training rows that qualify): the row projected onto
+            the cells of the nearest ones, and those rows themselves;
+        (b) every single-feature change: the row with one feature moved across one split point,
+            for every split point of the model (all ``P`` at once);
+        (c) the boundary walk (:meth:`_boundary_walk`), one split point at a time;
+
+        the best of each is then pulled back toward the row cell by cell (:meth:`_prune`). So an
+        answer built from these is never farther than the nearest qualifying reference row, the
+        best single-feature change, or the walk."""
+        cand = []
+        best = np.inf
+        if refs is not None and refs.shape[0]:
+            pts = refs
+            # the cells of the 16 nearest reference rows (a cell is never farther than its row)
+            near = np.argsort(weighted_norm(pts - x0, w, norm), kind="stable")[:16]
+            pts = pts[near]
+            rlo, rhi = self.cells(pts)
+            lo = np.maximum(rlo, np.nextafter(blo, -np.inf))
+            hi = np.minimum(rhi, bhi)
+            proj = np.minimum(np.maximum(x0, np.nextafter(lo, np.inf)), hi)
+            empty = np.any(proj > hi, axis=1) | np.any(proj <= lo, axis=1)
+            dp = np.where(empty, np.inf, weighted_norm(proj - x0, w, norm))
+            inbox = np.all((pts >= blo) & (pts <= bhi), axis=1)
+            dr = np.where(inbox, weighted_norm(pts - x0, w, norm), np.inf)
+            a = np.argsort(dp, kind="stable")[:8]
+            b = np.argsort(dr, kind="stable")[:4]
+            Y = np.vstack([proj[a][np.isfinite(dp[a])], pts[b][np.isfinite(dr[b])]])
+            if Y.shape[0]:
+                ok = self.slack(Y, C, clb) >= 0
+                Y = Y[ok]
+                dist = weighted_norm(Y - x0, w, norm)
+                for j in np.argsort(dist, kind="stable")[:3]:
+                    cand.append(Y[j])
+                if ok.any():
+                    best = float(dist.min())
+        # (c) one split point at a time; with nothing else in hand it runs past the deadline
+        # (up to its step cap): an answer late beats none
+        y = self._boundary_walk(x0, blo, bhi, w, norm, C, clb, deadline if cand else np.inf)
+        if y is not None:
+            cand.append(y)
+            best = min(best, float(weighted_norm(y - x0, w, norm)))
+        # (b) every split point, one feature at a time (only those nearer than the best so far)
+        xf, th = x0[self.feat], self.theta
+        v = np.where(xf <= th, np.nextafter(th, np.inf), th)
+        keep = (v >= blo[self.feat]) & (v <= bhi[self.feat]) & (w[self.feat] * np.abs(v - xf) < best)
+        if keep.any():
+            idx = np.flatnonzero(keep)
+            ok = self.slack_moves(x0, self.feat[idx], v[idx], C, clb) >= 0
+            if ok.any():
+                dist = w[self.feat[idx]] * np.abs(v[idx] - xf[idx])
+                j = np.flatnonzero(ok)[np.argmin(dist[ok])]
+                y = x0.copy()
+                y[self.feat[idx[j]]] = v[idx[j]]
+                cand.append(y)
+        if not cand:
+            return []
+        Y = np.vstack(cand)
+        dist = weighted_norm(Y - x0, w, norm)
+        out = []
+        for j in np.argsort(dist, kind="stable")[:max_points]:
+            out.append(self._prune(Y[j], x0, w, norm, C, clb, deadline))
+        dist = [float(weighted_norm(p - x0, w, norm)) for p in out]
+        return [out[j] for j in np.argsort(dist, kind="stable")]
+
     def minimize(self, x0, blo, bhi, w, norm, C, clb, verify, *, time_limit, cap=np.inf,
-                 known_lb=0.0, start=True):
+                 known_lb=0.0, start=True, refs=None, milp=True):
         """Minimum distance from ``x0`` to a point of ``[blo, bhi]`` whose leaf indicators ``z``
-        satisfy ``C z >= clb`` and that ``verify`` confirms.
+        satisfy ``C z >= clb`` and that ``verify`` confirms. Anytime: whatever stops it (the time
+        limit, ``milp=False``), it returns the best verified point it has.
 
         ``verify(point) -> (ok, point, leaves)``: the estimator's verdict at the (possibly
         adjusted) point, and the global leaf ids it reaches there. ``cap``: a distance (report
         units) beyond which answers are not wanted; with it, "nothing at most cap" proves a lower
         bound of ``cap``. ``known_lb``: a proven lower bound (report units) from elsewhere (the
         leaf-exit bound): a verified point that meets it needs no solver. ``start``: first look
-        for a verified point without the solver (:meth:`start_point`), so that the first program
-        already has its cost as a cutoff and every flip dearer than it fixed.
+        for verified points without the solver (:meth:`anytime_points`, with ``refs`` the
+        qualifying reference rows and their cells; and :meth:`start_point` where it is cheap),
+        so that the first program already has the best cost as a cutoff and every flip dearer
+        than it fixed. ``time_limit`` (seconds) covers all of it. ``milp=False``: the searches
+        only (a model too large for the program).
 
         Returns ``dict(point, dist, lb, status, exact)``: ``point`` verified (or None), ``dist``
         its distance, ``lb`` a proven lower bound (report units, never above ``dist``), status
-        "optimal", "infeasible", "limit" or "unverified".
+        "optimal", "infeasible", "limit", "skipped" (``milp=False``) or "unverified".
         """
         t0 = time.perf_counter()
         P, L = self.P, self.L
@@ -520,16 +940,30 @@ class EnsembleMilp:
             return dict(point=best_pt, dist=best_dist, lb=lbd, status=status, exact=bool(exact))
 
         if start:
+            # the searches may use all of the time (on a large ensemble the program rarely
+            # improves on them within a second; on a small one they end long before it); the
+            # program gets what is left
+            ys = self.anytime_points(x0, blo, bhi, w, norm, C, clb, refs=refs,
+                                     deadline=t0 + max(float(time_limit), 0.0))
             y = self.start_point(x0, blo, bhi, w, norm, C, clb)
             if y is not None:
+                ys.append(y)
+            ys.sort(key=lambda q: float(weighted_norm(q - x0, w, norm)))
+            for y in ys[:4]:  # nearest first; the first the estimator confirms is the incumbent
                 ok, point, _ = verify(y)
-                if ok:
-                    dist = float(weighted_norm(point - x0, w, norm))
-                    if dist < best_dist and to_cost(dist) <= U:
-                        best_pt, best_dist, best_cost = point, dist, to_cost(dist)
-                        U = best_cost
-                        if best_dist <= to_dist(lb_cost) * (1 + _REL) + _ulps(x0, best_pt, w, norm):
-                            return finish("optimal", True)
+                if not ok:
+                    continue
+                dist = float(weighted_norm(point - x0, w, norm))
+                if dist < best_dist and to_cost(dist) <= U:
+                    best_pt, best_dist, best_cost = point, dist, to_cost(dist)
+                    U = best_cost
+                    if best_dist <= to_dist(lb_cost) * (1 + _REL) + _ulps(x0, best_pt, w, norm):
+                        return finish("optimal", True)
+                break
+        if not milp:
+            return finish("skipped", False)
+        if time_limit - (time.perf_counter() - t0) <= 0:
+            return finish("limit", False)
         s, g, h, blocked, inc = self._row(x0, blo, bhi, w, norm)
         A0 = self.A_rows  # CSR, static
         # p = s + sgn * u: the static rows in the flip variables (a sign per column)
@@ -580,8 +1014,17 @@ class EnsembleMilp:
                     blocks.append(sparse.csr_matrix((c[fi], (np.zeros(fi.size, dtype=np.intp), fi)),
                                                     shape=(1, nv)))
                     lbs.append(np.array([-np.inf])); ubs.append(np.array([1.0]))
+            x_start = None
+            if best_pt is not None:  # the incumbent as HiGHS's starting solution (a MIP warm start)
+                u0 = ((best_pt[self.feat] <= self.theta) != s).astype(np.float64)
+                if np.all(u0 <= vub[:P]):
+                    x_start = np.zeros(nv)
+                    x_start[:P] = u0
+                    x_start[P + self.walker(best_pt[None, :])[0]] = 1.0
+                    if linf:
+                        x_start[-1] = float(np.max(g * u0, initial=0.0)) / S
             res = _solve(c, P, vub, sparse.vstack(blocks, format="csr"), np.concatenate(lbs),
-                         np.concatenate(ubs), left)
+                         np.concatenate(ubs), left, start=x_start)
             if res.status == 2:  # nothing (better than U): proven, up to the solver's tolerances
                 if np.isfinite(U):
                     lb_cost = max(lb_cost, max(U * (1 - _DEFLATE) - _ABS * S, 0.0))
@@ -664,7 +1107,7 @@ def _direct_core():
     return _DIRECT.get("h") if _DIRECT["ok"] else None
 
 
-def _solve(c, n_int, vub, A, rlo, rhi, time_limit):
+def _solve(c, n_int, vub, A, rlo, rhi, time_limit, start=None):
     """``min c x`` over ``0 <= x <= vub``, ``rlo <= A x <= rhi`` (``A`` CSR), the first ``n_int``
     variables integral, with the options in ``_HIGHS``. Returns ``status`` as
     :func:`scipy.optimize.milp` does (0 optimal, 1 a limit, 2 infeasible, 4 other), ``x`` (or
@@ -700,8 +1143,14 @@ def _solve(c, n_int, vub, A, rlo, rhi, time_limit):
     highs = h._Highs()
     opts = _DIRECT["opts"]
     opts.time_limit = max(0.01, float(time_limit))
-    if highs.passOptions(opts) == h.HighsStatus.kError or \
-            highs.passModel(lp) == h.HighsStatus.kError or highs.run() == h.HighsStatus.kError:
+    if highs.passOptions(opts) == h.HighsStatus.kError or highs.passModel(lp) == h.HighsStatus.kError:
+        return _Result(4, None, None)
+    if start is not None:  # a feasible point HiGHS may use as its first incumbent (it checks it)
+        sol = h.HighsSolution()
+        sol.col_value = np.ascontiguousarray(start, dtype=np.float64)
+        sol.value_valid = True
+        highs.setSolution(sol)
+    if highs.run() == h.HighsStatus.kError:
         return _Result(4, None, None)
     ms = highs.getModelStatus()
     info = highs.getInfo()
@@ -723,9 +1172,10 @@ def _solve(c, n_int, vub, A, rlo, rhi, time_limit):
 
 
 def _ensemble(form, prob: Problem, *, X_train, seed, progress, time_limit, max_binaries,
-              n_candidates) -> dict:
+              n_candidates, run_time_limit=None) -> dict:
     from invaudit.margins._blackbox import search
 
+    started = time.perf_counter()
     X = prob.X
     n, d = X.shape
     Sc, s0, offsets = score_table(form)
@@ -742,22 +1192,32 @@ def _ensemble(form, prob: Problem, *, X_train, seed, progress, time_limit, max_b
     method[unreachable] = "tree-leaf-exit (unreachable)"
     model = EnsembleMilp(form)
     use_milp = model.n_binaries <= max_binaries
-    if use_milp:
-        # one program per row and class, each verified by predicting a single point: OpenMP
-        # thread start-up (HistGradientBoosting's predict) would dominate those tiny calls
+    refs = None
+    has_train = X_train is not None and X_train.shape[0] > 0
+    if has_train:
+        # the cells of the training rows, by the class the estimator gives them: (a) of the
+        # anytime search (never farther than the nearest training row of another class)
         with threadpool_limits(limits=1, user_api="openmp"):
-            _milp_rows(form, prob, model, Sc, s0, lb_cls, lower, margin, delta, nearest, exact,
-                       method, np.flatnonzero(~unreachable), time_limit, progress)
+            pred_train = np.asarray(form.predict_index(X_train), dtype=np.intp)
+        refs = {int(k): X_train[pred_train == k] for k in range(form.n_classes)}
+    deadline = None if run_time_limit is None else started + float(run_time_limit)
+    # one program per row and class, each verified by predicting a single point: OpenMP
+    # thread start-up (HistGradientBoosting's predict) would dominate those tiny calls
+    with threadpool_limits(limits=1, user_api="openmp"):
+        _milp_rows(form, prob, model, Sc, s0, lb_cls, lower, margin, delta, nearest, exact,
+                   method, np.flatnonzero(~unreachable), time_limit, progress, use_milp=use_milp,
+                   refs=refs, deadline=deadline)
     todo = np.flatnonzero(np.isnan(margin))
     if todo.size:
-        # endpoints that depend on nothing but the row (and X_train): the nearest points of
-        # other-class leaves and the nearest training rows predicted otherwise; no random
-        # directions, whose draws (and spread) would depend on the other rows of the batch
+        # rows the anytime search left without a point: boundary search toward endpoints that
+        # depend on nothing but the row (and X_train): the nearest points of other-class leaves
+        # and the nearest training rows predicted otherwise; no random directions, whose draws
+        # (and spread) would depend on the other rows of the batch
         extra = [_leaf_candidates(form, prob, todo, Sc, n_candidates)]
-        if X_train is not None and X_train.shape[0]:
+        if has_train:
             from invaudit.margins._blackbox import _nearest_candidates
 
-            idx = _nearest_candidates(X[todo], prob.pred[todo], X_train, form.predict_index(X_train),
+            idx = _nearest_candidates(X[todo], prob.pred[todo], X_train, pred_train,
                                       prob.weights, prob.norm, n_candidates)
             extra.append(np.where((idx >= 0)[:, :, None], X_train[np.maximum(idx, 0)], np.nan))
         dl, dist, nk = search(form, prob, todo, X_train=None, seed=seed, n_candidates=0,
@@ -776,15 +1236,22 @@ def _ensemble(form, prob: Problem, *, X_train, seed, progress, time_limit, max_b
 
 
 def _milp_rows(form, prob, model, Sc, s0, lb_cls, lower, margin, delta, nearest, exact, method,
-               rows, time_limit, progress):
-    """The MILP for each of ``rows`` (fills the output arrays in place). Every row is solved on
-    its own, with its own time budget: nothing carries over from one row to the next."""
+               rows, time_limit, progress, *, use_milp=True, refs=None, deadline=None):
+    """The anytime search and the MILP for each of ``rows`` (fills the output arrays in place).
+    Every row is solved on its own, with its own time budget (``time_limit`` seconds, shared by
+    its other classes; less when the run's ``deadline`` is nearer): nothing carries over from
+    one row to the next. After the run's deadline a row gets the searches only."""
     X, p = prob.X, prob.pred
     n = prob.n
     lo_all, hi_all = prob.box()
     sigma = score_scale(Sc, s0)
     for i in rows:  # one program per row (and other class)
         start = time.perf_counter()
+        budget = float(time_limit)
+        run_over = False
+        if deadline is not None:
+            budget = min(budget, deadline - start)
+            run_over = budget <= 0
         x0 = X[i]
         blo, bhi = x0 + lo_all[i], x0 + hi_all[i]
         pi = p[i:i + 1]
@@ -805,16 +1272,17 @@ def _milp_rows(form, prob, model, Sc, s0, lb_cls, lower, margin, delta, nearest,
         for j in np.argsort(lb_cls[i], kind="stable"):
             if j == p[i] or not np.isfinite(lb_cls[i, j]) or lb_cls[i, j] >= best_d:
                 continue
-            left = time_limit - (time.perf_counter() - start)
-            if left <= 0:
-                stopped = "time limit"
-                break
+            left = budget - (time.perf_counter() - start)
             row, lbv = beat_row(form, Sc, s0, int(j), int(p[i]), sigma)
             out = model.minimize(x0, blo, bhi, prob.weights, prob.norm, row[None, :], np.array([lbv]),
-                                 verify, time_limit=left, cap=best_d, known_lb=lb_cls[i, j])
+                                 verify, time_limit=max(left, 0.0), cap=best_d,
+                                 known_lb=lb_cls[i, j], refs=None if refs is None else refs[int(j)],
+                                 milp=use_milp and not run_over and left > 0)
             lbs[j] = max(lbs[j], out["lb"])
             if out["status"] in ("limit", "error"):
                 stopped = "time limit"
+            elif out["status"] == "skipped" and stopped is None:
+                stopped = "MILP too large" if not use_milp else "run time limit"
             elif out["status"] == "unverified":
                 stopped = "the estimator disagrees with the leaf boxes"
             if out["point"] is not None:
@@ -831,8 +1299,13 @@ def _milp_rows(form, prob, model, Sc, s0, lb_cls, lower, margin, delta, nearest,
             # exact when the verified point is as near as the proven lower bound
             slack = _ulps(x0, x0 + best_dl, prob.weights, prob.norm)
             exact[i] = best_d <= lower[i] * (1 + _REL) + slack
-            method[i] = "tree-ensemble-milp" if exact[i] else \
-                f"tree-ensemble-milp ({stopped or 'gap'}: bounds)"
+            if exact[i]:
+                method[i] = "tree-ensemble-milp" if use_milp and not run_over \
+                    else "tree-ensemble-anytime (meets the leaf-exit lower bound)"
+            elif stopped in ("MILP too large", "run time limit"):
+                method[i] = f"tree-ensemble-anytime ({stopped}: verified search, leaf-exit lower bound)"
+            else:
+                method[i] = f"tree-ensemble-milp ({stopped or 'gap'}: bounds)"
         elif not np.isfinite(lower[i]):
             margin[i] = np.inf
             exact[i] = True
@@ -867,10 +1340,20 @@ def _leaf_candidates(form, prob: Problem, rows, Sc, m):
     return out
 
 
-def solve_trees(form, prob: Problem, *, X_train=None, seed=0, progress=None, time_limit=10.0,
-                max_binaries=4000, n_candidates=32) -> dict:
+#: Seconds per row (searches and MILP together) when the caller names none: the 100-tree
+#: forests and 200-round boosting of benchmarks/trees_anytime.py answer within 1 s a row.
+DEFAULT_TIME_LIMIT = 0.6
+
+
+def solve_trees(form, prob: Problem, *, X_train=None, seed=0, progress=None,
+                time_limit=DEFAULT_TIME_LIMIT, max_binaries=20000, n_candidates=32,
+                run_time_limit=None) -> dict:
     """Tree margins (module docstring)."""
     if form.aggregate == "single":
         return _single_tree(form, prob, progress)
-    return _ensemble(form, prob, X_train=X_train, seed=seed, progress=progress,
-                     time_limit=time_limit, max_binaries=max_binaries, n_candidates=n_candidates)
+    # many small predict calls: OpenMP start-up (HistGradientBoosting) would dominate them, and
+    # on a busy machine its spinning threads cost seconds a call (measured)
+    with threadpool_limits(limits=1, user_api="openmp"):
+        return _ensemble(form, prob, X_train=X_train, seed=seed, progress=progress,
+                         time_limit=time_limit, max_binaries=max_binaries,
+                         n_candidates=n_candidates, run_time_limit=run_time_limit)

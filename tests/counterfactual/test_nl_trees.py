@@ -244,7 +244,7 @@ def test_live_regions_when_the_milp_is_not_affordable():
     for i in range(4):
         if b.status[i] != "found":
             continue
-        assert not b.exact[i] and b.method[i].startswith("tree-live-regions")
+        assert not b.exact[i] and b.method[i].startswith(("tree-ensemble-anytime", "tree-live-regions"))
         assert verified(est, b.x_cf[i], int(t[i]))
         assert b.distance[i] >= exact.distance[i] * (1 - 1e-12)
         assert "MILP not used" in ex["backing"][i]
@@ -290,7 +290,7 @@ def test_fallback_row_alone_equals_the_row_in_a_batch(name, k, with_train):
     assert np.sum(b.status == "found") >= 3
     for i in range(len(Xq)):
         if b.status[i] == "found":
-            assert not b.exact[i] and b.method[i].startswith("tree-live-regions")
+            assert not b.exact[i] and b.method[i].startswith(("tree-ensemble-anytime", "tree-live-regions"))
             assert verified(est, b.x_cf[i], int(t[i]))
     for i in (0, 3):
         for rows in ([i], [(i + 1) % len(Xq), i]):  # alone, and in another small batch
