@@ -38,10 +38,10 @@ Methods
     Out-of-fold label agreement of the row's nearest training rows, in the model's own
     (scaled) input space: :func:`invaudit.triage._sources.knn_proba`. Score ``-log p(given)``.
 ``reference``
-    Out-of-fold probabilities of a flexible reference model (HistGradientBoosting, or the
-    user's own estimator, cloned and refitted per fold): :func:`~._sources.reference_proba`.
-    Score ``-log p(given)``.
-``combined`` (the default)
+    Out-of-sample probabilities of a flexible reference model: by default the out-of-bag
+    probabilities of one random forest (no refits), or the user's own estimator cloned and
+    refitted per fold: :func:`~._sources.reference_proba`. Score ``-log p(given)``.
+``combined`` (opt-in; see the README for why it is not the default)
     A model can only find the wrong labels its assumptions let it see (issue 18: on classes
     that are unions of clusters, a linear model's ranking is barely better than its in-sample
     loss). ``combined`` asks three sources that fail in different ways: the model (``pruned-
@@ -52,17 +52,12 @@ Methods
     Nothing is tuned on the benchmark: the weights come from the data in hand, and since
     every ``P_s`` is out of sample and a flipped label costs every source alike, a source
     earns weight only by predicting the labels that are right (a linear model on clustered
-    classes gets little, the same model on linearly separable classes most). Then, for the
-    reason behind ``pruned-loo-loss`` (wrong labels pull whatever is fitted to them towards
-    themselves), ``knn`` and ``reference`` are asked a second time with every row weighted by
-    ``P(given)``, the mixture's probability that its label is right (one EM step of a
-    label-noise model): a flipped row barely votes for its neighbours and barely pulls the
-    refits. Soft weights rather than setting suspects aside, because confident learning's
-    count of suspects is far too high where the probabilities are soft (a non-linear
-    boundary), and dropping hundreds of right labels near the boundary costs more than it
-    saves. A reference model that takes no sample weights gets the flagged rows set aside
-    instead. The weights are then re-estimated and ``P`` recomputed. The score
-    is ``-log P(given)``, each source's own ``-log P_s(given)`` is reported beside it
+    classes gets little, the same model on linearly separable classes most). The mixture reads
+    "the label is right if some trusted source finds it likely"; it never ranks a row above
+    what its weighted sources jointly say. (A second round with every row weighted by its
+    mixture probability of being right was tried and dropped: with the forest reference it
+    lost recall on the development sets, and it doubled the cost.) The score is
+    ``-log P(given)``, each source's own ``-log P_s(given)`` is reported beside it
     (``sources``), and the suggested label is ``argmax P``.
 """
 
@@ -115,8 +110,8 @@ class MislabelRanking:
     sources: dict = field(default_factory=dict, repr=False)
     #: the mixture weight of each source (``combined``)
     weights: dict = field(default_factory=dict)
-    #: each source's ``(n, K)`` probabilities asked alone (before any row was set aside): what
-    #: ``--method knn`` / ``reference`` with the same folds and seed would use
+    #: each source's ``(n, K)`` probabilities: what ``--method knn`` / ``reference`` with the
+    #: same folds and seed would use
     source_proba: dict = field(default_factory=dict, repr=False)
 
     def records(self, top: Optional[int] = None) -> list[dict]:
@@ -305,8 +300,9 @@ def _rank_with_sources(form, X, y, method, *, objective, n_folds, seed, referenc
     splits = _sources.fold_splits(y, K, n_folds, seed)
     ref = reference if reference is not None else _sources.default_reference(n, seed)
     ref_name = type(ref).__name__
+    oob = reference is None  # the default forest: out-of-bag, one fit
     use_model = method == "combined"
-    refits = (2 * len(splits) if method == "combined" else len(splits)) if method != "knn" else 0
+    refits = 0 if method == "knn" else (1 if oob else len(splits))
     done = [0]
     total = refits + (n_folds if use_model and "pruned-loo-loss" not in available_methods(form)
                       and form.has_proba else 0)
@@ -316,48 +312,32 @@ def _rank_with_sources(form, X, y, method, *, objective, n_folds, seed, referenc
         if progress is not None:
             progress(min(done[0], max(total, 1)), max(total, 1))
 
-    Z, space = _sources.model_space(form, X)
     probas: dict = {}
-
-    def ask(trust=None):
-        """The model-free sources; with ``trust`` (per row, the probability that its label is
-        right) each row votes and is fitted with that weight. A reference model without
-        sample weights gets only the rows confident learning does not flag."""
-        if method in ("combined", "knn"):
-            probas["knn"] = _sources.knn_proba(Z, y, K, splits, k=k, weights=trust)
-        if method in ("combined", "reference"):
-            if trust is None or _sources.sample_weight_param(ref) is not None:
-                probas["reference"] = _sources.reference_proba(ref, X, y, classes, splits,
-                                                               progress=tick, sample_weight=trust)
-            else:
-                keep = np.ones(n, dtype=bool)
-                keep[_suspects(P, y)] = False
-                notes.append(f"{ref_name} takes no sample weights: refitted without the "
-                             f"{n - keep.sum()} rows confident learning flags instead")
-                sp = [(tr[keep[tr]], te) for tr, te in splits]
-                probas["reference"] = _sources.reference_proba(ref, X, y, classes, sp, progress=tick)
-
     if use_model:
         pm = _model_evidence(form, X, y, objective=objective, n_folds=n_folds, seed=seed,
                              progress=tick, notes=notes)
         if pm is not None:
             probas["model"] = pm
-    ask()
     if method in ("combined", "knn"):
+        Z, space = _sources.model_space(form, X)
+        probas["knn"] = _sources.knn_proba(Z, y, K, splits, k=k)
         notes.append(f"knn source: labels of the {k} nearest rows outside each row's fold "
                      f"({n_folds} folds, seed {seed}), on {space}")
     if method in ("combined", "reference"):
-        notes.append(f"reference source: out-of-fold probabilities of {n_folds} refits of "
-                     f"{ref_name}{' (the default reference)' if reference is None else ''}")
+        if oob:
+            probas["reference"] = _sources.oob_proba(ref, _sources.forest_rows(form, X), y, classes)
+            tick()
+            notes.append(f"reference source: out-of-bag probabilities of a {ref_name} "
+                         f"({ref.n_estimators} trees, each on half the rows; seed {seed}; the default "
+                         "reference)")
+        else:
+            probas["reference"] = _sources.reference_proba(ref, X, y, classes, splits, progress=tick)
+            notes.append(f"reference source: out-of-fold probabilities of {n_folds} refits of "
+                         f"{ref_name}")
     weights: dict = {}
-    alone = dict(probas)
     if method == "combined":
         names = list(probas)
         P, w = _sources.combine([probas[s] for s in names], y)
-        ask(P[np.arange(n), y])
-        P, w = _sources.combine([probas[s] for s in names], y)
-        notes.append("knn and reference asked again with every row weighted by the mixture's "
-                     "probability that its label is right")
         weights = dict(zip(names, (float(v) for v in w)))
         notes.append("combined: mixture of the sources' probabilities, weights maximising the "
                      "likelihood of the given labels: "
@@ -373,7 +353,7 @@ def _rank_with_sources(form, X, y, method, *, objective, n_folds, seed, referenc
     exact = not (method == "combined" and "pruned-loo-loss" in available_methods(form))
     return MislabelRanking(order=order, score=score, given=y, suggested=suggested, method=method,
                            exact=exact, classes=classes, notes=tuple(notes), sources=sources,
-                           weights=weights, source_proba=alone)
+                           weights=weights, source_proba=dict(probas))
 
 
 def _suspects(P, y, score=None) -> np.ndarray:

@@ -90,3 +90,74 @@ def test_reference_must_be_a_classifier_and_is_loaded_safely(invaudit, noisy_set
     r = invaudit("mislabel", d / "model.joblib", d / "train.csv", "--label-column", "target",
                  "--method", "reference", "--reference", bad)
     assert r.code == 3 and "Traceback" not in r.err
+
+
+def _typed_table(n=400, seed=0):
+    """A CSV as users have it: an ID column, string categories with blanks, a numeric column with
+    blanks, scales 1e-3..1e3, columns in another order than the model was fitted with."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    color = rng.choice(["red", "green", "blue", "black"], n).astype(object)
+    size = rng.choice(["S", "M", "L"], n).astype(object)
+    x = rng.normal(size=n) * 1e3
+    z = rng.normal(size=n) * 1e-3
+    votes = (color == "red").astype(int) + (size == "L") + (x / 1e3 + z / 1e-3 > 0)
+    y = np.where(votes >= 2, "yes", "no").astype(object)
+    color[rng.choice(n, 20, replace=False)] = None
+    x[rng.choice(n, 20, replace=False)] = np.nan
+    wrong = np.sort(rng.choice(n, 40, replace=False))
+    noisy = y.copy()
+    noisy[wrong] = np.where(y[wrong] == "yes", "no", "yes")
+    table = pd.DataFrame({"cust": [f"k{i:04d}" for i in range(n)], "z": z, "color": color, "x": x, "size": size,
+                          "label": noisy})
+    fit = table[["color", "x", "size", "z"]].astype({"color": "category", "size": "category"})
+    return table, fit, noisy, wrong
+
+
+def test_mislabel_on_a_from_dtype_categorical_hgb(invaudit, validate, tmp_path):
+    """Issue 13: an HGB fitted from pandas category dtypes is refitted out of fold on DataFrames with
+    those dtypes; the flipped labels come first and the rows are the CSV's own rows."""
+    from sklearn.base import clone
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from threadpoolctl import threadpool_limits
+
+    from invaudit.triage import confident_learning_score, fold_splits
+
+    table, fit, noisy, wrong = _typed_table()
+    est = HistGradientBoostingClassifier(categorical_features="from_dtype", max_iter=20, random_state=0)
+    est.fit(fit, noisy)
+    joblib.dump(est, tmp_path / "hgb.joblib")
+    table.to_csv(tmp_path / "train.csv", index=False)
+    (tmp_path / "truth.txt").write_text("".join(f"{i}\n" for i in wrong))
+    base = ["mislabel", tmp_path / "hgb.joblib", tmp_path / "train.csv", "--label-column", "label",
+            "--id-column", "cust", "--truth", tmp_path / "truth.txt", "--top", "all", "--format", "json"]
+    with threadpool_limits(limits=1):
+        r = invaudit(*base, "--method", "confidence")
+        assert r.code == 0, r.err
+        rep = validate(r.json())
+        # the refits, independently: the same folds, clones fitted on the DataFrame itself
+        classes = np.asarray(est.classes_)
+        y = np.searchsorted(classes, noisy)
+        proba = np.zeros((len(y), 2))
+        for tr, te in fold_splits(y, 2, 5, 0):
+            m = clone(est).fit(fit.iloc[tr], noisy[tr])
+            proba[te] = m.predict_proba(fit.iloc[te])
+        want = confident_learning_score(proba, y)
+        got = np.array([x["score"] for x in sorted(rep["results"], key=lambda x: x["train_row"])])
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+        assert rep["summary"]["found_after_checking"]["0.1"] >= 0.5  # chance: 0.1
+        for x in rep["results"]:
+            i = x["train_row"]
+            assert x["train_row_id"] == table["cust"][i] and x["given_label"] == noisy[i]
+        # the model-free sources and their combination read the same rows (blanks included)
+        c = invaudit(*base, "--method", "combined", "--fix", "20", "--out", tmp_path / "fixed.csv")
+    assert c.code == 0, c.err
+    rep = validate(c.json())
+    assert rep["summary"]["found_after_checking"]["0.1"] >= 0.5
+    assert all(set(x["sources"]) == {"model", "knn", "reference"} for x in rep["results"])
+    import pandas as pd
+
+    fixed = pd.read_csv(tmp_path / "fixed.csv", keep_default_na=False)
+    changed = np.flatnonzero(fixed["label"].to_numpy() != noisy)
+    assert 0 < changed.size <= 20 and np.mean(np.isin(changed, wrong)) >= 0.5

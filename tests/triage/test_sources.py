@@ -154,3 +154,77 @@ def test_combined_reports_each_source_and_is_deterministic():
     assert np.sum(fixed != noisy) <= 40
     c = rank_mislabels(form, X, noisy, method="combined", seed=6, reference=ref)
     assert not np.array_equal(a.score, c.score)  # the seed drives the folds
+
+
+def test_frame_refit_reads_rows_as_the_model_was_fitted():
+    """A from_dtype HistGradientBoosting over coded rows: the fitted wrapper answers as the model
+    does on its DataFrame (blanks included), a clone is unfitted and refits on a DataFrame with the
+    same category dtypes, and the knn space one-hots the categories."""
+    import pandas as pd
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from invaudit.models.tabular import split_tabular
+    from invaudit.triage._sources import coded_rows, frame_form
+
+    rng = np.random.default_rng(0)
+    n = 120
+    df = pd.DataFrame({"c": pd.Categorical(rng.choice(["a", "b", "c"], n)), "x": rng.normal(size=n)})
+    df.loc[::17, "c"] = np.nan
+    df.loc[::13, "x"] = np.nan
+    y = np.where((df["c"] == "a") ^ (df["x"] > 0), "p", "q")
+    est = HistGradientBoostingClassifier(categorical_features="from_dtype", max_iter=5, random_state=0).fit(df, y)
+    tm = split_tabular(est)
+    plain = df.astype({"c": object})   # as a CSV gives it
+    X = coded_rows(tm, plain)
+    assert np.isnan(X[::17, 0]).all() and np.isnan(X[::13, 1]).all()
+    form = frame_form(tm)
+    np.testing.assert_array_equal(form.predict_proba(X), est.predict_proba(df))
+    refit = clone(form.estimator)
+    assert not hasattr(refit, "estimator_")
+    refit.fit(X[:80], y[:80])
+    want = clone(est).fit(df.iloc[:80], y[:80]).predict_proba(df.iloc[80:])
+    np.testing.assert_allclose(refit.predict_proba(X[80:]), want, rtol=0, atol=1e-12)
+    assert isinstance(refit.estimator_.feature_names_in_, np.ndarray)
+    Z, space = model_space(form, X)
+    assert "one-hot" in space and Z.shape == (n, 1 + 3) and np.isfinite(Z).all()
+    i, j = np.flatnonzero(X[:, 0] == 0)[0], np.flatnonzero(X[:, 0] == 1)[0]
+    assert np.linalg.norm(Z[i, 1:] - Z[j, 1:]) == pytest.approx(1.0)
+
+
+def test_default_reference_is_out_of_bag_of_one_forest():
+    """The default reference: each row's probabilities averaged over exactly the trees whose
+    bootstrap sample left it out (brute force over the trees' own samples), from one fit."""
+    from invaudit.triage import default_reference, oob_proba
+
+    X, y = _blobs(n=90, k=3, seed=6)
+    est, form = _fit(LogisticRegression(), X, y)
+    ref = default_reference(90, seed=4).set_params(n_estimators=25, n_jobs=1)
+    P = oob_proba(ref, X, y, np.arange(3))
+    rf = clone(ref).fit(X, y)
+    assert rf.max_samples == 0.5
+    votes, seen = np.zeros((90, 3)), np.zeros(90)
+    for tree in rf.estimators_:
+        # each tree's bootstrap sample: 45 draws with replacement from its own random state
+        drawn = np.random.RandomState(tree.random_state).randint(0, 90, 45)
+        out = np.setdiff1d(np.arange(90), drawn)
+        votes[out] += tree.predict_proba(X[out])
+        seen[out] += 1
+    assert seen.min() > 0
+    np.testing.assert_allclose(P, votes / seen[:, None], atol=1e-12)
+    # --method reference without --reference: that forest, seeded by --seed
+    r = rank_mislabels(form, X, y, method="reference", seed=4)
+    full = oob_proba(default_reference(90, seed=4), X, y, np.arange(3))
+    np.testing.assert_allclose(r.score, -np.log(full[np.arange(90), y]))
+    assert any("out-of-bag" in n for n in r.notes)
+
+
+def test_default_combined_finds_clustered_flips_the_model_misses():
+    found = {"combined": [], "reference": [], "loss": []}
+    for seed in (0, 1):
+        X, noisy, wrong = _clustered(seed)
+        est, form = _fit(Pipeline([("s", StandardScaler()), ("c", LogisticRegression(max_iter=2000))]), X, noisy)
+        for m in found:
+            r = rank_mislabels(form, X, noisy, method=m, seed=seed)
+            found[m].append(recall_at(r.order, wrong, (0.1,))[0.1])
+    assert np.mean(found["reference"]) >= np.mean(found["loss"]) + 0.1, found
+    assert np.mean(found["combined"]) >= np.mean(found["loss"]) + 0.1, found
