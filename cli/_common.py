@@ -6,6 +6,7 @@ Commands stay thin: parse -> load (here) -> call one solver -> emit (here).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import sys
 import time
@@ -20,7 +21,7 @@ import typer
 from rich.console import Console
 
 from invaudit.errors import InputError
-from invaudit.io import dumps, envelope, load_data, write_atomic
+from invaudit.io import envelope, load_data, write_atomic
 from invaudit.render import Format, render
 
 # stdout carries only the report; everything else goes to stderr.
@@ -57,6 +58,8 @@ IntegerCols = Annotated[Optional[str], typer.Option("--integer", metavar="COLS",
 CategoricalCost = Annotated[float, typer.Option("--categorical-cost", min=0.0, help="Cost of changing one categorical column, in units of the (scaled) numeric distance.")]
 IdColumn = Annotated[Optional[str], typer.Option("--id-column", metavar="NAME", help="CSV column naming the rows (row_id in reports); not a feature.")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed; results are deterministic for a fixed seed.")]
+TimeLimit = Annotated[Optional[float], typer.Option("--time-limit", min=0.0, metavar="SECONDS", help="Seconds for each row (tree ensembles: the anytime search and the MILP together); a row still running then returns its best verified answer, not exact (default 0.6).")]
+RunTimeLimit = Annotated[Optional[float], typer.Option("--run-time-limit", min=0.0, metavar="SECONDS", help="Seconds for the whole run; rows still to do then get the quick verified search only (tree ensembles).")]
 
 
 class Norm(str, Enum):
@@ -111,7 +114,7 @@ class Run:
                 from invaudit.errors import UnsupportedModelError
 
                 raise UnsupportedModelError(
-                    f"{self.model_path}: this HistGradientBoosting model splits on categories, behind preprocessing "
+                    f"{self.model_path}: this {type(_final_step(loaded.estimator)).__name__} model splits on categories, behind preprocessing "
                     f"invaudit cannot read as typed columns; {self.command} would move category codes as numbers, "
                     "so it is refused (fit the encoder in a ColumnTransformer, or the model on the raw columns).")
         self.data_info: Optional[dict] = None
@@ -133,8 +136,10 @@ class Run:
             return None
         return [(c.name, c.kind, c.categories) for c in self.tabular.columns]
 
-    def data(self, path, *, label_column=None, labels=None, require_labels=False, primary=True, id_column=None):
-        """Load a data file checked against the model (names, feature count, classes)."""
+    def data(self, path, *, label_column=None, labels=None, require_labels=False, primary=True, id_column=None,
+             rows: Optional[str] = None):
+        """Load a data file checked against the model (names, feature count, classes). ``rows``
+        (the ``--rows`` spec): a CSV is read only up to the last row it names."""
         schema = self.schema
         if schema is not None and self.command not in TYPED_ROW_COMMANDS:
             from invaudit.errors import UnsupportedModelError
@@ -153,6 +158,7 @@ class Run:
             id_column=id_column,
             schema=schema,
             id_column_optional=not primary,
+            rows=rows,
         )
         if ds.column_match == "position":
             self._check_positional(ds)
@@ -193,21 +199,85 @@ class Run:
         raise InputError(f"data file {ds.path} has columns {first_path} does not ({', '.join(diff)}); the model "
                          "has no feature names, so invaudit cannot tell which columns it reads.")
 
-    def emit(self, *, params: dict, results: list, summary: dict, fmt: Format,
+    def emit(self, *, params: dict, results, summary: dict, fmt: Format,
              json_path: Optional[Path], extra: Optional[dict] = None) -> dict:
+        """Emit the whole report at once (``results``: a list of dicts or ``Columns``)."""
         self._attach_ids(results)
         report = envelope(
             self.command, model=self.model_info, data=self.data_info, params=params,
             results=results, summary=summary, elapsed_s=time.perf_counter() - self.started,
-            extra=extra,
+            extra=extra, version=REPORT_VERSIONS.get(self.command, 1),
         )
         emit_report(report, fmt, json_path)
         return report
 
-    def _attach_ids(self, results: list) -> None:
+    def emit_stream(self, *, params: dict, chunks, summary, fmt: Format, json_path: Optional[Path]) -> None:
+        """Emit a report whose results arrive in chunks (``Columns``), writing each as it comes.
+
+        ``--format jsonl`` and ``--format json`` go to stdout as the chunks arrive, ``--json PATH``
+        to a temporary renamed over PATH at the end (never half a file under PATH); a table or
+        Markdown keeps only the rows it could show. ``summary`` is called after the last chunk.
+        Memory: one chunk at a time, plus what the caller keeps for its summary.
+        """
+        from invaudit.io.report import Columns, json_head, json_rows, json_tail, jsonl_head, jsonl_tail, AtomicFile
+        from invaudit.render.views import view_for
+
+        report = envelope(self.command, model=self.model_info, data=self.data_info, params=params,
+                          results=Columns(0), summary={}, elapsed_s=0.0,
+                          version=REPORT_VERSIONS.get(self.command, 1))
+        view = view_for(report) if fmt in (Format.table, Format.markdown) else None
+        # the first chunk is solved before anything is written: bad input found there (a
+        # constraint that needs --train, ...) fails the run with nothing on stdout
+        chunks = iter(chunks)
+        first = next(chunks, None)
+        chunks = itertools.chain([] if first is None else [first], chunks)
+        first = None  # the chain holds it until it is written, then lets it go
+        kept: list = []
+        total = 0
+        out = _stdout_bytes() if fmt in (Format.json, Format.jsonl) else None
+        with contextlib.ExitStack() as stack:
+            jfile = stack.enter_context(_atomic_report(json_path)) if json_path is not None else None
+            if jfile is not None:
+                jfile.write(json_head(report))
+            if out is not None:
+                out(json_head(report) if fmt is Format.json else jsonl_head(report))
+            any_row = False
+            for cols in chunks:
+                self._attach_ids(cols)
+                total += len(cols)
+                if view is not None:  # the rows a table could show so far (at most max_rows)
+                    kept = view.shown({**report, "results": kept + view.shown({**report, "results": cols})[0]})[0]
+                if jfile is None and out is None:
+                    continue
+                for lines in cols.lines():
+                    if not lines:
+                        continue
+                    if jfile is not None:
+                        jfile.write(json_rows(lines, first=not any_row))
+                    if out is not None:
+                        out(json_rows(lines, first=not any_row) if fmt is Format.json else b"\n".join(lines) + b"\n")
+                    any_row = True
+            report["summary"] = jsonable_summary(summary())
+            report["elapsed_s"] = round(time.perf_counter() - self.started, 6)
+            if jfile is not None:
+                jfile.write(json_tail(report, any_row=any_row))
+            if out is not None:
+                out(json_tail(report, any_row=any_row) if fmt is Format.json else jsonl_tail(report))
+        if view is not None:
+            report["results"] = _Shown(kept, total)
+            render(report, fmt, out_console())
+
+    def _attach_ids(self, results) -> None:
         """``row_id`` (and ``train_row_id``) next to every row number, from ``--id-column``."""
         data_ids, train_ids = self.ids.get("data"), self.ids.get("train")
         if data_ids is None and train_ids is None:
+            return
+        from invaudit.io.report import Columns
+
+        if isinstance(results, Columns):
+            if data_ids is not None and "row" in results and "row_id" not in results:
+                rows = np.asarray(results.column("row"), dtype=np.intp)
+                results.add("row_id", "obj", [str(v) for v in np.asarray(data_ids)[rows]])
             return
         # mislabel's primary file is the training set: its rows are called train_row
         own = train_ids if self.command == "influence" else (data_ids if data_ids is not None else train_ids)
@@ -223,6 +293,12 @@ class Run:
                         e["train_row_id"] = str(train_ids[int(e["train_row"])])
 
 
+def _final_step(estimator):
+    while hasattr(estimator, "steps"):
+        estimator = estimator.steps[-1][1]
+    return estimator
+
+
 def _tabular(estimator):
     """The typed-input view of a model whose preprocessing reads mixed-type rows, else None."""
     try:
@@ -232,44 +308,201 @@ def _tabular(estimator):
     return split_tabular(estimator)
 
 
-def emit_report(report: dict, fmt: Format, json_path: Optional[Path]) -> None:
-    """Write ``--json`` first (atomically), then the chosen format to stdout."""
-    text = dumps(report)
-    if json_path is not None:
+#: Report schema versions that moved past 1 (invaudit/schemas/<command>.json).
+REPORT_VERSIONS: dict = {}
+
+
+class _Shown(list):
+    """The rows a streamed table shows, and how many results there were in all."""
+
+    def __init__(self, rows, total: int):
+        super().__init__(rows)
+        self.n_total = int(total)
+
+
+def jsonable_summary(summary: dict) -> dict:
+    from invaudit.io.report import jsonable
+
+    return jsonable(summary)
+
+
+def _stdout_bytes():
+    """A function writing bytes to stdout (its binary buffer when there is one)."""
+    sys.stdout.flush()
+    buf = getattr(sys.stdout, "buffer", None)
+    if buf is None:
+        return lambda data: sys.stdout.write(data.decode("utf-8"))
+
+    def write(data: bytes) -> None:
         try:
-            write_atomic(json_path, text)
-        except OSError as exc:
-            raise InputError(f"cannot write the JSON report to {json_path}: {exc.strerror or exc}.") from None
-    if fmt == Format.json:
-        sys.stdout.write(text)
+            buf.write(data)
+            buf.flush()
+        except BrokenPipeError:
+            # `invaudit ... | head`: the reader is gone; point stdout at /dev/null so the flush at
+            # exit does not fail again, and let the caller stop (exit 0)
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, buf.fileno())
+            except (OSError, ValueError, AttributeError):
+                pass
+            raise
+    return write
+
+
+@contextlib.contextmanager
+def _atomic_report(path: Path, what: str = "the JSON report"):
+    from invaudit.io.report import AtomicFile
+
+    try:
+        with AtomicFile(path) as fh:
+            yield fh
+    except OSError as exc:
+        raise InputError(f"cannot write {what} to {path}: {exc.strerror or exc}.") from None
+
+
+def emit_report(report: dict, fmt: Format, json_path: Optional[Path]) -> None:
+    """Write ``--json`` first (atomically), then the chosen format to stdout. JSON is encoded in
+    pieces (orjson, numpy arrays in bulk) and never built as one string."""
+    from invaudit.io.report import encode, encode_jsonl
+
+    if json_path is not None:
+        with _atomic_report(json_path) as fh:
+            for piece in encode(report):
+                fh.write(piece)
+    if fmt == Format.json or fmt == Format.jsonl:
+        out = _stdout_bytes()
+        for piece in (encode(report) if fmt == Format.json else encode_jsonl(report)):
+            out(piece)
     else:
         render(report, fmt, out_console())
+
+
+class PointWriter:
+    """``--out``: answers of a numeric model written as they come, atomically. ``.csv`` in the
+    input's columns (first column the row's ID or number), ``.npy`` (the points alone; the
+    header's row count is fixed at the end). Numbers are written with orjson's shortest
+    round-trip repr."""
+
+    _NPY_HEADER = 128  # bytes, magic included: room for any (rows, columns) shape
+
+    def __init__(self, path: Path, columns, id_name):
+        self.path = Path(path)
+        self.suffix = self.path.suffix.lower()
+        if self.suffix not in (".csv", ".npy"):
+            raise InputError(f"--out {path}: the file must end in .csv or .npy.")
+        self.columns = [str(c) for c in columns]
+        self.id_name = id_name
+        self.count = 0
+        self._cm = None
+        self._fh = None
+
+    def __enter__(self) -> "PointWriter":
+        self._cm = _atomic_report(self.path, what="the points")
+        self._fh = self._cm.__enter__()
+        if self.suffix == ".npy":
+            self._fh.write(self._npy_header(0))
+        else:
+            self._fh.write((",".join([self.id_name or "row", *self.columns]) + "\n").encode("utf-8"))
+        return self
+
+    def _npy_header(self, rows: int) -> bytes:
+        head = "{'descr': '<f8', 'fortran_order': False, 'shape': (%d, %d), }" % (rows, len(self.columns))
+        pad = self._NPY_HEADER - 10 - len(head) - 1
+        return b"\x93NUMPY\x01\x00" + (self._NPY_HEADER - 10).to_bytes(2, "little") + (head + " " * pad + "\n").encode("latin1")
+
+    def write(self, points: np.ndarray, keys) -> None:
+        """Rows of ``points`` (float64, ``(m, D)``) named by ``keys`` (IDs or row numbers)."""
+        import orjson
+
+        pts = np.ascontiguousarray(points, dtype=np.float64)
+        if pts.shape[0] == 0:
+            return
+        if self.suffix == ".npy":
+            self._fh.write(pts.astype("<f8", copy=False).tobytes())
+        else:
+            body = orjson.dumps(pts, option=orjson.OPT_SERIALIZE_NUMPY)[2:-2].split(b"],[") if pts.shape[1] \
+                else [b""] * pts.shape[0]
+            self._fh.write(b"".join(str(k).encode("utf-8") + b"," + line + b"\n" for k, line in zip(keys, body)))
+        self.count += pts.shape[0]
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc is None and self.suffix == ".npy":
+            end = self._fh.tell()
+            self._fh.seek(0)
+            self._fh.write(self._npy_header(self.count))
+            self._fh.seek(end)
+        return self._cm.__exit__(exc_type, exc, tb)
 
 
 def write_points(path: Path, points: np.ndarray, columns, keep: np.ndarray, ids, id_name, rows) -> int:
     """Answers of a numeric model as a data file: ``.csv`` in the input's columns (first column the
     row's ID or number), or ``.npy`` (the points alone). Only rows with an answer are written."""
-    from invaudit.io import write_atomic
-
-    pts = np.asarray(points, dtype=np.float64)[keep]
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".npy":
-            import io as _io
-
-            buf = _io.BytesIO()
-            np.save(buf, pts)
-            write_atomic(path, buf.getvalue())
-        elif suffix == ".csv":
-            key = (np.asarray(ids)[rows] if ids is not None else rows)[keep]
-            lines = [",".join([id_name or "row", *[str(c) for c in columns]])]
-            lines += [",".join([str(k), *[repr(float(v)) for v in p]]) for k, p in zip(key, pts)]
-            write_atomic(path, "\n".join(lines) + "\n")
-        else:
-            raise InputError(f"--out {path}: the file must end in .csv or .npy.")
-    except OSError as exc:
-        raise InputError(f"cannot write {path}: {exc.strerror or exc}.") from None
+    keep = np.asarray(keep, dtype=bool)
+    key = (np.asarray(ids)[rows] if ids is not None else np.asarray(rows))[keep]
+    with PointWriter(path, columns, id_name) as w:
+        w.write(np.asarray(points, dtype=np.float64)[keep], key.tolist())
     return int(keep.sum())
+
+
+def margin_chunk_rows(form, n: int) -> int:
+    """Rows per chunk of a streamed margin run: about 2 million values of the (rows x features)
+    matrix (16 MB) for the linear form, whose rows are solved independently and exactly; other
+    forms run as one chunk (their searches draw random directions over the whole batch, and a
+    chunked run must give the same answers as an unchunked one)."""
+    if form.kind != "linear":
+        return max(1, n)
+    return max(1024, (1 << 21) // max(1, int(form.n_features)))
+
+
+def stream_margins(run: "Run", ds, row_ids: np.ndarray, solve, *, eps, params: dict, fmt: Format,
+                   json_path: Optional[Path], out: Optional[Path], id_column: Optional[str],
+                   chunk_rows: Optional[int] = None) -> None:
+    """A numeric margin run, chunk by chunk: read the chunk's rows (``Dataset.take``: an NPY is
+    memory-mapped and gives its pages back), ``solve(X, y_index) -> MarginBatch``, write the
+    chunk's results (and ``--out`` points) and keep only the per-row numbers the summary needs.
+    Peak memory is one chunk plus a few numbers per row, whatever the number of rows."""
+    from invaudit.margins import MarginBatch, summarize
+
+    form = run.form
+    n = int(len(row_ids))
+    size = margin_chunk_rows(form, n) if chunk_rows is None else max(1, int(chunk_rows))
+    y_all = None if ds.y_index is None else np.asarray(ds.y_index)[row_ids]
+    labels = None if ds.y is None else np.asarray(ds.y)
+    keep: dict = {k: [] for k in ("margin", "lower_bound", "nearest_index", "perturbation_norm", "exact",
+                                  "method", "predicted_index")}
+    norm = {"value": params.get("norm", "l2")}
+    written = {"count": 0}
+    cols = ds.columns or form.feature_names or [f"x{j}" for j in range(form.n_features)]
+
+    def chunks():
+        writer = PointWriter(out, cols, id_column) if out is not None else contextlib.nullcontext()
+        with progress("margins", n) as update, writer as w:
+            for lo in range(0, n, size):
+                rows = row_ids[lo:lo + size]
+                X = ds.take(rows)
+                batch = solve(X, None if y_all is None else y_all[lo:lo + size],
+                              lambda done, total=0, lo=lo: update(min(n, lo + done), n))
+                norm["value"] = batch.norm
+                for k in keep:  # copies: a view would keep the chunk's whole solver output alive
+                    keep[k].append(np.array(getattr(batch, k), copy=True))
+                if w is not None:
+                    delta = np.asarray(batch.perturbation, dtype=np.float64)
+                    has = np.all(np.isfinite(delta), axis=1)
+                    key = (np.asarray(ds.ids)[rows] if ds.ids is not None else rows)[has]
+                    w.write((X + delta)[has], key.tolist())
+                yield batch.columns(form.classes, rows, labels=None if labels is None else labels[rows])
+                update(min(n, lo + size), n)
+            written["count"] = 0 if w is None else w.count
+
+    def summary() -> dict:
+        arrays = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in keep.items()}
+        whole = MarginBatch(perturbation=np.zeros((n, 0)), norm=norm["value"],
+                            **{k: arrays[k] for k in keep})
+        return summarize(whole, y_all, eps, classes=form.classes, row_ids=row_ids)
+
+    run.emit_stream(params=params, chunks=chunks(), summary=summary, fmt=fmt, json_path=json_path)
+    if out is not None:
+        note(f"wrote {written['count']} adversarial row(s) to {out}")
 
 
 def check_out_path(path: Optional[Path], allowed=(".csv", ".npy")) -> None:
@@ -286,7 +519,20 @@ def check_out_path(path: Optional[Path], allowed=(".csv", ".npy")) -> None:
 def counterfactual_summary(results: list) -> dict:
     """The counterfactual report's summary, from its records (numeric and typed rows alike)."""
     from invaudit.counterfactual.solve import EXACT_MEANS
+    from invaudit.io.report import Columns
 
+    if isinstance(results, Columns):  # from the columns, without a dict per row
+        status = [str(s) for s in results.values("status")]
+        d = np.asarray(results.column("distance"), dtype=np.float64)
+        ok = np.asarray(status, dtype=object) == "found"
+        exact = np.asarray(results.column("exact"), dtype=bool)
+        dist = d[ok & np.isfinite(d)].tolist()
+        return {
+            "rows": len(results), "found": status.count("found"), "already_target": status.count("already-target"),
+            "infeasible": status.count("infeasible"), "failed": status.count("failed"),
+            "exact": int(np.sum(exact & ok)), "exact_means": EXACT_MEANS,
+            "median_distance": float(np.median(dist)) if dist else None,
+        }
     status = [r["status"] for r in results]
     found = [r for r in results if r["status"] == "found"]
     dist = [r["distance"] for r in found if r["distance"] is not None]

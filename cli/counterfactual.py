@@ -19,7 +19,8 @@ from invaudit.render import Format
 
 from ._common import (Bounds, ConstraintOpts, FormatOpt, JsonOut, CategoricalCost, IdColumn, IntegerCols, LabelColumn, Labels, OutPoints, ModelArg, Norm,
                       Rows, Run, Scale, Seed, Sha256, Trust, build_constraints, check_out_path, counterfactual_summary, note, progress,
-                      resolve_labels, write_points)
+                      resolve_labels, write_points, RunTimeLimit, TimeLimit)
+from ._parallel_opts import Jobs, Scheduler
 
 
 class Start(str, Enum):
@@ -42,6 +43,10 @@ def counterfactual(
     start: Annotated[Optional[Start], typer.Option("--from", help="Model inversion: start from zeros or the mean of --train instead of data rows.")] = None,
     manifold: Annotated[Optional[str], typer.Option("--manifold", metavar="pca|quantile|PATH", help="Search in the latent coordinates of a map fitted on --train (or a pickled transformer): farther, but nearer the data.")] = None,
     seed: Seed = 0,
+    time_limit: TimeLimit = None,
+    run_time_limit: RunTimeLimit = None,
+    jobs: Jobs = None,
+    scheduler: Scheduler = None,
     rows: Rows = None,
     label_column: LabelColumn = None,
     id_column: IdColumn = None,
@@ -57,7 +62,11 @@ def counterfactual(
     """Find the closest point the model assigns to --target (exact for linear models)."""
     from invaudit.counterfactual import counterfactuals_with_extras
 
+    from invaudit import parallel
+
     check_out_path(out)
+    if scheduler is None:
+        parallel.prestart(jobs)  # an explicit --jobs N: workers start while the model and data load
     run = Run("counterfactual", model, trust=trust, sha256=sha256)
     form = run.form
     if run.tabular is not None:
@@ -79,7 +88,7 @@ def counterfactual(
     else:
         if data is None:
             raise InputError("name a DATA file, or use --from zeros|mean for model inversion.")
-        ds = run.data(data, label_column=label_column, id_column=id_column, labels=labels)
+        ds = run.data(data, label_column=label_column, id_column=id_column, labels=labels, rows=rows)
         row_ids = parse_rows(rows, ds.n_rows)
         X = np.asarray(ds.X[row_ids], dtype=np.float64)
 
@@ -93,10 +102,11 @@ def counterfactual(
     X_train = None if train_ds is None else np.asarray(train_ds.X, dtype=np.float64)
     y_train = None if train_ds is None else train_ds.y_index
     with progress("counterfactuals", X.shape[0]) as update:
-        batch, extras = counterfactuals_with_extras(
+        batch, extras = parallel.counterfactuals_with_extras(
             form, X, target=tgt, confidence=confidence, norm=norm.value, constraints=cons, X_train=X_train,
-            y_train_index=y_train, manifold=latent, seed=seed, progress=update)
-    results = batch.records(form.classes, row_ids, feature_names=form.feature_names)
+            y_train_index=y_train, manifold=latent, seed=seed, progress=update, jobs=jobs, scheduler=scheduler,
+            time_limit=time_limit, run_time_limit=run_time_limit)
+    results = batch.columns(form.classes, row_ids, feature_names=form.feature_names)  # kept as columns
     _add_extras(results, extras)
     if out is not None:
         cols = (ds.columns if start is None and ds.columns else None) or form.feature_names \
@@ -108,7 +118,8 @@ def counterfactual(
     params = {"target": target, "confidence": confidence, "norm": norm.value, "scale": scale.value,
               "immutable": immutable, "increase_only": increase_only, "decrease_only": decrease_only,
               "bounds": bounds.value, "train": None if train is None else str(train),
-              "from": None if start is None else start.value, "rows": rows, "manifold": manifold, "seed": seed}
+              "from": None if start is None else start.value, "rows": rows, "manifold": manifold, "seed": seed,
+              "time_limit": time_limit, "run_time_limit": run_time_limit}
     if start is not None:
         run.data_info = None
     run.emit(params=params, results=results, summary=summary, fmt=format, json_path=json)
@@ -126,7 +137,7 @@ def _typed_rows(run, data, train, *, target, confidence, norm, scale, immutable,
         raise InputError("name a DATA file (a CSV with the model's columns).")
     train_ds = run.data(train, label_column=label_column, id_column=id_column, primary=False) \
         if train is not None else None
-    ds = run.data(data, label_column=label_column, id_column=id_column)
+    ds = run.data(data, label_column=label_column, id_column=id_column, rows=rows)
     row_ids = parse_rows(rows, ds.n_rows)
     tm = run.tabular
     tgt = "other" if target.strip().lower() == "other" else \
@@ -158,23 +169,29 @@ def _manifold(spec: Optional[str], trust: bool):
     return load_model(path, trust=trust, expect="transformer").estimator
 
 
-def _add_extras(results: list, extras: dict) -> None:
-    """Per-row extras of the solver: feature importance, plausibility, what backs the answer."""
+def _add_extras(results, extras: dict) -> None:
+    """Per-row extras of the solver as columns: feature importance, plausibility, what backs the
+    answer, a lower bound (the last three only on the rows that have them)."""
     n = len(results)
     fi = extras.get("feature_importance")
     pl = extras.get("plausibility")
     backing = extras.get("backing")
     lower = extras.get("lower_bound")
-    for i, r in enumerate(results):
-        if fi is not None:
-            r["feature_importance"] = [None if not np.isfinite(v) else float(v) for v in fi[i]]
-        if pl is not None and bool(pl["evaluated"][i]):
-            r["plausibility"] = {"knn_distance": float(pl["knn_distance"][i]), "inlier": bool(pl["inlier"][i]),
-                                 "lof_score": float(pl["lof_score"][i]), "k": int(pl["k"])}
-        if backing is not None and backing[i] is not None:
-            r["backing"] = str(backing[i])
-        if lower is not None and i < n and np.isfinite(lower[i]):
-            r["lower_bound"] = float(lower[i])
+    if fi is not None:
+        results.add("feature_importance", "vec", np.asarray(fi, dtype=np.float64).reshape(n, -1))
+    if pl is not None:
+        results.add("plausibility", "obj", [
+            {"knn_distance": float(pl["knn_distance"][i]), "inlier": bool(pl["inlier"][i]),
+             "lof_score": float(pl["lof_score"][i]), "k": int(pl["k"])} if bool(pl["evaluated"][i]) else None
+            for i in range(n)], optional=True)
+    if backing is not None:
+        results.add("backing", "obj", [None if b is None else str(b) for b in list(backing)[:n]]
+                    + [None] * max(0, n - len(backing)), optional=True)
+    if lower is not None:
+        lb = np.full(n, np.nan)
+        m = min(n, len(lower))
+        lb[:m] = np.asarray(lower, dtype=np.float64)[:m]
+        results.add("lower_bound", "num", lb, optional=True)
 
 
 def register(app) -> None:

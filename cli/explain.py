@@ -14,6 +14,7 @@ from invaudit.io import parse_rows, write_atomic
 from invaudit.render import Format
 
 from ._common import FormatOpt, JsonOut, IdColumn, LabelColumn, Labels, ModelArg, Rows, Run, Seed, Sha256, Trust, note, progress
+from ._parallel_opts import Jobs, Scheduler
 
 
 def explain(
@@ -28,6 +29,8 @@ def explain(
     overlap: Annotated[float, typer.Option("--overlap", min=0.0, max=1.0, help="Largest pairwise Dice overlap kept (0: disjoint).")] = 0.0,
     iterations: Annotated[int, typer.Option("--iterations", min=1, help="Random partitions for the responsibility map.")] = DEFAULT_ITERATIONS,
     seed: Seed = 0,
+    jobs: Jobs = None,
+    scheduler: Scheduler = None,
     png: Annotated[Optional[Path], typer.Option("--png", metavar="DIR", help="Write heat maps and explanations as PNG images (needs --shape).")] = None,
     label_column: LabelColumn = None,
     id_column: IdColumn = None,
@@ -40,8 +43,12 @@ def explain(
     """Find several minimal sufficient explanations per row and a causal responsibility map."""
     from invaudit.explain import explain_rows, parse_shape, records, resolve_baseline, summary
 
+    from invaudit import parallel
+
+    if scheduler is None:
+        parallel.prestart(jobs)  # an explicit --jobs N: workers start while the model and data load
     run = Run("explain", model, trust=trust, sha256=sha256)
-    ds = run.data(data, label_column=label_column, id_column=id_column, labels=labels)
+    ds = run.data(data, label_column=label_column, id_column=id_column, labels=labels, rows=rows)
     row_ids = parse_rows(rows, ds.n_rows)
     columns = None
     if run.tabular is not None:
@@ -77,9 +84,9 @@ def explain(
         X_train = run.data(train, label_column=label_column, id_column=id_column, primary=False).X if train is not None else None
         base = resolve_baseline(baseline, form.n_features, X_train=X_train)
     with progress("explaining", len(row_ids)) as update:
-        res = explain_rows(form, X, rows=row_ids, baseline=base, shape=hw, confidence=confidence,
-                           max_explanations=max_explanations, overlap=overlap, iterations=iterations, seed=seed,
-                           progress=lambda done: update(done))
+        res = parallel.explain_rows(form, X, rows=row_ids, baseline=base, shape=hw, confidence=confidence,
+                                    max_explanations=max_explanations, overlap=overlap, iterations=iterations,
+                                    seed=seed, progress=lambda done: update(done), jobs=jobs, scheduler=scheduler)
     same = [int(r.row) for r in res if r.baseline_gets_label]
     if same:
         shown = ", ".join(map(str, same[:10])) + (" ..." if len(same) > 10 else "")

@@ -13,6 +13,7 @@ from invaudit.io import parse_rows
 from invaudit.render import Format
 
 from ._common import FormatOpt, JsonOut, IdColumn, LabelColumn, Labels, ModelArg, Run, Sha256, Trust, note, progress
+from ._parallel_opts import Jobs, Scheduler
 
 
 def parse_group(spec: str, ds, feature_names=None) -> np.ndarray:
@@ -51,6 +52,8 @@ def influence(
     features: Annotated[bool, typer.Option("--features", help="Also give each listed row's per-feature gradient (I_pert,loss).")] = False,
     group: Annotated[Optional[str], typer.Option("--group", metavar="SPEC", help="Predict the effect of removing a set of training rows: a row spec or COLUMN=VALUE.")] = None,
     estimate: Annotated[str, typer.Option("--estimate", help="auto, first-order or leverage-corrected.")] = "auto",
+    jobs: Jobs = None,
+    scheduler: Scheduler = None,
     label_column: LabelColumn = None,
     id_column: IdColumn = None,
     labels: Labels = None,
@@ -65,6 +68,10 @@ def influence(
     from invaudit.influence import group_influence
     from invaudit.influence import verify_loo as refit_check
 
+    from invaudit import parallel
+
+    if scheduler is None:
+        parallel.prestart(jobs, ("sklearn.base", "invaudit.models", "invaudit.influence"))
     run = Run("influence", model, trust=trust, sha256=sha256)
     form = run.form
     tr = run.data(train, label_column=label_column, id_column=id_column, labels=labels, require_labels=True, primary=False)
@@ -77,10 +84,16 @@ def influence(
     else:
         X_train = np.asarray(tr.X, dtype=np.float64)
         Xt = np.asarray(te.X[rows], dtype=np.float64)
+    if getattr(form, "kind", None) == "trees":  # leaf refits, never exact (influence/_trees.py)
+        from invaudit.influence import build_tree_objective as build_objective
+    if getattr(form, "kind", None) == "neighbors":  # exact leave-one-out (influence/_neighbors.py)
+        from invaudit.influence import build_neighbors_objective as build_objective
     obj = build_objective(form, X_train, tr.y_index)
     for n in obj.notes:
         note(n)
-    res = solve(obj, Xt, yt, top=max(top, verify_loo), estimate=estimate, features=features, test_row_ids=rows)
+    with progress("influence", len(rows)) as update:
+        res = parallel.influence(obj, Xt, yt, top=max(top, verify_loo), estimate=estimate, features=features,
+                                 test_row_ids=rows, progress=update, jobs=jobs, scheduler=scheduler)
     results = res.records()
     for r in results:  # --top N listed; more may have been computed for --verify-loo
         r["helpful"], r["harmful"] = r["helpful"][:top], r["harmful"][:top]
@@ -90,6 +103,15 @@ def influence(
     summary["exact_means"] = ("the influence function is computed with the exact Hessian of the model's own "
                               "objective" if summary.get("exact") else "the Hessian solve is approximate "
                               "(damped conjugate gradients)") + "; loss_change_if_removed estimates a refit (see estimate)"
+    if getattr(obj, "kind", None) == "neighbors":
+        summary["exact_means"] = ("loss_change_if_removed is the exact change of the test row's log loss after "
+                                  "refitting without the row (its neighbours' votes re-counted)")
+    if getattr(obj, "kind", None) == "kernel":
+        summary["exact_means"] = ("never exact for SVMs: the exact Hessian of a smoothed-hinge surrogate of the "
+                                  "machine (Koh & Liang sec. 4.1); --verify-loo N refits that surrogate")
+    if getattr(obj, "kind", None) == "trees":
+        summary["exact_means"] = (f"never exact for trees: {obj.method}, the leaf values a row took part in "
+                                  "recomputed without it; --verify-loo N measures it against refits")
     summary["train"] = {"path": tr.path, "sha256": tr.sha256, "n_rows": tr.n_rows}
     if verify_loo:
         if yt is None:
@@ -98,6 +120,11 @@ def influence(
         with progress("refitting", len(chosen)) as update:
             check = refit_check(obj, Xt, yt, chosen, estimate=estimate, test_row_ids=rows, progress=update)
         summary["verification"] = check.summary()
+        if getattr(obj, "kind", None) == "trees":  # refits from scratch, not warm-started
+            summary["verification"]["notes"] = [
+                "the real changes are from refits of the estimator (same parameters and random_state) "
+                "without each row, relative to a refit on all rows; a forest's bootstrap draws change with "
+                "the number of rows, so its real changes carry refit noise"]
     if group is not None:
         g_rows = parse_group(group, tr, form.feature_names)
         if yt is None:

@@ -14,7 +14,8 @@ from invaudit.render import Format
 
 from ._common import (Bounds, ConstraintOpts, FormatOpt, JsonOut, CategoricalCost, IdColumn, IntegerCols, LabelColumn, Labels, OutPoints, ModelArg, Norm, Rows, Run,
                       Scale, Seed, Sha256, Trust, build_constraints, check_out_path, note, progress,
-                      write_points)
+                      stream_margins, RunTimeLimit, TimeLimit)
+from ._parallel_opts import Jobs, Scheduler
 
 
 def parse_eps(spec: Optional[str]) -> Optional[list]:
@@ -48,6 +49,10 @@ def margin(
     out: OutPoints = None,
     labels: Labels = None,
     seed: Seed = 0,
+    time_limit: TimeLimit = None,
+    run_time_limit: RunTimeLimit = None,
+    jobs: Jobs = None,
+    scheduler: Scheduler = None,
     trust: Trust = False,
     sha256: Sha256 = None,
     format: FormatOpt = Format.table,
@@ -58,14 +63,19 @@ def margin(
 
     eps_list = parse_eps(eps)
     check_out_path(out)
+    if scheduler is None:
+        from invaudit import parallel as _parallel
+
+        _parallel.prestart(jobs)  # an explicit --jobs N: workers start while the model and data load
     run = Run("margin", model, trust=trust, sha256=sha256)
     form = run.form
-    ds = run.data(data, label_column=label_column, id_column=id_column, labels=labels)
+    ds = run.data(data, label_column=label_column, id_column=id_column, labels=labels, rows=rows)
     train_ds = run.data(train, label_column=label_column, id_column=id_column, primary=False) if train is not None else None
     row_ids = parse_rows(rows, ds.n_rows)
     params = {"norm": norm.value, "scale": scale.value, "immutable": immutable,
               "increase_only": increase_only, "decrease_only": decrease_only, "bounds": bounds.value,
-              "train": None if train is None else str(train), "rows": rows, "seed": seed}
+              "train": None if train is None else str(train), "rows": rows, "seed": seed,
+              "time_limit": time_limit, "run_time_limit": run_time_limit}
     if run.tabular is not None:
         from ._tabular import run_margin
 
@@ -81,23 +91,26 @@ def margin(
         return
     if integer is not None:
         raise InputError("--integer applies to models that read typed rows (a ColumnTransformer pipeline).")
-    X = np.asarray(ds.X[row_ids], dtype=np.float64)
-    y_index = None if ds.y_index is None else ds.y_index[row_ids]
-    cons = build_constraints(form, X, train_ds, scale=scale, immutable=immutable, increase_only=increase_only,
-                             decrease_only=decrease_only, bounds=bounds)
-    with progress("margins", len(row_ids)) as update:
-        batch = margins(form, X, y_index=y_index, norm=norm.value, constraints=cons,
-                        X_train=None if train_ds is None else np.asarray(train_ds.X), seed=seed, progress=update)
-    labels_out = None if ds.y is None else np.asarray(ds.y)[row_ids]
-    results = batch.records(form.classes, row_ids, labels=labels_out)
-    summary = summarize(batch, y_index, eps_list, classes=form.classes, row_ids=row_ids)
-    params["eps"] = summary.get("eps")
-    if out is not None:
-        cols = ds.columns or form.feature_names or [f"x{j}" for j in range(form.n_features)]
-        delta = np.asarray(batch.perturbation, dtype=np.float64)
-        k = write_points(out, X + delta, cols, np.all(np.isfinite(delta), axis=1), ds.ids, id_column, row_ids)
-        note(f"wrote {k} adversarial row(s) to {out}")
-    run.emit(params=params, results=results, summary=summary, fmt=format, json_path=json)
+    from invaudit import parallel
+
+    X_train = None if train_ds is None else np.asarray(train_ds.X)
+
+    import time as _time
+
+    run_deadline = None if run_time_limit is None else _time.perf_counter() + run_time_limit
+
+    def solve(X, y_index, progress=None):  # one chunk of rows (see stream_margins)
+        cons = build_constraints(form, X, train_ds, scale=scale, immutable=immutable, increase_only=increase_only,
+                                 decrease_only=decrease_only, bounds=bounds)
+        left = None if run_deadline is None else max(0.0, run_deadline - _time.perf_counter())
+        return parallel.margins(form, X, y_index=y_index, norm=norm.value, constraints=cons, X_train=X_train,
+                                seed=seed, progress=progress, jobs=jobs, scheduler=scheduler,
+                                time_limit=time_limit, run_time_limit=left)
+
+    # params.eps: the radii given (None: chosen from the margins, summary.eps lists them)
+    params["eps"] = eps_list
+    stream_margins(run, ds, row_ids, solve, eps=eps_list, params=params, fmt=format, json_path=json, out=out,
+                   id_column=id_column)
 
 
 def register(app) -> None:

@@ -130,7 +130,7 @@ def mislabel(
     model: ModelArg,
     train: Annotated[Path, typer.Argument(metavar="TRAIN", help="The training data with its (possibly wrong) labels.", show_default=False)],
     method: Annotated[str, typer.Option("--method", help="auto (= pruned-loo-loss, or confidence without a twice-differentiable loss), combined (model + nearest neighbours + a reference model), knn, reference, pruned-loo-loss, loo-loss, self-influence, loss, confidence.")] = "auto",
-    reference: Annotated[Optional[Path], typer.Option("--reference", metavar="MODEL.joblib", help="The reference model of --method reference/combined (fitted or not; refitted out of fold; loaded like MODEL, --trust applies). Default: HistGradientBoosting.")] = None,
+    reference: Annotated[Optional[Path], typer.Option("--reference", metavar="MODEL.joblib", help="The reference model of --method reference/combined (fitted or not; refitted out of fold; loaded like MODEL, --trust applies). Default: the out-of-bag probabilities of a 200-tree RandomForest (one fit).")] = None,
     neighbours: Annotated[int, typer.Option("--neighbours", min=1, help="Neighbours of --method knn/combined.")] = 15,
     top: Annotated[str, typer.Option("--top", metavar="N|all", help="How many suspects to list.")] = "20",
     truth: Annotated[Optional[Path], typer.Option("--truth", metavar="FILE", help="Rows known to be wrong (NPY, or one index per line): report how many the ranking finds.")] = None,
@@ -166,9 +166,25 @@ def mislabel(
     mask = read_truth(truth, ds.n_rows) if truth is not None else None
     form, X = (_encoded_rows(run, ds) if run.tabular is not None
                else (run.form, np.asarray(ds.X, dtype=np.float64)))
-    with progress("ranking", folds) as update:
-        ranking = rank_mislabels(form, X, ds.y_index, method=method,
-                                 n_folds=folds, seed=seed, reference=ref_est, k=neighbours, progress=update)
+    if ref_est is not None and run.tabular is not None and run.tabular.category_dtypes:
+        from invaudit.triage._sources import frame_refit
+
+        ref_est = frame_refit(run.tabular, ref_est, fitted=False)  # it reads the rows as the model does
+    if method == "auto" and not form.has_proba and _is_svm(form):
+        # the default (out-of-sample confidence) needs predict_proba; an SVM fitted without
+        # probability=True has none, so the model-free neighbour ranking runs and says so
+        note("this SVM was fitted without probability=True (no predict_proba): ranking with --method knn "
+             "(model-free); refit it with probability=True for out-of-sample confidence")
+        method = "knn"
+    if getattr(form, "kind", None) == "neighbors" and method in ("auto", "loo-loss"):
+        # a KNN's own out-of-sample vote for each row is an exact leave-one-out (influence/_neighbors.py)
+        from invaudit.influence._neighbors import loo_mislabel_ranking
+
+        ranking = loo_mislabel_ranking(form, X, ds.y_index)
+    else:
+        with progress("ranking", folds) as update:
+            ranking = rank_mislabels(form, X, ds.y_index, method=method,
+                                     n_folds=folds, seed=seed, reference=ref_est, k=neighbours, progress=update)
     for n in ranking.notes:
         note(n)
     results = ranking.records(top=n_top)
@@ -189,6 +205,12 @@ def mislabel(
     run.emit(params=params, results=results, summary=summary, fmt=format, json_path=json)
 
 
+def _is_svm(form) -> bool:
+    from invaudit.influence import supports
+
+    return supports(form) == "kernel"
+
+
 def _encoded_rows(run, ds):
     """(final form, encoded rows) for a model that reads typed rows: the ranking is about the final
     estimator on what its ColumnTransformer makes of the rows (refits keep the transformer fixed)."""
@@ -200,6 +222,12 @@ def _encoded_rows(run, ds):
         # that array (category values as the numbers it was fitted on) are what its refits take
         note("rows ranked by out-of-fold refits of the model on its own array input (categories as fitted)")
         return run.form, np.asarray(tm.model_input(ds.frame), dtype=np.float64)
+    if tm.native_categorical and tm.category_dtypes:
+        # fitted from pandas category dtypes: every refit gets a DataFrame with the same dtypes
+        from invaudit.triage._sources import coded_rows, frame_form
+
+        note("rows ranked by out-of-fold refits of the model on DataFrames with its own category dtypes")
+        return frame_form(tm), coded_rows(tm, ds.frame)
     if tm.preprocessor is None or tm.final_form is None:
         raise UnsupportedModelError(
             f"mislabel needs a ColumnTransformer in front of the final estimator to rank typed rows; "

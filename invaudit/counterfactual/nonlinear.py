@@ -10,6 +10,15 @@ invertible-linear      feature-space projection (Zhuang et al.),     no: a verif
 differentiable (MLP)   boundary search + SQP (+ SLSQP) with exact    no: verified, best of
                        backprop, from the row and from pulled        several starts, KKT
                        target-class rows                             residual (L2)
+kernel (SVC, NuSVC)    the same on "the target wins all its one-vs-  no: verified, best of
+                       one machines", exact kernel gradients, from   several starts
+                       pulled rows and support vectors
+quadratic (GaussianNB, one quadratic constraint per class pair,      yes (L2, optimum inside
+QDA)                   exact one-dimensional dual; SLSQP beyond      the box, the pair optimum
+                                                                     confirmed); else bound
+neighbours (KNN)       1-NN: nearest Voronoi cell of the target      1-NN, Euclidean: yes (L1,
+                       class (QP / LP per cell, pruned); k > 1:      L2, Linf); otherwise no
+                       verified search over order-k cells
 trees, single tree     nearest target leaf box (enumeration)         yes (L1, L2, Linf)
 trees, ensembles       MILP over split predicates (HiGHS; L1, L2,    yes when it proves
                        Linf) within a size and time limit; else      optimality in time
@@ -52,7 +61,7 @@ from invaudit.errors import InputError, UnsupportedModelError
 __all__ = ["counterfactuals_nonlinear", "counterfactuals_nonlinear_with_extras", "plausibility",
            "feature_importance"]
 
-_KINDS = ("linear", "invertible-linear", "differentiable", "trees", "black-box")
+_KINDS = ("linear", "invertible-linear", "differentiable", "kernel", "quadratic", "neighbors", "trees", "black-box")
 
 
 def feature_importance(form, X, X_cf, original_index, target_index) -> Optional[np.ndarray]:
@@ -121,8 +130,9 @@ def counterfactuals_nonlinear_with_extras(
     manifold=None,
     seed: int = 0,
     progress: Optional[Callable[[int, int], None]] = None,
-    time_limit: float = 10.0,
+    time_limit: Optional[float] = None,
     max_milp_binaries: int = 20000,
+    run_time_limit: Optional[float] = None,
     n_starts: int = 3,
     n_other: int = 3,
     k_plausibility: int = 5,
@@ -164,8 +174,12 @@ def counterfactuals_nonlinear_with_extras(
     progress : callable(done, total), optional
         Called as rows finish in the per-row solvers (SLSQP, MILP) and as rounds finish in the
         vectorised searches.
-    time_limit : float
-        Seconds per MILP (tree ensembles); beyond it the answer is not exact.
+    time_limit : float, optional
+        Tree ensembles: seconds per row for the anytime search and the MILP together; when it
+        runs out the best verified point found is the answer (not exact, with the MILP's proven
+        lower bound). Default ``invaudit.margins._trees.DEFAULT_TIME_LIMIT``.
+    run_time_limit : float, optional
+        Tree ensembles: seconds for the whole call; rows after it get the anytime search only.
     max_milp_binaries : int
         Ensembles whose MILP would have more binary variables are not sent to it.
     n_starts : int
@@ -207,12 +221,12 @@ def counterfactuals_nonlinear_with_extras(
             form, X, target=target, confidence=confidence, norm=norm, constraints=constraints,
             X_train=X_train, y_train_index=y_train_index, manifold=manifold, seed=seed,
             progress=progress, time_limit=time_limit, max_milp_binaries=max_milp_binaries,
-            n_starts=n_starts, n_other=n_other, k_plausibility=k_plausibility if _extras else None)
+            run_time_limit=run_time_limit, n_starts=n_starts, n_other=n_other, k_plausibility=k_plausibility if _extras else None)
 
 
 def _counterfactuals(form, X, *, target, confidence, norm, constraints, X_train, y_train_index,
                      manifold, seed, progress, time_limit, max_milp_binaries, n_starts, n_other,
-                     k_plausibility):
+                     k_plausibility, run_time_limit=None):
     """The work of :func:`counterfactuals_nonlinear_with_extras` (``k_plausibility=None``: the
     batch only, no feature importance or plausibility)."""
     kind = getattr(form, "kind", None)
@@ -271,8 +285,13 @@ def _counterfactuals(form, X, *, target, confidence, norm, constraints, X_train,
     # a row whose every feature is frozen cannot move: certified unreachable, for every form
     frozen = np.all(cons.lower == cons.upper, axis=1) & ~already if n else np.zeros(0, dtype=bool)
     todo = np.flatnonzero(~already & ~frozen)
+    if time_limit is None:
+        from invaudit.margins._trees import DEFAULT_TIME_LIMIT as time_limit
+    import time
+
     opts = dict(time_limit=float(time_limit), max_binaries=int(max_milp_binaries),
-                n_starts=max(1, int(n_starts)))
+                n_starts=max(1, int(n_starts)),
+                run_deadline=None if run_time_limit is None else time.perf_counter() + float(run_time_limit))
 
     if manifold is not None:
         from invaudit.counterfactual._nl_manifold import solve_manifold
@@ -315,6 +334,19 @@ def _solve_form(prob: Problem, opts: dict, offset: int, total: int):
 
             return solve_smooth(ScoreModel(prob.form), prob, method="linear-slsqp"), None
         return solve_invertible(prob, progress_offset=offset, progress_total=total)
+    if kind == "kernel":
+        from invaudit.counterfactual._nl_kernel import solve_kernel
+
+        return solve_kernel(prob, n_pull=opts["n_starts"], progress_offset=offset,
+                            progress_total=total), None
+    if kind == "quadratic":
+        from invaudit.counterfactual._nl_quadratic import solve_quadratic
+
+        return solve_quadratic(prob, progress_offset=offset, progress_total=total), None
+    if kind == "neighbors":
+        from invaudit.counterfactual._nl_neighbors import solve_neighbors
+
+        return solve_neighbors(prob, progress_offset=offset, progress_total=total), None
     if kind == "differentiable":
         from invaudit.counterfactual._nl_mlp import solve_mlp
 
@@ -324,7 +356,8 @@ def _solve_form(prob: Problem, opts: dict, offset: int, total: int):
         from invaudit.counterfactual._nl_trees import solve_trees
 
         return solve_trees(prob, time_limit=opts["time_limit"], max_binaries=opts["max_binaries"],
-                           progress_offset=offset, progress_total=total), None
+                           progress_offset=offset, progress_total=total,
+                           run_deadline=opts.get("run_deadline")), None
     from invaudit.counterfactual._nl_blackbox import solve_blackbox
 
     return solve_blackbox(prob, progress_offset=offset, progress_total=total), None
@@ -353,6 +386,13 @@ def _solve_other(base: Problem, todo, opts, n_other: int) -> Answers:
     """``target="other"``: solve each candidate class for the rows predicted otherwise, keep the
     closest verified answer (:func:`._nl_common.merge_other`)."""
     n, D, K = base.n, base.d, int(base.form.n_classes)
+    if base.form.kind in ("quadratic", "neighbors") and base.P is None:
+        # one solve over every other class at once (exact where the per-class answers are not)
+        from importlib import import_module
+
+        name = "_nl_quadratic" if base.form.kind == "quadratic" else "_nl_neighbors"
+        solve = getattr(import_module(f"invaudit.counterfactual.{name}"), f"solve_{base.form.kind}_other")
+        return _scatter(solve(base.subset(todo)), todo, n, D)
     cand = np.ones((n, K), dtype=bool)
     cand[np.arange(n), base.orig] = False
     if base.form.kind in ("invertible-linear", "differentiable") and len(todo):

@@ -23,10 +23,19 @@ from ._influence import (GroupInfluence, InfluenceResult, LOOVerification, RowIn
                          verify_loo)
 from ._objective import (ESTIMATES, SUPPORTED_MESSAGE, LogisticObjective, NetworkObjective,
                          Objective, build_objective, supports)
+from ._trees import TreeObjective, build_tree_objective, tree_method
+
+
+def build_neighbors_objective(form, X_train, y_train):
+    """The exact leave-one-out objective of a KNN classifier (:mod:`._neighbors`)."""
+    from ._neighbors import NeighborsObjective
+
+    return NeighborsObjective(form, X_train, y_train)
 
 __all__ = [
     "build_objective", "Objective", "LogisticObjective", "NetworkObjective", "ESTIMATES",
     "SUPPORTED_MESSAGE", "supports", "influence", "InfluenceResult", "RowInfluence", "TrainRowEffect",
     "predicted_loss_changes", "verify_loo", "LOOVerification", "group_influence",
-    "GroupInfluence",
+    "GroupInfluence", "TreeObjective", "build_tree_objective", "tree_method",
+    "build_neighbors_objective",
 ]

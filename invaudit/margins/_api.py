@@ -23,8 +23,9 @@ def margins(
     X_train=None,
     seed: int = 0,
     progress: Optional[Callable[[int, int], None]] = None,
-    time_limit: float = 10.0,
-    max_milp_binaries: int = 4000,
+    time_limit: Optional[float] = None,
+    max_milp_binaries: int = 20000,
+    run_time_limit: Optional[float] = None,
     attack_iterations: int = 50,
     n_candidates: int = 32,
 ) -> MarginBatch:
@@ -50,10 +51,16 @@ def margins(
         Seeds the random directions of the black-box search (results are deterministic).
     progress : callable(done, total), optional
         Called as chunks finish (the CLI draws a progress bar on stderr with it).
-    time_limit : float
-        Seconds of MILP time per row for tree ensembles (HiGHS); beyond it, bounds are reported.
+    time_limit : float, optional
+        Tree ensembles: seconds per row for the anytime search and the MILP together (HiGHS);
+        when it runs out the best verified point found is the answer, with a proven lower bound
+        (default ``invaudit.margins._trees.DEFAULT_TIME_LIMIT``).
     max_milp_binaries : int
-        Ensembles with more binary variables than this are not sent to the MILP (bounds only).
+        Ensembles with more binary variables than this are not sent to the MILP (anytime search
+        and bounds only).
+    run_time_limit : float, optional
+        Tree ensembles: seconds for the whole call; rows started after it get the anytime search
+        only (still verified answers).
     attack_iterations : int
         DeepFool-style steps for networks.
     n_candidates : int
@@ -71,6 +78,17 @@ def margins(
       point and a lower bound from leaf-exit radii;
     - networks: never; a verified attack (upper bound) and a certified lower bound
       (interval bound propagation and a global Lipschitz bound);
+    - kernel machines (SVC, NuSVC): never; the verified counterfactual to the nearest other class
+      (boundary search + SQP with exact kernel gradients from the row, reference rows and support
+      vectors) and a Lipschitz lower bound (rbf, sigmoid, linear kernels);
+    - quadratic forms (GaussianNB, QDA): ``l2`` exactly (the nearest point where each class beats
+      the prediction, a one-constraint QCQP solved through its one-dimensional dual; the pairwise
+      minimum is the margin) unless a box cuts the optimum; ``l1`` / ``linf``: a verified point and
+      the ``l2`` lower bound;
+    - k-nearest neighbours (Euclidean metric): 1-NN exactly (the nearest Voronoi cell of another
+      class, one convex QP / LP per candidate cell, pruned by bisector bounds); k > 1: a verified
+      search over order-k cells, never farther than the nearest training row predicted
+      otherwise, with a lower bound for uniform votes; other metrics: verified search;
     - invertible-linear forms: never; the verified counterfactual to the nearest other class
       (feature-space projection refined in input space), no lower bound;
     - black boxes: never; a verified boundary point, no lower bound.
@@ -92,7 +110,12 @@ def margins(
         X_train = check_rows(X_train, int(form.n_features))
     # the linear solver asks the estimator for the rows' classes in the same call that verifies
     # its perturbations (one predict instead of two); every other solver needs them first
-    if n and form.kind != "linear":
+    if n and form.kind == "trees":
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1, user_api="openmp"):  # see margins._trees.solve_trees
+            pred = np.asarray(form.predict_index(X), dtype=np.intp)
+    elif n and form.kind != "linear":
         pred = np.asarray(form.predict_index(X), dtype=np.intp)
     else:
         pred = None if n else np.zeros(0, dtype=np.intp)
@@ -106,16 +129,31 @@ def margins(
 
         out = solve_linear(form, prob, progress)
     elif form.kind == "trees":
-        from invaudit.margins._trees import solve_trees
+        from invaudit.margins._trees import DEFAULT_TIME_LIMIT, solve_trees
 
         out = solve_trees(form, prob, X_train=X_train, seed=seed, progress=progress,
-                          time_limit=time_limit, max_binaries=max_milp_binaries,
-                          n_candidates=n_candidates)
+                          time_limit=DEFAULT_TIME_LIMIT if time_limit is None else time_limit,
+                          max_binaries=max_milp_binaries, n_candidates=n_candidates,
+                          run_time_limit=run_time_limit)
     elif form.kind == "invertible-linear":
         from invaudit.margins._invertible import solve_invertible
 
         out = solve_invertible(form, prob, constraints, X_train=X_train, seed=seed, n_candidates=n_candidates,
                                progress=progress)
+    elif form.kind == "kernel":
+        from invaudit.margins._kernel import solve_kernel
+
+        out = solve_kernel(form, prob, constraints, X_train=X_train, seed=seed, n_candidates=n_candidates,
+                           progress=progress)
+    elif form.kind == "quadratic":
+        from invaudit.margins._quadratic import solve_quadratic
+
+        out = solve_quadratic(form, prob, progress)
+    elif form.kind == "neighbors":
+        from invaudit.margins._neighbors import solve_neighbors
+
+        out = solve_neighbors(form, prob, X_train=X_train, seed=seed, n_candidates=n_candidates,
+                              progress=progress)
     elif form.kind == "differentiable":
         from invaudit.margins._network import solve_network
 

@@ -24,7 +24,8 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-FORM_KINDS = ("linear", "invertible-linear", "differentiable", "trees", "black-box")
+FORM_KINDS = ("linear", "invertible-linear", "differentiable", "kernel", "quadratic", "neighbors", "trees",
+              "black-box")
 LINKS = ("sigmoid", "softmax", "ovr", "none")
 
 

@@ -28,31 +28,102 @@ def capabilities(form) -> list:
                                "closed form (sigmoid), Newton in the K-1 subspace (softmax), QP dual / LP"))
         caps.append(Capability("margin", "yes", "yes", "exact distance to the nearest point of another class"))
     else:
-        caps.append(Capability("counterfactual", "yes", "partly" if k == "trees" else "no", {
+        caps.append(Capability("counterfactual", "yes", _exactness(form, "counterfactual"), {
+            "quadratic": "nearest point where the target's quadratic score wins (one-dimensional dual of the "
+                         "one-constraint QCQP, exact for L2; confidence as a log-odds level set); SLSQP beyond, "
+                         "with the dual lower bound",
+            "neighbors": _knn_method(form, "counterfactual"),
             "invertible-linear": "closed-form projection in feature space, mapped back, refined in input space (KKT residual)",
             "differentiable": "boundary search and SQP with exact gradients from several starts, verified",
+            "kernel": "boundary search, SQP and SLSQP on the one-vs-one machines with exact kernel gradients, from the "
+                      "row, pulled training rows and support vectors; verified with predict",
             "trees": "nearest leaf box (single trees, exact); MILP within a time limit (ensembles), else verified search",
             "black-box": "segment search toward target rows, bisection and local search, verified",
         }[k]))
-        caps.append(Capability("margin", "yes", "partly" if k == "trees" else "no", {
+        caps.append(Capability("margin", "yes", _exactness(form, "margin"), {
+            "quadratic": "nearest point where another class's quadratic score wins (exact one-dimensional dual, "
+                         "L2; L1/Linf: verified point and L2 lower bound)",
+            "neighbors": _knn_method(form, "margin"),
             "invertible-linear": "nearest other-class point by feature-space projection refined in input space (verified upper bound)",
             "differentiable": "DeepFool-style attack (verified upper bound) and a certified lower bound",
+            "kernel": "nearest other-class point by the counterfactual search (verified upper bound); Lipschitz "
+                      "lower bound (rbf, sigmoid, linear kernels)",
             "trees": "nearest leaf box (single trees, exact); MILP where affordable, else bounds (ensembles)",
             "black-box": "verified boundary search (upper bound)",
         }[k]))
     from invaudit.influence import supports
 
-    if supports(form) is not None:
+    if k == "neighbors":
+        caps.append(Capability("influence", "yes", "yes",
+                               "exact leave-one-out: each test row's votes re-counted without each of its k "
+                               "nearest training rows (the only rows whose removal changes it)"))
+        caps.append(Capability("mislabel", "yes", "yes",
+                               "exact leave-one-out loss: each row's vote among its k nearest other rows "
+                               "(default); loss, confidence, combined, knn, reference"))
+    elif supports(form) == "kernel":
+        caps.append(Capability("influence", "yes", "no",
+                               "Koh & Liang influence on a smoothed-hinge surrogate of the SVM in its kernel feature "
+                               "space (sec. 4.1) with a leverage correction; --verify-loo refits the surrogate"))
+        caps.append(Capability("mislabel", "yes", "-",
+                               "out-of-sample confidence (default), loss; combined, knn, reference (no self-influence "
+                               "for SVMs yet)" if form.has_proba else
+                               "knn (default: fitted without probability=True, so no predict_proba), combined, "
+                               "reference"))
+    elif supports(form) is not None:
         exact = "yes" if k in ("linear", "invertible-linear") else "no"
         caps.append(Capability("influence", "yes", exact,
                                "Koh & Liang influence with a leverage correction, one solve per test row"))
         caps.append(Capability("mislabel", "yes", "-", "pruned approximate leave-one-out loss (default), self-influence, loss, confidence; combined, knn, reference"
                                if k != "differentiable" else "loss and out-of-sample confidence (no self-influence for networks)"))
+    elif k == "quadratic":
+        caps.append(Capability("influence", "no", "-", "not implemented for GaussianNB / QDA yet (their refits are "
+                                                       "closed form; use mislabel's out-of-sample confidence)"))
+        caps.append(Capability("mislabel", "yes", "-", "out-of-sample confidence (default), loss; combined, knn, reference"))
+    elif k == "trees" and _tree_influence(form):
+        caps.append(Capability("influence", "yes", "no",
+                               f"{_tree_influence(form)}: leaf values recomputed without each row (Sharchilev et al. "
+                               "2018); --verify-loo refits"))
+        caps.append(Capability("mislabel", "yes", "-", "out-of-sample confidence (default), loss; combined, knn, reference (no twice-differentiable loss)"))
     else:
-        caps.append(Capability("influence", "no", "-", "needs a twice-differentiable loss (LogisticRegression, MLPClassifier)"))
+        caps.append(Capability("influence", "no", "-", "needs a twice-differentiable loss (LogisticRegression, MLPClassifier)"
+                               + (", or a forest / binary gradient boosting" if k == "trees" else "")))
         caps.append(Capability("mislabel", "yes", "-", "out-of-sample confidence (default), loss; combined, knn, reference (no twice-differentiable loss)"))
     caps.append(Capability("explain", "yes", "no", "causal responsibility and multiple sufficient explanations (MultiReX); sufficiency verified"))
     return caps
+
+
+def _tree_influence(form):
+    from invaudit.influence._trees import tree_method
+
+    return tree_method(form)
+
+
+def _exactness(form, command: str) -> str:
+    """The ``exact`` column of counterfactual / margin for forms other than linear."""
+    k = form.kind
+    if k == "trees":
+        return "partly"
+    if k == "quadratic":
+        # margins: exact in L2 (a box that cuts the optimum makes it a bound); counterfactuals also
+        # need the pair optimum to qualify (always for two classes)
+        return "yes" if command == "margin" or len(form.classes) == 2 else "partly"
+    if k == "neighbors":
+        return "yes" if form.exact_geometry and form.k == 1 else "no"
+    return "no"
+
+
+def _knn_method(form, command: str) -> str:
+    if form.kind != "neighbors":
+        return ""
+    if form.exact_geometry and form.k == 1:
+        return ("nearest Voronoi cell of " + ("another class" if command == "margin" else "the target class")
+                + ": one QP (L2) / LP (L1, Linf) per candidate cell, pruned by bisector bounds (exact)")
+    if form.exact_geometry:
+        return ("bisection toward the nearest training rows of " + ("another class" if command == "margin" else
+                "the target class") + ", then a walk over order-k Voronoi cells (verified; never farther than "
+                "the nearest such row" + ("; lower bound for uniform votes)" if form.weights == "uniform" else ")"))
+    return (f"{form.metric} metric: bisection toward the nearest training rows of the "
+            + ("other classes" if command == "margin" else "target class") + " (verified upper bound)")
 
 
 def tabular_capabilities(tm, typed_commands=("counterfactual", "margin")) -> list:
@@ -79,9 +150,11 @@ def tabular_capabilities(tm, typed_commands=("counterfactual", "margin")) -> lis
                            "MultiReX on the input columns (a categorical column is one part); baseline: per row the "
                            "typical --train row of the other classes; sufficiency verified with the model's predict"))
     encoded = tm.final_form is not None and tm.preprocessor is not None
-    if getattr(tm, "native_categorical", False) and getattr(tm, "array_input", False):
+    if getattr(tm, "native_categorical", False) and (getattr(tm, "array_input", False)
+                                                     or getattr(tm, "category_dtypes", None)):
         caps.append(Capability("mislabel", "yes", "-",
-                               "out-of-sample confidence from refits on the model's own array input (default); "
+                               "out-of-sample confidence from refits on the model's own input (an array, or a "
+                               "DataFrame with its category dtypes) (default); "
                                "loss, combined, knn, reference"))
     elif encoded:
         caps.append(Capability("mislabel", "yes", "-",

@@ -60,7 +60,7 @@ def test_input_checks():
 def test_confidence_needs_probabilities():
     X, y = _data()
     svc = adapt(SVC(probability=False).fit(X, y))
-    assert svc.kind == "black-box"
+    assert svc.kind == "kernel"
     with pytest.raises(InputError):
         counterfactuals_nonlinear(svc, X[:2], target=np.array([0, 1]), confidence=0.7)
     pipe = adapt(Pipeline([("p", PowerTransformer()), ("c", LinearSVC())]).fit(X, y))

@@ -16,8 +16,13 @@ from invaudit.counterfactual.nonlinear import (
     counterfactuals_nonlinear,
     counterfactuals_nonlinear_with_extras,
 )
-from invaudit.models import adapt
+from invaudit.models import BlackBoxForm, adapt
 from test_nl_refs import target_rows, verified
+
+
+def _black_box(est, X):
+    """Queried as a black box (SVC and KNN have forms of their own; these test the generic search)."""
+    return BlackBoxForm(estimator=est, classes=est.classes_, n_features=X.shape[1])
 
 
 @lru_cache(maxsize=None)
@@ -33,8 +38,7 @@ def _model(kind):
 @pytest.mark.parametrize("norm", ["l2", "l1"])
 def test_verified_and_no_farther_than_the_nearest_reference_row(kind, norm):
     est, X = _model(kind)
-    form = adapt(est)
-    assert form.kind == "black-box"
+    form = _black_box(est, X)
     Xq = X[:5] + 0.01
     t = (form.predict_index(Xq) + 1) % 3
     b, ex = counterfactuals_nonlinear_with_extras(form, Xq, target=t, norm=norm, X_train=X)
@@ -51,7 +55,7 @@ def test_verified_and_no_farther_than_the_nearest_reference_row(kind, norm):
 
 def test_constraints_confidence_and_determinism():
     est, X = _model("svc")
-    form = adapt(est)
+    form = _black_box(est, X)
     Xq = X[10:14]
     t = (form.predict_index(Xq) + 2) % 3
     cons = Constraints.build(Xq, immutable=np.array([False, False, True, False]),
@@ -70,7 +74,7 @@ def test_constraints_confidence_and_determinism():
 
 def test_without_training_rows_the_batch_and_random_search_are_used():
     est, X = _model("knn")
-    form = adapt(est)
+    form = _black_box(est, X)
     Xq = X[:8]
     t = (form.predict_index(Xq) + 1) % 3
     b = counterfactuals_nonlinear(form, Xq, target=t)

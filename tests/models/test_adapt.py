@@ -98,8 +98,8 @@ FAMILIES = {
     "tree": (lambda: DecisionTreeClassifier(max_depth=3), "trees", None),
     "forest": (lambda: RandomForestClassifier(n_estimators=3, max_depth=3, random_state=0), "trees", None),
     "boosting": (lambda: GradientBoostingClassifier(n_estimators=3, max_depth=2), "trees", None),
-    "rbf-svc": (SVC, "black-box", None),
-    "knn": (KNeighborsClassifier, "black-box", None),
+    "rbf-svc": (SVC, "kernel", None),
+    "knn": (KNeighborsClassifier, "neighbors", None),
     "decision-only": (DecisionOnly, "black-box", None),
     # pipelines with a step that is neither affine nor invertible must not be called linear
     "polynomial-logistic": (lambda: make_pipeline(PolynomialFeatures(2), LogisticRegression()),
