@@ -118,6 +118,14 @@ class Context:
                                         feature_names=form.feature_names, classes=form.classes,
                                         label_column=label_column, id_column=id_column, schema=schema,
                                         id_column_optional=True)
+            ds = self._data[key]
+            if ds.column_match == "name" and ds.file_columns:
+                known = set(form.feature_names or []) | {c[0] for c in schema or []}
+                ignored = [c for c in ds.file_columns if c not in known]
+                if ignored:
+                    self.warn(f"{path}: column(s) the model does not read are left out: {', '.join(ignored[:6])}"
+                              f"{', ...' if len(ignored) > 6 else ''} (set label_column / id_column in the suite "
+                              "if one holds the labels or names the rows).")
         ds = self._data[key]
         if require_labels and ds.y_index is None:
             from ..errors import InputError
