@@ -142,10 +142,14 @@ def _encoded(run, tr, te, rows, *, features, group):
     from invaudit.influence import supports
 
     tm = run.tabular
-    if tm.preprocessor is None or tm.final_form is None or supports(tm.final_form) is None:
+    from invaudit.influence import tree_method
+
+    final = tm.final_form
+    if tm.preprocessor is None or final is None or (
+            supports(final) is None and tree_method(final) is None and final.kind != "neighbors"):
         raise UnsupportedModelError(
-            f"influence needs a ColumnTransformer in front of a LogisticRegression or MLPClassifier; "
-            f"{run.model_info['estimator']} has none it can read.")
+            "influence needs a ColumnTransformer in front of a LogisticRegression, MLPClassifier, SVC, forest, "
+            f"binary gradient boosting or k-nearest neighbours; {run.model_info['estimator']} has none it can read.")
     if features or group is not None:
         raise InputError("--features and --group are not available for models that read typed rows yet.")
     note("the ColumnTransformer stays fixed; influence is for the final estimator's parameters")

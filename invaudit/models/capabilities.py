@@ -146,6 +146,16 @@ def tabular_capabilities(tm, typed_commands=("counterfactual", "margin")) -> lis
         caps.append(Capability("influence", "yes", "yes" if kind == "logistic" else "no",
                                "Koh & Liang influence on the final estimator's parameters (the ColumnTransformer "
                                "stays fixed), rows in the user's columns"))
+    elif tm.final_form is not None and tm.preprocessor is not None and _tree_influence(tm.final_form):
+        kind = "trees"
+        caps.append(Capability("influence", "yes", "no",
+                               f"{_tree_influence(tm.final_form)} on the ColumnTransformer's output (it stays fixed): "
+                               "leaf values recomputed without each row; rows in the user's columns"))
+    elif tm.final_form is not None and tm.preprocessor is not None and tm.final_form.kind == "neighbors":
+        kind = "neighbors"
+        caps.append(Capability("influence", "yes", "yes",
+                               "exact leave-one-out by recounting the votes on the ColumnTransformer's output (it "
+                               "stays fixed); rows in the user's columns"))
     caps.append(Capability("explain", "yes", "no",
                            "MultiReX on the input columns (a categorical column is one part); baseline: per row the "
                            "typical --train row of the other classes; sufficiency verified with the model's predict"))
@@ -160,13 +170,15 @@ def tabular_capabilities(tm, typed_commands=("counterfactual", "margin")) -> lis
         caps.append(Capability("mislabel", "yes", "-",
                                "the final estimator's rankings on the ColumnTransformer's output (it stays fixed): "
                                + ("pruned approximate leave-one-out loss (default)" if kind == "logistic"
+                                  else "exact leave-one-out loss (default)" if kind == "neighbors"
                                   else "out-of-sample confidence (default)") + "; combined, knn, reference"))
     for cmd in COMMANDS:
         if cmd in ("counterfactual", "margin", "explain") or (cmd == "influence" and kind is not None) \
                 or (cmd == "mislabel" and any(c.command == "mislabel" for c in caps)):
             continue
         why = ("needs a ColumnTransformer in front of the final estimator" if not encoded
-               else "needs a final estimator with a twice-differentiable loss (LogisticRegression, MLPClassifier)")
+               else "needs a final estimator with a twice-differentiable loss (LogisticRegression, MLPClassifier), "
+                    "a forest, binary gradient boosting or k-nearest neighbours")
         caps.append(Capability(cmd, "no", "-", why))
     order = {c: i for i, c in enumerate(COMMANDS)}
     return sorted(caps, key=lambda c: order[c.command])

@@ -182,6 +182,39 @@ def test_influence_on_typed_rows_agrees_with_refits(invaudit, validate, credit):
     assert {c["command"]: c["available"] for c in info["results"]}["influence"] == "yes"
 
 
+def test_forest_influence_on_typed_rows_is_the_forest_on_the_encoded_rows(invaudit, validate, credit):
+    """A forest after the ColumnTransformer: leaf-refit influence on the ColumnTransformer's output
+    (the estimate itself is checked against a by-hand leaf rebuild and refits in
+    tests/influence/test_influence_trees.py); here, that the command feeds it the rows the
+    pipeline makes of the user's CSV and names them in the user's IDs."""
+    from invaudit.influence import build_tree_objective, influence
+    from invaudit.io import load_data
+    from invaudit.models.tabular import split_tabular
+
+    d, test = credit
+    r = invaudit("influence", d / "forest.joblib", d / "train.csv", d / "test.csv", "--trust", "--label-column",
+                 "approved", "--id-column", "customer", "--rows", "0-1", "--top", "3", "--format", "json")
+    assert r.code == 0, r.err
+    rep = validate(r.json())
+    tm = split_tabular(joblib.load(d / "forest.joblib"))
+    schema = [(c.name, c.kind, c.categories) for c in tm.columns]
+    tr = load_data(d / "train.csv", schema=schema, feature_names=tm.column_names, classes=tm.classes,
+                   label_column="approved", id_column="customer")
+    te = load_data(d / "test.csv", schema=schema, feature_names=tm.column_names, classes=tm.classes,
+                   label_column="approved", id_column="customer")
+    obj = build_tree_objective(tm.final_form, tm.encoded(tr.frame), tr.y_index)
+    ref = influence(obj, tm.encoded(te.frame.iloc[:2]), te.y_index[:2], top=3).records()
+    for got, want in zip(rep["results"], ref):
+        for side in ("helpful", "harmful"):
+            assert [e["train_row"] for e in got[side]] == [e["train_row"] for e in want[side]]
+            np.testing.assert_allclose([e["loss_change_if_removed"] for e in got[side]],
+                                       [e["loss_change_if_removed"] for e in want[side]], rtol=1e-9)
+            assert all(e["train_row_id"] == str(tr.ids[e["train_row"]]) for e in got[side])
+    assert any(x["helpful"] for x in rep["results"])
+    info = invaudit("info", d / "forest.joblib", "--trust", "--format", "json").json()
+    assert {c["command"]: c["available"] for c in info["results"]}["influence"] == "yes"
+
+
 def test_mislabel_on_typed_rows_finds_flipped_labels(invaudit, validate, tmp_path):
     """Labels flipped on purpose in a credit CSV (strings, blanks, an ID column) are ranked near the
     top by the final estimator's leave-one-out ranking, far above chance; --fix writes the file back
