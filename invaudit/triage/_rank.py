@@ -68,7 +68,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from invaudit.errors import InputError, UnsupportedModelError
+from invaudit.errors import InputError, SolverError, UnsupportedModelError
 from invaudit.models.base import ModelForm, class_indices, to_jsonable
 
 from . import _sources
@@ -248,7 +248,9 @@ def rank_mislabels(form: ModelForm, X, y, *, method: str = "auto", objective=Non
             if method == "pruned-loo-loss":
                 score, proba, n_pruned = _pruned(objective, score, proba, y, est)
                 notes.append(f"{n_pruned} suspects (confident learning's estimate) set aside and "
-                             "the model refitted without them; every row scored out of sample")
+                             "the model refitted without them; every row scored out of sample" if n_pruned >= 0
+                             else "the refit without the suspects failed (does TRAIN hold every class the model "
+                                  "knows?); rows are ranked by the approximate leave-one-out loss alone")
     elif method == "loss":
         proba = _proba(form, X)
         score = -np.log(np.clip(proba[np.arange(y.size), y], 1e-300, 1.0))
@@ -283,7 +285,8 @@ def _model_evidence(form, X, y, *, objective, n_folds, seed, progress, notes):
         _, proba, n_pruned = _pruned(objective, objective.loo_losses(est), objective.loo_proba(est),
                                      y, est)
         notes.append(f"model source: pruned approximate leave-one-out ({n_pruned} suspects set "
-                     "aside and the model refitted once)")
+                     "aside and the model refitted once)" if n_pruned >= 0 else
+                     "model source: approximate leave-one-out (the refit without the suspects failed)")
         return proba
     if not form.has_proba:
         notes.append("model source skipped: the model has no predict_proba")
@@ -378,7 +381,12 @@ def _pruned(objective, loo_loss, loo_proba, y, est):
     suspects = _suspects(loo_proba, y, loo_loss)
     if suspects.size == 0:
         return loo_loss, loo_proba, 0
-    clean = objective.refitted(suspects)
+    try:
+        clean = objective.refitted(suspects)
+    except (SolverError, ValueError):
+        # e.g. TRAIN lacks one of the model's classes and the refit falls back to scikit-learn,
+        # which cannot fit a class it is not shown: keep the unpruned estimate, and say so
+        return loo_loss, loo_proba, -1
     keep = np.ones(n, dtype=bool)
     keep[suspects] = False
     est_c = "leverage-corrected" if "leverage-corrected" in clean.estimates else "first-order"

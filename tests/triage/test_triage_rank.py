@@ -157,3 +157,24 @@ def test_models_without_a_twice_differentiable_loss_get_loss_and_confidence():
         rank_mislabels(form, X, noisy, method="self-influence")
     with pytest.raises(InputError):
         rank_mislabels(form, X, noisy, method="nonsense")
+
+
+def test_a_class_absent_from_the_training_labels_still_ranks():
+    """A 3-class model audited on training rows of two of its classes (a filtered file): every
+    model-based method runs, and the flipped rows still rank first."""
+    from invaudit.models import adapt as _adapt
+    from invaudit.triage import rank_mislabels as _rank
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 4))
+    y = np.digitize(X[:, 0], [-0.5, 0.5])
+    model = LogisticRegression().fit(X, y)
+    keep = y != 2
+    Xk, yk = X[keep], y[keep].copy()
+    flip = rng.choice(len(yk), 8, replace=False)
+    yk[flip] = 1 - yk[flip]
+    for method in ("pruned-loo-loss", "loo-loss", "self-influence", "combined"):
+        r = _rank(_adapt(model), Xk, yk, method=method, seed=0)
+        assert sorted(r.order.tolist()) == list(range(len(yk))) and np.all(np.isfinite(r.score)), method
+        top = set(r.order[:16].tolist())
+        assert len(top & set(flip.tolist())) >= 6, (method, len(top & set(flip.tolist())))
