@@ -595,31 +595,6 @@ def invert(form, reference, *, target, confidence=None, norm="l2", constraints=N
                            constraints=constraints)
 
 
-def _pick_closest(res: CounterfactualBatch, n: int, c: int, conf) -> CounterfactualBatch:
-    found = (res.status == "found").reshape(n, c)
-    dist = np.where(found, res.distance.reshape(n, c), np.inf)
-    best = np.argmin(dist, axis=1)
-    sel = np.arange(n) * c + best
-    any_found = found.any(axis=1)
-    all_infeasible = (res.status == "infeasible").reshape(n, c).all(axis=1)
-    fields = {}
-    for name in ("status", "reason", "x_cf", "delta", "distance", "original_index", "target_index",
-                 "predicted_index", "target_probability", "exact", "method", "kkt_residual",
-                 "iterations", "changed"):
-        fields[name] = getattr(res, name)[sel].copy()
-    none = ~any_found
-    if np.any(none):
-        fields["status"][none & all_infeasible] = "infeasible"
-        fields["status"][none & ~all_infeasible] = "failed"
-        fields["reason"][none & all_infeasible] = (
-            "no other class can be reached within the constraints"
-            + ("" if conf is None else f" at p >= {conf:g}"))
-        fields["reason"][none & ~all_infeasible] = "no other class was reached with a verified point"
-        fields["target_index"][none] = -1
-    fields["iterations"] = res.iterations.reshape(n, c).sum(axis=1)
-    return CounterfactualBatch(norm=res.norm, **fields)
-
-
 class _Model:
     """Per model and metric precomputation: score directions in z units, their Gram matrix,
     and (lazily) which targets have K-1 independent weight differences. Cached per form."""
