@@ -50,7 +50,7 @@ from scipy.special import expit
 
 from invaudit.errors import InputError, SolverError
 
-from ._objective import PRE_FIXED_NOTE, STATIONARY_TOL, Objective, _check_rows
+from ._objective import PRE_FIXED_NOTE, STATIONARY_TOL, Objective, _check_rows, _training_rows
 from ._parallel import single_threaded_blas
 
 __all__ = ["KernelObjective", "is_svm", "smooth_hinge"]
@@ -172,11 +172,7 @@ class KernelObjective(Objective):
         self.estimator, self.pre = final, pre
         self.classes = np.asarray(form.classes)
         self.K = len(self.classes)
-        X, y = _check_rows(X_train, y_train, int(form.n_features), "the training data")
-        if y is None:
-            raise InputError("influence needs the training labels.")
-        if y.size and (y.min() < 0 or y.max() >= self.K):
-            raise InputError(f"training labels must be class indices in 0..{self.K - 1}.")
+        X, y = _training_rows(X_train, y_train, form.n_features, self.K)
         self.X, self.y = X, y
         self.n_rows = X.shape[0]
         self.tau = float(temperature)

@@ -213,6 +213,17 @@ class Objective:
         raise NotImplementedError
 
 
+def _training_rows(X_train, y_train, n_features: int, K: int):
+    """The training rows and their labels (class indices ``0..K-1``), checked; every objective's
+    first step."""
+    X, y = _check_rows(X_train, y_train, int(n_features), "the training data")
+    if y is None:
+        raise InputError("influence needs the training labels.")
+    if y.size and (y.min() < 0 or y.max() >= K):
+        raise InputError(f"training labels must be class indices in 0..{K - 1}.")
+    return X, y
+
+
 @dense
 def build_objective(form: ModelForm, X_train, y_train, *, damping: float = 0.01,
                     max_direct_params: int = MAX_DIRECT_PARAMS, cg_tol: float = 1e-10,
@@ -360,11 +371,7 @@ class LogisticObjective(Objective):
         self.classes = np.asarray(final.classes_)
         K = len(self.classes)
         self.K = K
-        X, y = _check_rows(X_train, y_train, int(form.n_features), "the training data")
-        if y is None:
-            raise InputError("influence needs the training labels.")
-        if y.size and (y.min() < 0 or y.max() >= K):
-            raise InputError(f"training labels must be class indices in 0..{K - 1}.")
+        X, y = _training_rows(X_train, y_train, form.n_features, K)
         self.X, self.y = X, y
         self.n_rows = X.shape[0]
         if self.n_rows < 2:
@@ -583,6 +590,12 @@ class LogisticObjective(Objective):
             H[ku, :, lu, :] = blocks
             H[lu, :, ku, :] = blocks.transpose(0, 2, 1)
             H = H.reshape(P, P)
+        return self._penalise(H, augment)
+
+    def _penalise(self, H, augment: bool) -> np.ndarray:
+        """``H`` (P x P, in place) plus the L2 penalty and, with ``augment``, the stand-in
+        curvature of the null columns (the pieces every Hessian builder above adds)."""
+        M, D1, P = self.M, self.D1, self.n_params
         H[np.diag_indices_from(H)] += self.lam * np.tile(self.Rcol, M)
         if augment and self.null_cols.size:
             c = max(float(np.trace(H)) / P, 1e-12)
@@ -621,13 +634,7 @@ class LogisticObjective(Objective):
             if ku[q] != lu[q]:
                 H[lu[q], :, ku[q], :] = blk
         H = H.reshape(P, P)
-        H[np.diag_indices_from(H)] += self.lam * np.tile(self.Rcol, M)
-        if augment and self.null_cols.size:
-            c = max(float(np.trace(H)) / P, 1e-12)
-            H4 = H.reshape(M, D1, M, D1)
-            for d in self.null_cols:
-                H4[:, d, :, d] += c / M
-        return H
+        return self._penalise(H, augment)
 
     def _hvp(self, v):
         return self._hvp_weighted(v, self.s)
@@ -1227,11 +1234,7 @@ class NetworkObjective(Objective):
         self.estimator, self.pre = final, pre
         self.classes = np.asarray(form.classes)
         self.K = len(self.classes)
-        X, y = _check_rows(X_train, y_train, int(form.n_features), "the training data")
-        if y is None:
-            raise InputError("influence needs the training labels.")
-        if y.size and (y.min() < 0 or y.max() >= self.K):
-            raise InputError(f"training labels must be class indices in 0..{self.K - 1}.")
+        X, y = _training_rows(X_train, y_train, form.n_features, self.K)
         self.X, self.y = X, y
         self.n_rows = X.shape[0]
         self.theta = np.asarray(form.params(), dtype=np.float64)

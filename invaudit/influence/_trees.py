@@ -36,7 +36,7 @@ from scipy import sparse
 
 from invaudit.errors import InputError, UnsupportedModelError
 
-from ._objective import Objective, _check_rows
+from ._objective import Objective, _check_rows, _training_rows
 
 __all__ = ["TreeObjective", "build_tree_objective", "tree_method"]
 
@@ -89,11 +89,7 @@ class TreeObjective(Objective):
                 f"influence needs LogisticRegression, MLPClassifier, or a tree ensemble (RandomForest or "
                 f"ExtraTrees with any classes, binary GradientBoosting or HistGradientBoosting); this "
                 f"{self.name} with {form.n_classes} classes is not covered yet.")
-        X, y = _check_rows(X_train, y_train, int(form.n_features), "the training data")
-        if y is None:
-            raise InputError("influence needs the training labels.")
-        if y.size and (y.min() < 0 or y.max() >= form.n_classes):
-            raise InputError(f"training labels must be class indices in 0..{form.n_classes - 1}.")
+        X, y = _training_rows(X_train, y_train, form.n_features, form.n_classes)
         self.X, self.y = X, y
         self.n_rows = X.shape[0]
         self.classes = np.asarray(form.classes)
