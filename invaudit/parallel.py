@@ -359,21 +359,26 @@ def _run_processes(fn, shared, parts, chunks, todo, jobs, inline_one, warm=()):
         thread = threading.Thread(target=feeder, name="invaudit-chunks", daemon=True)
         thread.start()
 
-        def deliver(i, result):
+        def deliver(i):
+            """Whether chunk ``i`` is new (a chunk solved here and by a worker counts once)."""
             if i in delivered:
                 return False
             delivered.add(i)
             return True
 
+        feeder_done = False
+
         def from_pool(block):
-            """Finished pool chunks: ``(i, result)``, or ``(_END, None)`` once the feeder is done."""
-            while True:
+            """Finished pool chunks not delivered yet: ``(i, result)``; marks the feeder done
+            when it has put its last chunk."""
+            nonlocal feeder_done
+            while not feeder_done:
                 try:
                     i, fut = done_q.get(block=block, timeout=None if block else 0)
                 except queue.Empty:
                     return
                 if i is _END:
-                    yield _END, None
+                    feeder_done = True
                     return
                 if i is None:
                     raise fut
@@ -382,48 +387,33 @@ def _run_processes(fn, shared, parts, chunks, todo, jobs, inline_one, warm=()):
                 result = fut.result()
                 pool_done[0] += 1
                 last_run["pool"] += 1
+                deliver(i)
                 yield i, result
 
-        feeder_done = False
         try:
             while True:
                 i = take()
                 if i is None:
                     break
                 result = inline_one(i)
-                if deliver(i, result):
+                if deliver(i):
                     yield i, result
-                for j, res in from_pool(block=False):
-                    if j is _END:
-                        feeder_done = True
-                        break
-                    if deliver(j, res):
-                        yield j, res
+                yield from from_pool(block=False)
             while len(delivered) < len(todo):
-                if not feeder_done:
-                    for j, res in from_pool(block=False):
-                        if j is _END:
-                            feeder_done = True
-                            break
-                        if deliver(j, res):
-                            yield j, res
+                yield from from_pool(block=False)
                 with lock:
                     held = sorted(k for k in inflight if k not in delivered)
                 if held and pool_done[0] == 0 and _STEAL_FROM_COLD_WORKERS:
                     # the workers have not delivered anything yet: solve their chunks here
                     k = held[0]
                     result = inline_one(k)
-                    if deliver(k, result):
+                    if deliver(k):
                         yield k, result
                     continue
                 if feeder_done:
                     break
-                for j, res in from_pool(block=True):
-                    if j is _END:
-                        feeder_done = True
-                        break
-                    if deliver(j, res):
-                        yield j, res
+                for item in from_pool(block=True):  # wait for one chunk, then look again
+                    yield item
                     break
         finally:
             stop.set()
