@@ -173,3 +173,20 @@ def test_score_gaps_near_ties_are_exact_and_bounded():
     for i in range(0, 30, 2):
         assert Sd[i, 2] == float(_exact_gap(X[i], W, b, 2, 1))
         assert err[i, 2] <= np.finfo(float).eps * abs(Sd[i, 2])
+
+
+@pytest.mark.parametrize("L", [1, 2, 3, 7, 64, 1001])
+def test_accurate_row_sums_are_within_their_bound_of_the_exact_sum(L):
+    # heavy cancellation at mixed scales: the pairwise TwoSum tree's sum is within its bound of
+    # the exact rational sum, and the bound is about an ulp of the sum (never the terms' size)
+    from invaudit.counterfactual._common import _accurate_row_sums
+
+    rng = np.random.default_rng(L)
+    T = rng.normal(size=(40, L)) * 10.0 ** rng.integers(-5, 6, size=(40, L))
+    T[::2, -1] = 0.0
+    T[::2, -1] = -np.array([float(sum(Fraction(float(v)) for v in row)) for row in T[::2]])
+    s, bound = _accurate_row_sums(T)
+    for i in range(40):
+        ex = sum(Fraction(float(v)) for v in T[i])
+        assert abs(Fraction(float(s[i])) - ex) <= Fraction(float(bound[i]))
+        assert bound[i] <= 2.5 * np.finfo(float).eps * abs(s[i]) + 1e-300 or s[i] == float(ex)
