@@ -7,9 +7,9 @@ For K in {2, 10, 50, 100} (LogisticRegression, multinomial for K > 2):
 - ``influence``: 10,000 training rows, 100 test rows, top 10;
 - ``mislabel``: 100,000 training rows, the default method (pruned-loo-loss).
 
-Each task runs twice: as the real CLI in a subprocess (wall time and the child's peak RSS, from
-``os.wait4``), and in-process through the library call the command makes (wall time, CPU time
-of this process, and peak traced memory from ``tracemalloc``). Every figure is printed next to
+Each task runs twice: as the real CLI in a subprocess (wall time, the child's CPU time and its
+peak RSS, from ``os.wait4``), and in-process through the library call the command makes (wall
+time, CPU time of this process, and peak traced memory from ``tracemalloc``). Every figure is printed next to
 the K = 2 figure of the same task (``x K=2``). A run that exceeds ``--timeout`` seconds is
 stopped and reported as such.
 
@@ -97,7 +97,9 @@ def cli_args(task, K, data_dir: Path):
 
 
 def run_cli(task, K, data_dir, timeout):
-    """``(wall s, peak RSS MiB, status)`` of the real command in a child process."""
+    """``(wall s, CPU s, peak RSS MiB, status)`` of the real command in a child process (CPU:
+    the child's user + system time, from ``os.wait4``; on a loaded machine the wall time
+    counts the other processes' turns, the CPU time does not)."""
     exe = Path(sys.executable).with_name("invaudit")
     cmd = ([str(exe)] if exe.exists() else [sys.executable, "-m", "cli.app"]) + cli_args(task, K, data_dir)
     t0 = time.perf_counter()
@@ -110,12 +112,14 @@ def run_cli(task, K, data_dir, timeout):
         if time.perf_counter() > deadline:
             p.kill()
             _, status, ru = os.wait4(p.pid, 0)
-            return time.perf_counter() - t0, ru.ru_maxrss / 1024, "timeout"
+            return (time.perf_counter() - t0, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024,
+                    "timeout")
         time.sleep(0.05)
     wall = time.perf_counter() - t0
     err = p.stderr.read().decode(errors="replace").strip().splitlines() if p.stderr else []
     code = os.waitstatus_to_exitcode(status)
-    return wall, ru.ru_maxrss / 1024, "ok" if code == 0 else f"exit {code}: {err[-1] if err else ''}"
+    return (wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024,
+            "ok" if code == 0 else f"exit {code}: {err[-1] if err else ''}")
 
 
 def run_inprocess(task, K, data_dir, timeout):
@@ -192,24 +196,25 @@ def main(argv=None) -> int:
     load = os.getloadavg()[0]
     print(f"many classes, D={D}; load average {load:.1f} on {os.cpu_count()} cores "
           "(wall times on a loaded machine are long; CPU time is this process's own)")
-    head = (f"{'task':<15}{'K':>4}  {'cli s':>8} {'x K=2':>6} {'cli RSS MiB':>12} {'x K=2':>6}  "
+    head = (f"{'task':<15}{'K':>4}  {'cli s':>8} {'x K=2':>6} {'cli cpu':>8} "
+            f"{'cli RSS MiB':>12} {'x K=2':>6}  "
             f"{'lib s':>8} {'x K=2':>6} {'cpu s':>8} {'peak MiB':>9} {'x K=2':>6}  status")
     print(head)
     print("-" * len(head))
     for task in tasks:
         base = {}
         for K in ks:
-            cw = cr = lw = lc = lp = float("nan")
+            cw = cc = cr = lw = lc = lp = float("nan")
             st = []
             if not args.no_cli:
-                cw, cr, s = run_cli(task, K, data_dir, args.timeout)
+                cw, cc, cr, s = run_cli(task, K, data_dir, args.timeout)
                 st.append(f"cli {s}")
             if not args.no_inprocess:
                 lw, lc, lp, s = run_inprocess(task, K, data_dir, args.timeout)
                 st.append(f"lib {s}")
             if K == 2:
                 base = {"cw": cw, "cr": cr, "lw": lw, "lp": lp}
-            print(f"{task:<15}{K:>4}  {cw:8.2f} {_ratio(cw, base['cw'])} {cr:12.0f} "
+            print(f"{task:<15}{K:>4}  {cw:8.2f} {_ratio(cw, base['cw'])} {cc:8.2f} {cr:12.0f} "
                   f"{_ratio(cr, base['cr'])}  {lw:8.2f} {_ratio(lw, base['lw'])} {lc:8.2f} "
                   f"{lp:9.0f} {_ratio(lp, base['lp'])}  {'; '.join(st)}", flush=True)
     return 0

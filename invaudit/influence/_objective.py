@@ -68,11 +68,18 @@ MAX_DIRECT_PARAMS = 4000
 #: Above ``MAX_DIRECT_PARAMS`` and up to this many parameters the Hessian is still formed (from
 #: its class-pair x feature-pair blocks) and Cholesky-factorised, without the explicit inverse:
 #: first-order solves are two triangular solves instead of conjugate gradients (many classes:
-#: K = 50 classes on 100 features is 5,050 parameters, a 0.2 GB factor).
-MAX_FACTOR_PARAMS = 8000
+#: K = 50 classes on 100 features is 5,050 parameters, a 0.2 GB factor; K = 100 is 10,100, a
+#: 0.8 GB factor whose formation and factorisation take a few tens of seconds, still far less
+#: than conjugate gradients for a hundred test rows).
+MAX_FACTOR_PARAMS = 12_000
 #: Class-rows per chunk of removed training rows in the softmax loss changes (each chunk's
 #: block of score shifts is exponentiated and summed while it is still in cache).
 _SHIFT_CHUNK = 1024
+#: Training rows per chunk of :meth:`LogisticObjective.score_shifts` (their ``M x M`` blocks).
+_SHIFT_ROWS = 4096
+#: Below this many (training rows x parameters) first-order loss changes use the gradient
+#: matrix itself; above it, chunks of rows (:meth:`LogisticObjective._first_order_products`).
+_FIRST_ORDER_DIRECT = 4_000_000
 #: A fitted model whose objective gradient (mean scale, like scikit-learn's ``tol``) exceeds
 #: this is not at its optimum; influence is then not exact.
 STATIONARY_TOL = 1e-4
@@ -435,6 +442,7 @@ class LogisticObjective(Objective):
             self.method = "cholesky"
             H = self.hessian(self.s, self.A if self.M == 1 else None, self.Zt, p=self.p)
             self.Hinv, self.rank_deficient = _inverse(H)
+            self._H = H  # H_hat itself: the refit's Newton-chord matrix starts from it
             self.estimates = ESTIMATES
             if self.rank_deficient:
                 notes.append("the Hessian is singular (linearly dependent features without a "
@@ -442,6 +450,7 @@ class LogisticObjective(Objective):
                              "is used")
         else:
             self.Hinv = None
+            self._H = None
             self.rank_deficient = False
             self.estimates = ("first-order",)
             if self.n_params <= max_factor_params:
@@ -541,7 +550,9 @@ class LogisticObjective(Objective):
 
     # --- objective, Hessian, solves ----------------------------------------------------------
     def _objective_gradient(self, s, r, Zt, Theta):
-        G = (s[:, None] * r).T @ Zt  # (M, D1)
+        # (D1 x n) @ (n x M), transposed: multi-threaded BLAS is pathologically slow on the
+        # product written the other way round (M x n) @ (n x D1)
+        G = (Zt.T @ (s[:, None] * r)).T  # (M, D1)
         return G + self.lam * Theta * self.Rcol
 
     def hessian(self, s, A, Zt, augment: bool = True, p=None) -> np.ndarray:
@@ -618,6 +629,11 @@ class LogisticObjective(Objective):
         the probabilities (no ``(n, M, M)`` array): the symmetry of both the class block and the
         feature block halves the work of a Gram matrix of ``[p_i (x) zt_i]``
         (:func:`_class_feature_blocks`)."""
+        return self._penalise(self._raw_pair_hessian(s, Zt, p), augment)
+
+    def _raw_pair_hessian(self, s, Zt=None, p=None) -> np.ndarray:
+        """``sum_i s_i A_i (x) zt_i zt_i^T`` (softmax, no penalty, not augmented) as
+        :meth:`_pair_hessian` forms it."""
         M, D1, P = self.M, self.D1, self.n_params
         Zt = self.Zt if Zt is None else Zt
         p = self.p if p is None else p
@@ -633,8 +649,7 @@ class LogisticObjective(Objective):
             H[ku[q], :, lu[q], :] = blk
             if ku[q] != lu[q]:
                 H[lu[q], :, ku[q], :] = blk
-        H = H.reshape(P, P)
-        return self._penalise(H, augment)
+        return H.reshape(P, P)
 
     def _hvp(self, v):
         return self._hvp_weighted(v, self.s)
@@ -698,10 +713,10 @@ class LogisticObjective(Objective):
             used = np.setdiff1d(np.arange(D1), self._zero_columns)  # zero features add 0
             blocks = self.Hinv.reshape(M, D1, M, D1)[ku, :, lu, :][:, used][:, :, used]
             q = _quadratic_forms(self.Zt[:, used], blocks)  # (n, pairs)
-            Q = np.empty((self.n_rows, M, M))
-            Q[:, ku, lu] = q
-            Q[:, lu, ku] = q
-            self._Q = Q
+            pair = np.empty((M, M), dtype=np.intp)  # entry (k, l) is pair (min, max)
+            pair[ku, lu] = np.arange(ku.size)
+            pair[lu, ku] = np.arange(ku.size)
+            self._Q = np.take(q, pair.ravel(), axis=1).reshape(self.n_rows, M, M)
         return self._Q
 
     def _balance_shift(self):
@@ -761,7 +776,9 @@ class LogisticObjective(Objective):
         e = alpha[:, None] * r
         if estimate == "leverage-corrected":
             Q = self.leverage_blocks()[rows]
-            Mi = s[:, None, None] * self.A[rows]
+            # the rows' own score Hessians (not the cached (n, M, M) array, unless it exists)
+            A = self._A[rows] if self._A is not None else self._softmax_hessians(self.p[rows])
+            Mi = s[:, None, None] * A
             rhs = alpha[:, None] * np.einsum("ikl,il->ik", Q, r)
             if yv is not None:
                 rhs = rhs - yv
@@ -814,7 +831,7 @@ class LogisticObjective(Objective):
                 _, r, _ = self._terms(eta, y_test)
                 U = self.solve(self._outer(r, Zt))
             e, cls = self.removal_terms(estimate, rows_)
-            out = U @ self._outer(e, self.Zt[rows_]).T
+            out = self._first_order_products(U, e, rows_)
             if cls is not None:
                 _, V, _ = self._balance_shift()
                 out -= (U @ V.T)[:, cls]
@@ -826,6 +843,23 @@ class LogisticObjective(Objective):
         d = Zt @ steps.T  # (T, m)
         sign = np.where(y_test == 1, 1.0, -1.0)[:, None]
         return np.logaddexp(0.0, -sign * (eta[:, :1] + d)) - base[:, None]
+
+    def _first_order_products(self, U: np.ndarray, e: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """``(T, m)``: ``u_t . (e_i (x) zt_i)`` for the rows ``U`` (``(T, P)``) and the training
+        rows ``rows`` with score terms ``e`` (``(m, M)``), as
+        ``sum_k e_ik (zt_i . U_t[k])``: one ``(rows x D1) @ (D1 x T M)`` product per chunk of
+        training rows, never the ``(m, P)`` gradient matrix (with many classes it is gigabytes)."""
+        T, m, M = U.shape[0], rows.size, self.M
+        if m * self.n_params <= _FIRST_ORDER_DIRECT:  # small: one product with the gradients
+            return U @ self._outer(e, self.Zt[rows]).T
+        Ut = np.ascontiguousarray(U.reshape(T * M, self.D1).T)  # (D1, T M)
+        step = max(16, 2_000_000 // max(T * M, 1))
+        out = np.empty((T, m))
+        for a in range(0, m, step):  # chunks of training rows, each product in cache-sized pieces
+            b = min(m, a + step)
+            V = (self.Zt[rows[a:b]] @ Ut).reshape(b - a, T, M)
+            out[:, a:b] = np.matmul(V, e[a:b, :, None])[:, :, 0].T
+        return out
 
     def _shift_operator(self, estimate: str, rows=None) -> "_SoftmaxShifts":
         """The removal steps of a softmax model as :class:`_SoftmaxShifts` (cached for all
@@ -907,21 +941,34 @@ class LogisticObjective(Objective):
 
         return S, values
 
+    @dense
     def score_shifts(self, estimate: str) -> np.ndarray:
         """``(n, M)``: each training row's own score change if it were removed,
         ``Z_i^T delta_theta_i`` (approximate leave-one-out scores: ``eta_i + shift_i``)."""
         if estimate in self._shifts:
             return self._shifts[estimate]
-        e, cls = self.removal_terms(estimate)
-        if self.Hinv is not None:
-            Q = self.leverage_blocks()
-            shift = np.einsum("ikl,il->ik", Q, e)
-        else:
-            E = self.solve(self._outer(e, self.Zt))
-            shift = np.einsum("imd,id->im", E.reshape(-1, self.M, self.D1), self.Zt)
-        if cls is not None:
-            _, _, Y = self._balance_shift()
-            shift -= np.einsum("imd,id->im", Y[cls].reshape(-1, self.M, self.D1), self.Zt)
+        n, M, D1 = self.n_rows, self.M, self.D1
+        Q = self.leverage_blocks() if self.Hinv is not None else None
+        Y = self._balance_shift()[2] if self.balanced else None
+        # chunks of rows (their M x M blocks, or their (rows x P) gradients, stay small), side
+        # by side; never an (n, P) array
+        step = _SHIFT_ROWS if Q is not None else max(64, _PAIR_CHUNK * 8 // max(self.n_params, 1))
+        ranges = [(a, min(n, a + step)) for a in range(0, n, step)]
+        shift = np.empty((n, M))
+
+        def block(j):
+            a, b = ranges[j]
+            e, cls = self.removal_terms(estimate, np.arange(a, b))
+            if Q is not None:
+                sh = np.matmul(Q[a:b], e[:, :, None])[:, :, 0]
+            else:
+                E = self.solve(self._outer(e, self.Zt[a:b]))
+                sh = np.einsum("imd,id->im", E.reshape(-1, M, D1), self.Zt[a:b])
+            if cls is not None:
+                sh -= np.einsum("imd,id->im", Y[cls].reshape(-1, M, D1), self.Zt[a:b])
+            shift[a:b] = sh
+
+        run_blocks(block, len(ranges))
         self._shifts[estimate] = shift
         return shift
 
@@ -974,6 +1021,7 @@ class LogisticObjective(Objective):
         return self._input_jacobian_t(rows, grad_z)
 
     # --- refits (the independent reference) -----------------------------------------------
+    @dense
     def refitted(self, rows, *, tol: float = 1e-8) -> "LogisticObjective":
         """The objective of the model refitted without ``rows`` (preprocessing fixed), on the
         remaining training rows (renumbered ``0..n-m-1`` in their original order)."""
@@ -984,14 +1032,19 @@ class LogisticObjective(Objective):
             fitted = self.refit_without(rows, tol=tol)
         return LogisticObjective(self.form, self.X[keep], self.y[keep], final=fitted)
 
-    def _refit_by_chord(self, keep, *, gtol: float = 1e-12, max_iter: int = 60,
+    def _refit_by_chord(self, keep, *, gtol: float = 1e-12, max_iter: int = 150,
                         max_refresh: int = 8):
         """The estimator refitted on the rows ``keep`` by Newton-chord iterations: from the
         fitted parameters, ``theta <- theta - H_hat^-1 grad F_keep(theta)`` starting with the
-        Hessian already factorised for all rows (class weights recomputed when balanced). Each
-        step costs one gradient; when a step contracts the gradient by less than 4x, the
-        Hessian of the kept rows is formed and factorised at the current point (a Newton step,
-        :meth:`_pair_hessian`), at most ``max_refresh`` times. Stops when the gradient
+        Hessian of the kept rows at the fitted parameters (:meth:`_kept_hessian`: the removed
+        rows' blocks subtracted from ``H_hat``, so the first step is a Newton step; where
+        ``H_hat`` is only held as a factor, that factor) (class weights recomputed when
+        balanced). Each step costs one gradient (rows in blocks side by side,
+        :class:`_ChordGradient`); the steps are Anderson-accelerated (:func:`_anderson`). When a
+        step contracts the gradient by less than 1.25x, the acceleration restarts; if a plain
+        step does that too, the Hessian of the kept rows is formed and factorised at the current
+        point (a Newton step, :meth:`_pair_hessian`), at most ``max_refresh`` times (a full pass
+        over the rows costs as much as dozens of chord steps). Stops when the gradient
         (scikit-learn's ``tol`` scale) is below ``gtol``, far below the ``1e-8`` a refit asks
         for. None (the caller refits with scikit-learn) without a factorised Hessian, when a
         class disappears, or when the iteration does not converge."""
@@ -1010,31 +1063,43 @@ class LogisticObjective(Objective):
         gtol = max(gtol, 64 * np.finfo(np.float64).eps * float(np.max(np.abs(Zt), initial=1.0)))
         prev = first = np.inf
         solve = self.solve
+        chol = self._kept_hessian(keep)
+        if chol is not None:
+            solve = functools.partial(_cholesky_solve, chol)
+        grad = _ChordGradient(self, Zt, y, s)
         refreshed = 0
+        hist_x, hist_f = [], []  # Anderson acceleration's recent iterates and chord steps
+        accelerated = False  # whether the last step was an accelerated one
         for it in range(max_iter):
-            pr, r, _ = self._terms(Zt @ Theta.T, y, hessians=False)
-            G = self._objective_gradient(s, r, Zt, Theta)
+            G = grad(Theta)
             gmax = float(np.max(np.abs(G))) / scale
             if gmax <= gtol:
                 break
             first = min(first, gmax) if it == 0 else first
             if not np.isfinite(gmax) or gmax > 10.0 * first:
                 return None  # diverging: leave it to a real refit
-            if it and gmax > 0.25 * prev:
-                if refreshed >= max_refresh:
-                    return None
-                if self.M == 1:
-                    p1 = pr[:, 1]
-                    H = self.hessian(s, (p1 * (1.0 - p1))[:, None, None], Zt)
+            if it and gmax > 0.8 * prev:
+                if accelerated:  # an accelerated step that did not help: plain chord steps again
+                    hist_x, hist_f = [], []
                 else:
-                    H = self._pair_hessian(s, True, Zt=Zt, p=pr)
-                chol = _cholesky(H)
-                if chol is None:
-                    return None
-                solve = functools.partial(_cholesky_solve, chol)
-                refreshed += 1
+                    if refreshed >= max_refresh:
+                        return None
+                    pr = grad.proba(Theta)
+                    if self.M == 1:
+                        p1 = pr[:, 1]
+                        H = self.hessian(s, (p1 * (1.0 - p1))[:, None, None], Zt)
+                    else:
+                        H = self._pair_hessian(s, True, Zt=Zt, p=pr)
+                    chol = _cholesky(H)
+                    if chol is None:
+                        return None
+                    solve = functools.partial(_cholesky_solve, chol)
+                    refreshed += 1
+                    hist_x, hist_f = [], []  # steps of the old chord matrix
             prev = gmax
-            Theta -= solve(G.reshape(1, -1))[0].reshape(Theta.shape)
+            f = -solve(G.reshape(1, -1))[0]  # the chord step
+            accelerated = len(hist_x) >= 1  # _anderson mixes in the past steps from the second on
+            Theta = Theta + _anderson(hist_x, hist_f, Theta.ravel(), f).reshape(Theta.shape)
         else:
             return None
         est = clone(self.estimator)
@@ -1046,6 +1111,28 @@ class LogisticObjective(Objective):
                 setattr(est, attr, getattr(self.estimator, attr))
         est.n_iter_ = np.array([it])
         return est
+
+    def _kept_hessian(self, keep):
+        """The Cholesky factor of ``H_hat`` on the rows ``keep`` at the fitted parameters
+        (row weights as fitted), or None (no explicit ``H_hat``, or not positive definite):
+        ``H_hat`` minus the removed rows' blocks when they are the smaller part, else the kept
+        rows' blocks summed afresh. Only a chord matrix: its accuracy sets how fast
+        :meth:`_refit_by_chord` converges, never where to."""
+        if getattr(self, "_H", None) is None:
+            return None
+        drop = ~keep
+        part = drop if drop.sum() <= keep.sum() else keep
+        Zt, s, p = self.Zt[part], self.s[part], self.p[part]
+        if self.M == 1:
+            w = s * p[:, 1] * p[:, 0]
+            H = (Zt * w[:, None]).T @ Zt
+        else:
+            H = self._raw_pair_hessian(s, Zt, p)
+        if part is drop:
+            H = np.subtract(self._H, H, out=H)
+        else:
+            H = self._penalise(H, True)
+        return _cholesky(H)
 
     def refit_without(self, rows, *, tol: float = 1e-10, max_iter: Optional[int] = None,
                       X_override=None):
@@ -1133,6 +1220,69 @@ class LogisticObjective(Objective):
         if self.null_cols.size:
             out[:, self.null_cols] += self._null_scale * V[:, self.null_cols].mean(axis=0)
         return out.ravel()
+
+
+class _ChordGradient:
+    """``grad F_keep(Theta)`` of :meth:`LogisticObjective._refit_by_chord` (``(M, D1)``): the
+    rows in (at most two) fixed blocks side by side, each block's scores, probabilities and
+    gradient in one pass while they are in cache; the blocks' sums added in a fixed order."""
+
+    def __init__(self, obj, Zt, y, s):
+        self.obj, self.Zt, self.y, self.s = obj, Zt, y, s
+        self.ranges = row_ranges(Zt.shape[0], min_rows=4096, max_blocks=2)
+
+    def _block_proba(self, a, b, Theta):
+        eta = self.Zt[a:b] @ Theta.T
+        if self.obj.M == 1:
+            p1 = _sigmoid(eta[:, 0])
+            return np.column_stack([1.0 - p1, p1])
+        eta -= eta.max(axis=1, keepdims=True)
+        np.exp(eta, out=eta)
+        eta /= eta.sum(axis=1, keepdims=True)
+        return eta
+
+    def proba(self, Theta) -> np.ndarray:
+        return np.vstack([self._block_proba(a, b, Theta) for a, b in self.ranges])
+
+    def __call__(self, Theta) -> np.ndarray:
+        parts = [None] * len(self.ranges)
+
+        def block(j):
+            a, b = self.ranges[j]
+            p = self._block_proba(a, b, Theta)
+            y = self.y[a:b]
+            if self.obj.M == 1:
+                r = (p[:, 1] - (y == 1))[:, None]
+            else:
+                r = p
+                r[np.arange(b - a), y] -= 1.0
+            r *= self.s[a:b, None]
+            parts[j] = self.Zt[a:b].T @ r  # (D1, M)
+
+        run_blocks(block, len(self.ranges))
+        G = parts[0]
+        for other in parts[1:]:
+            G = G + other
+        return G.T + self.obj.lam * Theta * self.obj.Rcol
+
+
+def _anderson(hist_x: list, hist_f: list, x: np.ndarray, f: np.ndarray, memory: int = 6) -> np.ndarray:
+    """The step from ``x`` for the fixed-point iteration ``x <- x + f(x)`` with Anderson
+    acceleration (Walker & Ni 2011, "Anderson acceleration for fixed-point iterations", SIAM
+    J. Numer. Anal.; type II, the last ``memory`` differences): ``f - (dX + dF) gamma`` with
+    ``gamma`` the least-squares fit of ``f`` by the differences of past steps ``dF``. On a
+    linear map it is GMRES on the chord-preconditioned system. ``hist_x`` / ``hist_f`` (lists,
+    updated in place) hold the past iterates and steps; empty lists give the plain step ``f``."""
+    hist_x.append(x.copy())
+    hist_f.append(f.copy())
+    if len(hist_x) > memory + 1:
+        del hist_x[0], hist_f[0]
+    if len(hist_x) < 2:
+        return f
+    dX = np.diff(np.array(hist_x), axis=0).T  # (P, m)
+    dF = np.diff(np.array(hist_f), axis=0).T
+    gamma = np.linalg.lstsq(dF, f, rcond=1e-12)[0]
+    return f - (dX + dF) @ gamma
 
 
 class _SoftmaxShifts:
@@ -1434,66 +1584,89 @@ def _cholesky_solve(c: np.ndarray, G: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.T)
 
 
-#: Rows per chunk of the class-pair x feature-pair product (their pair products: ~16 MB).
-_BLOCK_ROWS_BYTES = 16 * 2 ** 20
-
-
 def _pair_offsets(D1: int) -> np.ndarray:
     """Where feature ``a``'s pairs ``(a, a..D1-1)`` start in :func:`_pair_index` order."""
     return np.concatenate([[0], np.cumsum(D1 - np.arange(D1))])
 
 
-def _pair_products(Zc: np.ndarray, out: np.ndarray, transposed: bool = False) -> np.ndarray:
-    """The rows' pair products ``zt_a zt_b`` (``a <= b``, :func:`_pair_index` order) into
-    ``out`` (``(c, pairs)``; ``transposed``: ``Zc`` is ``(D1, c)`` and ``out`` ``(pairs, c)``),
-    one slice product per feature instead of two gathers of every pair (several times faster:
-    the gathers are memory-bound)."""
-    D1 = Zc.shape[0] if transposed else Zc.shape[1]
+#: Rows per chunk of the cache-blocked pair-product kernels, and feature pairs per group: a
+#: group's pair products (rows x pairs) stay in the core's own cache between being formed and
+#: being multiplied, instead of a chunk's whole pair-product matrix going out to memory and back.
+_KERNEL_ROWS = 256
+_GROUP_PAIRS = 512
+
+
+def _feature_groups(D1: int, target: int = _GROUP_PAIRS) -> list:
+    """Consecutive features ``[(f0, f1), ...]`` whose pairs ``(f, f..D1-1)`` (:func:`_pair_index`
+    order: one contiguous run of pairs per group) number about ``target`` per group."""
     off = _pair_offsets(D1)
-    for a in range(D1):  # a loop over features, each a product over all rows of the chunk
-        if transposed:
-            np.multiply(Zc[a:a + 1], Zc[a:], out=out[off[a]:off[a + 1]])
-        else:
-            np.multiply(Zc[:, a:a + 1], Zc[:, a:], out=out[:, off[a]:off[a + 1]])
-    return out
+    groups, a = [], 0
+    while a < D1:
+        b = a + 1
+        while b < D1 and off[b + 1] - off[a] <= target:
+            b += 1
+        groups.append((a, b))
+        a = b
+    return groups
+
+
+def _group_products(Zc: np.ndarray, f0: int, f1: int, out: np.ndarray) -> np.ndarray:
+    """The pair products of features ``f0..f1-1`` with every later feature, for the rows
+    ``Zc`` (``(c, D1)``), into the first columns of ``out`` (``(c, >= pairs)``)."""
+    D1 = Zc.shape[1]
+    o = 0
+    for f in range(f0, f1):  # a loop over the group's features (a few), all rows at once
+        w = D1 - f
+        np.multiply(Zc[:, f:f + 1], Zc[:, f:], out=out[:, o:o + w])
+        o += w
+    return out[:, :o]
 
 
 def _class_feature_blocks(Zt, s, p, ku, lu, ia, ib) -> np.ndarray:
     """``acc[f, q] = sum_i s_i A_i[ku_q, lu_q] zt_i[ia_f] zt_i[ib_f]`` with
-    ``A_i = diag(p_i) - p_i p_i^T``: one ``(feature pairs x rows) @ (rows x class pairs)``
-    product per chunk of rows, the chunks split between the workers
+    ``A_i = diag(p_i) - p_i p_i^T``: for each chunk of rows and each group of feature pairs
+    (:func:`_feature_groups`), one ``(class pairs x rows) @ (rows x feature pairs)`` product
+    while the group's pair products are in cache; the chunks split between the workers
     (:mod:`._parallel`), each summing into its own accumulator."""
-    n = Zt.shape[0]
+    n, D1 = Zt.shape
     nf, nq = ia.size, ku.size
-    step = int(max(64, _BLOCK_ROWS_BYTES // (8 * (nf + nq))))
+    step = _KERNEL_ROWS
     ranges = row_ranges(n, min_rows=step, max_blocks=2)
     parts = [None] * len(ranges)
     diag = np.flatnonzero(ku == lu)
+    off = _pair_offsets(D1)
+    groups = _feature_groups(D1)
+    width = max(off[b] - off[a] for a, b in groups)
 
     def block(j):
         a0, b0 = ranges[j]
-        acc = np.zeros((nf, nq))
-        tmp = np.empty((nf, nq))
-        Wc = np.empty((min(step, b0 - a0), nq))
-        Zp = np.empty((min(step, b0 - a0), nf))
+        acc = np.zeros((nq, nf))
+        tmp = np.empty((nq, width))
+        buf = np.empty((step, width))
+        Wc = np.empty((step, nq))
+        WT = np.empty((nq, step))
         for a in range(a0, b0, step):  # chunks of rows, not single rows
             b = min(b0, a + step)
             c = b - a
-            Zc, pc, sc = Zt[a:b], p[a:b], s[a:b, None]
-            _pair_products(Zc, Zp[:c])
+            pc = p[a:b]
             np.multiply(pc[:, ku], pc[:, lu], out=Wc[:c])
             np.negative(Wc[:c], out=Wc[:c])
             Wc[:c, diag] += pc
-            Wc[:c] *= sc
-            np.matmul(Zp[:c].T, Wc[:c], out=tmp)
-            acc += tmp
+            Wc[:c] *= s[a:b, None]
+            WT[:, :c] = Wc[:c].T
+            Zc = Zt[a:b]
+            for f0, f1 in groups:  # groups of feature pairs (a few dozen)
+                Zp = _group_products(Zc, f0, f1, buf[:c])
+                w = Zp.shape[1]
+                np.matmul(WT[:, :c], Zp, out=tmp[:, :w])
+                acc[:, off[f0]:off[f1]] += tmp[:, :w]
         parts[j] = acc
 
     run_blocks(block, len(ranges))
-    out = parts[0] if parts else np.zeros((nf, nq))
+    out = parts[0] if parts else np.zeros((nq, nf))
     for other in parts[1:]:
         out += other
-    return out
+    return out.T
 
 
 def _symmetric_from_triangle(T: np.ndarray) -> np.ndarray:
@@ -1591,15 +1764,29 @@ def _quadratic_forms(Zt: np.ndarray, B: np.ndarray) -> np.ndarray:
     ia, ib = _pair_index(D1)
     Bs = B[:, ia, ib] + B[:, ib, ia]
     Bs[:, ia == ib] *= 0.5  # (nb, pairs of features)
-    ZT = np.ascontiguousarray(Zt.T)
-    step = int(max(64, _BLOCK_ROWS_BYTES // (8 * ia.size)))
+    off = _pair_offsets(D1)
+    groups = _feature_groups(D1)
+    # each group's rows of Bs^T, contiguous: (pairs in the group, nb)
+    BT = [np.ascontiguousarray(Bs[:, off[f0]:off[f1]].T) for f0, f1 in groups]
+    width = max(t.shape[0] for t in BT)
+    step = 4 * _KERNEL_ROWS
 
-    def block(j, Zp):  # chunks of rows; each worker reuses one buffer of pair products
-        Zc = ZT[:, j * step:(j + 1) * step]
-        c = Zc.shape[1]
-        out[j * step:(j + 1) * step] = (Bs @ _pair_products(Zc, Zp[:, :c], transposed=True)).T
+    def block(j, work):  # chunks of rows; per group, its pair products while they are in cache
+        buf, tmp = work
+        a, b = j * step, min(n, (j + 1) * step)
+        c = b - a
+        Zc = Zt[a:b]
+        acc = out[a:b]
+        acc[:] = 0.0
+        for (f0, f1), Bg in zip(groups, BT):  # groups of feature pairs (a few dozen)
+            for r in range(0, c, _KERNEL_ROWS):  # sub-chunks small enough for the cache
+                r1 = min(c, r + _KERNEL_ROWS)
+                Zp = _group_products(Zc[r:r1], f0, f1, buf[:r1 - r])
+                np.matmul(Zp, Bg, out=tmp[:r1 - r])
+                acc[r:r1] += tmp[:r1 - r]
 
-    run_blocks(block, -(-n // step), scratch=lambda: np.empty((ia.size, step)))
+    run_blocks(block, -(-n // step),
+               scratch=lambda: (np.empty((_KERNEL_ROWS, width)), np.empty((_KERNEL_ROWS, nb))))
     return out
 
 
@@ -1617,9 +1804,11 @@ def _cg(matvec: Callable[[np.ndarray], np.ndarray], b: np.ndarray, tol: float, m
     x = np.zeros_like(b)
     if nb == 0.0:
         return x, 0.0
+    # every vector is allocated once, before the loop; updates are in place
     r = b.copy()
     z = r if precond is None else precond * r
     p = z.copy()
+    tmp = np.empty_like(b)
     rz = float(r @ z)
     res = 1.0
     for _ in range(max_iter):
@@ -1630,14 +1819,16 @@ def _cg(matvec: Callable[[np.ndarray], np.ndarray], b: np.ndarray, tol: float, m
                 raise _NegativeCurvature()
             break
         a = rz / pAp
-        x += a * p
-        r -= a * Ap
+        x += np.multiply(p, a, out=tmp)
+        r -= np.multiply(Ap, a, out=tmp)
         res = float(np.linalg.norm(r)) / nb
         if res <= tol:
             break
-        z = r if precond is None else precond * r
+        if precond is not None:
+            np.multiply(precond, r, out=z)
         rz_new = float(r @ z)
-        p = z + (rz_new / rz) * p
+        p *= rz_new / rz
+        p += z
         rz = rz_new
     return x, res
 
