@@ -8,8 +8,9 @@ Models, fitted on 1,500 rows of ``make_classification`` (30 features, 10 informa
 an ``LGBMClassifier`` and an ``XGBClassifier`` of 50 rounds each (default depth / leaves), and
 each after a StandardScaler in a Pipeline. For each it prints the time to read the model into
 the trees form (``adapt``: the library's JSON dump to leaf boxes) with its number of boxes, and
-for ``counterfactual`` (target: the other class) and ``margin`` at the default time limit (or
-``--time-limit``), with the training rows: wall-clock and CPU seconds per row, the share of rows
+for ``counterfactual`` (target: the other class) and ``margin`` through the library calls the CLI
+makes (``invaudit.parallel``, serial) at the default time limit (or ``--time-limit``), with the
+training rows: wall-clock and CPU seconds per row, the share of rows
 the estimator's own ``predict`` confirms (validity), the share answered ``exact: true``, and the
 peak resident memory of the process that ran it (a fresh forked process per measurement; every
 library limited to one thread).
@@ -55,8 +56,7 @@ def _child(conn, job, est, Xq, Xtr, time_limit):
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=1)
-    from invaudit.counterfactual.nonlinear import counterfactuals_nonlinear
-    from invaudit.margins import margins
+    from invaudit import parallel
     from invaudit.models import adapt
 
     out = {}
@@ -67,11 +67,11 @@ def _child(conn, job, est, Xq, Xtr, time_limit):
     out["trees"] = len(form.trees)
     kw = {} if time_limit is None else {"time_limit": time_limit}
     t, c = time.perf_counter(), time.process_time()
-    if job == "counterfactual":
-        b = counterfactuals_nonlinear(form, Xq, target="other", X_train=Xtr, **kw)
+    if job == "counterfactual":  # the library call the CLI makes (serial)
+        b, _ = parallel.counterfactuals_with_extras(form, Xq, target="other", X_train=Xtr, jobs=1, **kw)
         pts = np.where((b.status == "found")[:, None], b.x_cf, np.nan)
     else:
-        b = margins(form, Xq, X_train=Xtr, **kw)
+        b = parallel.margins(form, Xq, X_train=Xtr, jobs=1, **kw)
         pts = Xq + b.perturbation
     out["exact"] = np.asarray(b.exact, dtype=bool)
     out["wall"] = time.perf_counter() - t

@@ -44,9 +44,13 @@ qualify, routed through the estimator's own comparisons (thousands of candidates
 milliseconds): (a) the row projected onto the cells of the nearest qualifying ``--train`` rows,
 and those rows themselves; (b) every single-feature change (the row with one feature moved across
 one split point, for every split point); (c) a boundary walk that crosses one split point at a
-time; the best are pulled back toward the row cell by cell. The nearest the estimator confirms is
+time; the best are pulled back toward the row cell by cell. The nearest confirmed (see below) is
 the incumbent: its cost fixes every dearer flip and cuts the program off, so the MILP either
-improves it, proves it optimal, or stops at the limit with its dual bound as ``lower_bound``. So
+improves it, proves it optimal, or stops at the limit with its dual bound as ``lower_bound``.
+Points are confirmed by the form's own routing where its verdict is clear
+(:meth:`~invaudit.margins._trees.EnsembleMilp.fast_qualifies`), else by the estimator; every
+answer is then confirmed by the estimator's ``predict`` in one call, and a row it does not
+confirm is solved again with the estimator deciding every point. So
 an answer is never farther than the nearest training row the model assigns the target, the best
 single-feature change, or the walk. Models over ``max_binaries`` get the searches only.
 
@@ -243,7 +247,7 @@ def _ensemble(prob: Problem, *, time_limit: float, max_binaries: int, progress_o
     form = prob.form
     n, D = prob.X.shape
     ans = Answers(n, D)
-    model = EnsembleMilp(form)
+    model = EnsembleMilp.for_form(form)
     total = progress_total if progress_total is not None else n
     if not _supports(form, prob.P):
         why = "a softmax confidence is not linear in the leaves"
@@ -258,12 +262,15 @@ def _ensemble(prob: Problem, *, time_limit: float, max_binaries: int, progress_o
         return ans
     use = model.n_binaries <= max_binaries
     too_large = f"MILP not used: it would need more than {max_binaries} binaries"
-    Sc, s0, _ = score_table(form)
-    sigma = score_scale(Sc, s0)
+    Sc, s0, sigma = model.Sc, model.s0, model.sigma
     milp_lb = np.full(n, np.nan)
     why_not = np.full(n, None, dtype=object)
     refs = {}
-    for i in range(n):  # the documented per-row loop of the MILP: each row on its own
+
+    def solve_row(i, use_fast):
+        """One row: the anytime search and the MILP. Candidate points are confirmed by the
+        form's own routing where its verdict is clear (:meth:`EnsembleMilp.fast_qualifies`),
+        else by the estimator; returns whether the answer still needs the estimator's word."""
         k = int(prob.target[i])
         if k not in refs:
             refs[k] = _reference_rows(prob, k)
@@ -272,10 +279,18 @@ def _ensemble(prob: Problem, *, time_limit: float, max_binaries: int, progress_o
         budget = float(time_limit)
         if run_deadline is not None:  # the run's own limit: afterwards, the searches only
             budget = min(budget, run_deadline - time.perf_counter())
+        by_routing = set()
 
         def verify(pt, k=k):
+            if use_fast:
+                verdict, leaves = model.fast_qualifies(pt, C, clb)
+                if verdict:
+                    by_routing.add(pt.tobytes())
+                    return True, pt, None
+                if verdict is False:
+                    return False, pt, leaves
             ok = qualifies(form, pt[None, :], np.array([k]), prob.P)[0][0]
-            return ok, pt, None if ok else form.leaf_index(pt[None, :])[0] + model.leaf_offsets
+            return ok, pt, None if ok else model.walker(pt[None, :])[0]
 
         out = model.minimize(x0, prob.lower[i], prob.upper[i], prob.weights, prob.norm, C, clb,
                              verify, time_limit=max(budget, 0.0), refs=refs[k],
@@ -309,12 +324,28 @@ def _ensemble(prob: Problem, *, time_limit: float, max_binaries: int, progress_o
                           iters=1, lower_bound=out["lb"],
                           backing=f"verified by the estimator; anytime search, then the MILP stopped "
                                   f"({why_not[i]}) with lower bound {out['lb']:.4g}")
+            return out["point"].tobytes() in by_routing
         else:
             why_not[i] = (too_large if not use else
                           "time limit" if out["status"] in ("limit", "error", "skipped") else
                           "the estimator disagrees with the leaf boxes")
+        return False
+
+    pending = np.zeros(n, dtype=bool)  # answers the estimator has yet to confirm
+    for i in range(n):  # the documented per-row loop of the MILP: each row on its own
+        pending[i] = solve_row(i, True)
         if prob.progress is not None:
             prob.progress(progress_offset + i + 1, total)
+    chk = np.flatnonzero(pending & (ans.state == "found"))
+    if len(chk):  # the estimator's own verdict on those answers, in one call
+        if prob.P is None:
+            ok = np.asarray(form.predict_index(ans.x_cf[chk]), dtype=np.intp) == prob.target[chk]
+        else:
+            ok = qualifies(form, ans.x_cf[chk], prob.target[chk], prob.P)[0]
+        for i in chk[~ok]:  # a loop over rows it did not confirm (never seen): solved again
+            ans.x_cf[i], ans.dist[i], ans.state[i], ans.exact[i] = np.nan, np.inf, "failed", False
+            ans.method[i], ans.backing[i], ans.lower_bound[i], ans.target[i] = "", None, np.nan, -1
+            solve_row(int(i), False)
     # rows left without a verified point: live regions and local search may still find one
     rest = np.flatnonzero(~ans.exact & ~np.isin(ans.state, ("found", "infeasible")))
     if len(rest):

@@ -44,20 +44,44 @@ point qualifies, then move features back toward the row, cell by cell, while it 
 qualifies; the estimator then confirms it). Its cost ``U`` normalises the first program, fixes
 every flip dearer than ``U`` and enters as a cutoff row (``sum c u <= U``; for linf, the level's
 upper bound): "infeasible" then proves that nothing is cheaper than ``U`` (up to the deflated
-tolerances), and a start that meets the leaf-exit bound needs no program at all. HiGHS is called
+tolerances), and a start that meets the leaf-exit bound needs no program at all. HiGHS sees
+only what can still move: the flips fixed at 0, the leaves they put out of reach (a leaf bounded
+by a fixed predicate on the far side of the row) and the static rows left empty are dropped, which
+changes neither the optimum nor the bound (those variables are 0 in every feasible point; the
+dropped rows hold at the row's own cell). From a good incumbent a 100-tree depth-8 forest's
+program shrinks from ~56,000 rows to ~1,400 and HiGHS's own time from ~0.5 s to milliseconds
+(measured): the first programs used to spend their whole budget before presolve had emptied
+them. HiGHS looks at its time limit only after its set-up and after presolve (2-5 s on ~60,000
+nonzeros given 0.5 s, measured): a program is presolved only when its nonzeros are at most
+40,000 per second left, and not started at all above 150,000 per second left (it would neither
+improve the incumbent nor bound it in time). HiGHS 1.12 reports "optimal" with a dual bound of
+-inf when presolve proves that nothing beats the starting solution; the bound is then the
+optimum less the MIP gaps. HiGHS is called
 through scipy's own binding where available (``scipy.optimize.milp`` re-validates every option
 on each call, which costs as much as these small programs take to solve), with
-``scipy.optimize.milp`` as the fallback.
+``scipy.optimize.milp`` as the fallback. A model's program (boxes, split points, static rows,
+routing tables, the training rows' classes) is built once per form and kept while the form lives
+(:meth:`EnsembleMilp.for_form`): the CLI solves rows in chunks and a binary ``other`` target in
+two calls per chunk.
+
+Verification. Candidate points (from the searches and the programs) are judged by the form's
+own routing (:meth:`EnsembleMilp.fast_class`: the leaves the estimator's comparisons reach, on
+stacked node arrays, and the class their scores give) wherever the winning score leads by more
+than ``1e-7`` of the score scale (``1e-4`` for LightGBM / XGBoost, which add leaf values in
+float32): microseconds, against ~0.1 s for one ``predict`` of a 100-tree forest. Closer calls go
+to the estimator. Every answer is then confirmed by the estimator's own ``predict`` in one call
+per batch; a row it does not confirm is solved again with the estimator deciding every point.
 
 Anytime. A row's time limit (default :data:`DEFAULT_TIME_LIMIT`) covers everything. Before
 any program, :meth:`EnsembleMilp.anytime_points` proposes points the leaf boxes say qualify,
-scored through the estimator's own comparisons on stacked node arrays (:class:`_Walker`; a
-single-feature change is re-routed only in the trees whose path tests that feature): (a) the
+scored through the estimator's own comparisons on stacked node arrays (:class:`_Walker`): (a) the
 row projected onto the cells of the nearest ``--train`` rows of the wanted class, and those rows;
 (b) every single-feature change across one split point; (c) a boundary walk crossing one split
-point at a time; the best are moved back toward the row cell by cell. The nearest one the
-estimator confirms is the incumbent (its cost the cutoff of the program, every dearer flip
-fixed). So an answer is never farther than the nearest training row of the wanted class, the
+point at a time (a change is re-routed only in the trees whose path tests that feature at a
+split point it crosses, from the first such node; on a plateau only the split points beyond
+those already looked at are scored); the best are moved back toward the row cell by cell. The
+nearest one confirmed (above) is the incumbent (its cost the cutoff of the program, every dearer
+flip fixed). So an answer is never farther than the nearest training row of the wanted class, the
 best single-feature change or the walk, whether or not the program runs (models over
 ``max_binaries`` get the searches only; so do rows after a run's ``run_time_limit``). When the
 program stops at the limit, its dual bound is the reported lower bound.
@@ -81,18 +105,34 @@ changes can close the gap is a lower bound.
 
 from __future__ import annotations
 
+import hashlib
 import time
 import warnings
+import weakref
 
 import numpy as np
 from scipy import sparse
 from scipy.optimize import Bounds, LinearConstraint, milp
-from threadpoolctl import threadpool_limits
 
 from invaudit.margins._common import Problem, finalize, weighted_norm
 from invaudit.margins.boxes import intersect_boxes, project_to_boxes
 
 _CHUNK = 4_000_000
+_CONTROLLER = {}
+
+
+def one_openmp_thread():
+    """``threadpool_limits(limits=1, user_api="openmp")`` through a controller kept between
+    calls (building one scans every loaded library, ~20 ms; it is built again when modules
+    were imported since, as they may have loaded a library)."""
+    import sys
+
+    from threadpoolctl import ThreadpoolController
+
+    key = len(sys.modules)
+    if _CONTROLLER.get("key") != key:
+        _CONTROLLER.update(key=key, ctl=ThreadpoolController())
+    return _CONTROLLER["ctl"].limit(limits=1, user_api="openmp")
 
 
 # --- the scores as a table over all leaves --------------------------------------------------------
@@ -321,41 +361,78 @@ class _Walker:
         self.fast = ok
 
     def path(self, y) -> tuple:
-        """``(leaves (T,), first (D, T))`` for one point: its global leaf per tree, and per
-        feature and tree the first node on the point's path that tests the feature (-1: none;
-        only those trees can change leaf when that feature alone moves, and their paths agree
-        with the point's up to that node)."""
-        T, d = self.roots.size, y.shape[0]
-        node = self.roots.copy()
-        first = np.full((d, T), -1, dtype=np.intp)
-        ar = np.arange(T)
-        for _ in range(self.steps):
-            f = self.feat[node]
-            new = np.isfinite(self.thr[node]) & (first[f, ar] < 0)
-            first[f[new], ar[new]] = node[new]
-            node = np.where(y[f] <= self.thr[node], self.left[node], self.right[node])
-        return self.node_leaf[node], first
+        """``(leaves (T,), tests)`` for one point: its global leaf per tree, and the tests on its
+        paths (for :meth:`moved`): per feature, the thresholds of the inner nodes on the
+        point's paths that test it (a ``(D, m)`` table padded with NaN) and, for each, the
+        node, its depth and its tree. The last point's answer is kept (the searches ask about
+        one point several times in a row)."""
+        key = y.tobytes()
+        last = getattr(self, "_last_path", None)
+        if last is not None and last[0] == key:
+            return last[1]
+        out = self._path(y)
+        self._last_path = (key, out)
+        return out
 
-    def moved(self, y, base, first, feats, vals) -> tuple:
+    def _path(self, y) -> tuple:
+        T, d = self.roots.size, y.shape[0]
+        node = self.roots
+        levels = []
+        for _ in range(self.steps):
+            levels.append(node)
+            node = np.where(y[self.feat[node]] <= self.thr[node], self.left[node], self.right[node])
+        leaves = self.node_leaf[node]
+        nodes = np.concatenate(levels) if levels else np.zeros(0, dtype=np.intp)  # level-major
+        e = np.flatnonzero(np.isfinite(self.thr[nodes]))
+        en = nodes[e]
+        ef = self.feat[en]
+        order = np.argsort(ef, kind="stable")
+        counts = np.bincount(ef, minlength=d)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        slot = np.arange(e.size) - np.repeat(starts, counts)
+        m = int(counts.max(initial=0))
+        tab_th = np.full((d, max(m, 1)), np.nan)
+        tab_e = np.zeros((d, max(m, 1)), dtype=np.intp)
+        tab_th[ef[order], slot] = self.thr[en[order]]
+        tab_e[ef[order], slot] = order
+        return leaves, (tab_th, tab_e, en, e // max(T, 1), e % max(T, 1))
+
+    def moved(self, y, base, tests, feats, vals) -> tuple:
         """Leaves of the points ``y`` with feature ``feats[c]`` set to ``vals[c]`` (one change
-        each), re-routed only in the trees whose path tests that feature, from the first node
-        that does: ``(cand, tree, leaf)`` for every (candidate, tree) pair whose leaf differs
-        from ``base``."""
-        sub = first[feats]
-        c, t = np.nonzero(sub >= 0)
+        each): only the trees whose path has a node testing that feature at a threshold the
+        change crosses can change leaf, and they are re-routed from the first such node (the
+        paths agree above it). ``(cand, tree, leaf)`` for every (candidate, tree) pair whose
+        leaf differs from ``base``."""
+        tab_th, tab_e, en, ed, et = tests
+        empty = (np.zeros(0, dtype=np.intp),) * 3
+        if en.size == 0 or feats.size == 0:
+            return empty
+        yf = y[feats]
+        lo, hi = np.minimum(yf, vals), np.maximum(yf, vals)  # crossed: lo <= threshold < hi
+        th = tab_th[feats]
+        with np.errstate(invalid="ignore"):
+            c, k = np.nonzero((lo[:, None] <= th) & (th < hi[:, None]))
+        if c.size == 0:
+            return empty
+        eid = tab_e[feats[c], k]
+        t = et[eid]
+        first = np.lexsort((ed[eid], t, c))  # per (candidate, tree), the shallowest crossing
+        c, t, eid = c[first], t[first], eid[first]
+        keep = np.concatenate([[True], (c[1:] != c[:-1]) | (t[1:] != t[:-1])])
+        c, t, n0 = c[keep], t[keep], en[eid[keep]]
         fc, vc = feats[c], vals[c]
-        node = sub[c, t]
-        live = np.arange(t.size)  # pairs not yet at a leaf (compacted as they arrive)
-        for k in range(self.steps):
+        went_left = y[self.feat[n0]] <= self.thr[n0]
+        node = np.where(went_left, self.right[n0], self.left[n0])  # the other way at the crossing
+        live = np.flatnonzero(np.isfinite(self.thr[node]))  # pairs not yet at a leaf
+        for _ in range(self.steps):
+            if live.size == 0:
+                break
             nd = node[live]
             f = self.feat[nd]
             x = np.where(f == fc[live], vc[live], y[f])
             nd = np.where(x <= self.thr[nd], self.left[nd], self.right[nd])
             node[live] = nd
-            if k % 3 == 2:
-                live = live[np.isfinite(self.thr[nd])]
-                if live.size == 0:
-                    break
+            live = live[np.isfinite(self.thr[nd])]
         leaf = self.node_leaf[node]
         ch = leaf != base[t]
         return c[ch], t[ch], leaf[ch]
@@ -390,6 +467,15 @@ _ABS = 1e-9      # ... and by this much in a program's normalised units
 _SETTLED = 0.1   # a program whose optimum is at least this fraction of its scale is settled
 _ROUNDS = 40     # solves per (row, class): rescaling rounds plus cuts of unconfirmed leaf tuples
 _START_BUDGET = 40_000_000  # box tests the solver-free starting point may spend per program
+# the form's own routing decides a class only when the scores are at least this far apart
+# (fraction of the score scale): far above float64's rounding of a sum of leaf values; libraries
+# that add leaf values in float32 (LightGBM, XGBoost) get a wider margin. Closer calls, and every
+# answer at the end, go to the estimator's own predict.
+_CLEAR = 1e-7
+_CLEAR_FLOAT32 = 1e-4
+_PRESOLVE_NNZ_PER_S = 40_000  # HiGHS presolves a program when its nonzeros are at most this x seconds left
+_SETUP_NNZ_PER_S = 150_000  # ... and starts it at all when they are at most this x seconds left
+_PUSHES = 6  # ulp pushes outward before a point is given up (:func:`finalize`'s ``tries``)
 _HIGHS = {"presolve": True, "mip_rel_gap": 1e-10, "mip_abs_gap": 1e-12,
           "mip_feasibility_tolerance": 1e-9, "primal_feasibility_tolerance": 1e-9,
           "dual_feasibility_tolerance": 1e-9}
@@ -436,9 +522,32 @@ class EnsembleMilp:
     cancellation. Each program is normalised by a per-row scale (module docstring, "Scale").
     """
 
+    _cache = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def for_form(cls, form) -> "EnsembleMilp":
+        """The program of ``form``, built once per form and kept while the form lives (its
+        arrays, the static constraints and the routing tables do not depend on the rows)."""
+        try:
+            model = cls._cache.get(form)
+        except TypeError:  # a form that cannot be weakly referenced: no cache
+            return cls(form)
+        if model is None:
+            model = cls(form)
+            cls._cache[form] = model
+        return model
+
     def __init__(self, form):
         trees = form.trees
         self.form = form
+        Sc, s0, _ = score_table(form)
+        self.Sc, self.s0, self.sigma = Sc, s0, score_scale(Sc, s0)
+        mod = type(getattr(form, "estimator", None)).__module__ or ""
+        inner = getattr(getattr(form, "estimator", None), "steps", None)
+        if inner:
+            mod = type(inner[-1][1]).__module__ or ""
+        self.clear_tol = _CLEAR if mod.startswith("sklearn.") else _CLEAR_FLOAT32
+        self._train = None  # (key, the estimator's classes of the training rows)
         self.T = len(trees)
         d = int(form.n_features)
         self.d = d
@@ -524,6 +633,54 @@ class EnsembleMilp:
     @property
     def n_binaries(self) -> int:
         return self.P
+
+    # -- the form's own verdicts (proposals; the estimator has the last word) -------------------
+    def fast_class(self, Y):
+        """``(leaves (m, T), cls (m,), clear (m,))`` at the points ``Y``: the global leaves the
+        estimator's own comparisons reach (:class:`_Walker`), the class their scores give, and
+        whether that class leads every other by more than ``clear_tol`` of the score scale (so
+        float rounding and tie rules cannot change it). Callers ask the estimator when not
+        clear, and confirm every final answer with it."""
+        G = self.walker(np.atleast_2d(Y))
+        S = self.s0 + self.Sc[G].sum(axis=1)  # (m, K)
+        cls = np.argmax(S, axis=1)
+        if S.shape[1] > 1:
+            top = np.take_along_axis(S, cls[:, None], axis=1)[:, 0]
+            rest = np.where(np.arange(S.shape[1])[None, :] == cls[:, None], -np.inf, S).max(axis=1)
+            clear = top - rest > self.clear_tol * self.sigma
+        else:
+            clear = np.ones(S.shape[0], dtype=bool)
+        return G, cls, clear
+
+    def fast_qualifies(self, y, C, clb) -> tuple:
+        """``(verdict, leaves)`` at the point ``y``: ``True`` / ``False`` when the leaves it
+        reaches satisfy / violate ``C z >= clb`` by more than ``clear_tol`` (rows of ``C`` in
+        units of the score scale), ``None`` for a close call (the estimator decides)."""
+        G = self.walker(y[None, :])[0]
+        slack = float((C[:, G].sum(axis=1) - clb).min())
+        if slack > self.clear_tol:
+            return True, G
+        return (False if slack < -self.clear_tol else None), G
+
+    def train_classes(self, X_train) -> np.ndarray:
+        """The estimator's class indices of ``X_train``, computed once per model and data."""
+        X_train = np.ascontiguousarray(X_train, dtype=np.float64)
+        key = (X_train.shape, hashlib.blake2b(X_train.tobytes(), digest_size=16).digest())
+        if self._train is None or self._train[0] != key:
+            with one_openmp_thread():
+                pred = np.asarray(self.form.predict_index(X_train), dtype=np.intp)
+            self._train = (key, pred)
+        return self._train[1]
+
+    def _reachable(self, free, s) -> np.ndarray:
+        """``(L,)``: the leaves a point can reach when only the predicates ``free`` may flip
+        from the row's sides ``s`` (a leaf bounded by a fixed predicate on the other side of
+        the row is out of reach)."""
+        lu, inv_u, ll, inv_l = self._leafrows
+        out = np.ones(self.L, dtype=bool)
+        out[lu[~free[inv_u] & ~s[inv_u]]] = False  # needs x <= theta, the row is above it
+        out[ll[~free[inv_l] & s[inv_l]]] = False   # needs x > theta, the row is at or below it
+        return out
 
     # -- one row ------------------------------------------------------------------------------
     def _row(self, x0, blo, bhi, w, norm):
@@ -696,25 +853,43 @@ class EnsembleMilp:
             hi[a:a + step] = self._uppers[G].min(axis=1)
         return lo, hi
 
-    def _moves(self, y, blo, bhi, k):
+    def _moves(self, y, blo, bhi, k, k0=0):
         """``(feats, vals)``: moves of one feature of ``y`` across the next ``k`` split points of
-        that feature, up and down (``k=None``: all of them), inside ``[blo, bhi]``."""
-        cells = self._cells()
-        vals, feats = [], []
-        for f in range(self.d):  # a loop over features; the moves are scored together
-            th = cells[f]
-            if th.size == 0:
-                continue
-            j = np.searchsorted(th, y[f], side="left")  # th[j:] >= y_f: crossing goes above
-            up = np.nextafter(th[j:] if k is None else th[j:j + k], np.inf)
-            dn = th[:j][::-1] if k is None else th[max(0, j - k):j][::-1]
-            v = np.concatenate([up, dn])
-            v = v[(v >= blo[f]) & (v <= bhi[f])]
-            vals.append(v)
-            feats.append(np.full(v.size, f))
-        if not vals:
+        that feature, up and down (``k=None``: all of them), leaving out the nearest ``k0``
+        (those already looked at), inside ``[blo, bhi]``; by feature, then the moves up
+        (nearest first), then down (nearest first). Vectorised over the split points
+        (``theta`` is sorted by feature, then value)."""
+        d, P = self.d, self.P
+        if P == 0:
             return np.zeros(0, dtype=np.intp), np.zeros(0)
-        return np.concatenate(feats), np.concatenate(vals)
+        cut = self._cut()
+        below = self.theta < y[self.feat]  # crossing one of these goes down
+        j = cut[:-1] + np.bincount(self.feat[below], minlength=d)  # first split point >= y_f
+        if k is None:
+            idx = np.arange(P)
+            if k0:  # how many split points lie between y_f and each one, in its direction
+                jf = j[self.feat]
+                idx = idx[np.where(below, jf - 1 - idx, idx - jf) >= k0]
+            # by feature; ups before downs; ups ascending, downs descending (nearest first)
+            idx = idx[np.lexsort((np.where(below[idx], -idx, idx), below[idx], self.feat[idx]))]
+            up = ~below[idx]
+        else:
+            off = np.arange(k0, k)
+            iu = j[:, None] + off[None, :]
+            idn = j[:, None] - 1 - off[None, :]
+            idx = np.concatenate([iu, idn], axis=1)  # (d, 2k): per feature, ups then downs
+            ok = np.concatenate([iu < cut[1:, None], idn >= cut[:-1, None]], axis=1)
+            up = np.concatenate([np.ones_like(iu, dtype=bool), np.zeros_like(idn, dtype=bool)], axis=1)
+            idx, up = idx[ok], up[ok]
+        f = self.feat[idx]
+        v = np.where(up, np.nextafter(self.theta[idx], np.inf), self.theta[idx])
+        keep = (v >= blo[f]) & (v <= bhi[f])
+        return f[keep], v[keep]
+
+    def _cut(self):
+        if getattr(self, "_cut_arr", None) is None:
+            self._cut_arr = np.searchsorted(self.feat, np.arange(self.d + 1))
+        return self._cut_arr
 
     @staticmethod
     def _move_dist(y, x0, w, norm, feats, vals):
@@ -792,13 +967,18 @@ class EnsembleMilp:
             return y
         cur = 0.0
         best, best_d = None, np.inf
-        k = 1
+        k, k0 = 1, 0
         for _ in range(max_steps):
             if time.perf_counter() > deadline or cur >= best_d:
                 break
-            feats, vals = self._moves(y, blo, bhi, k)
+            # on a plateau only the split points beyond those already looked at (the nearer
+            # ones neither qualified nor helped, and nothing has moved since)
+            feats, vals = self._moves(y, blo, bhi, k, k0)
             if feats.size == 0:
-                break
+                if k is None:
+                    break
+                k, k0 = (None if k >= 64 else 4 * k), k
+                continue
             slc = self.slack_moves(y, feats, vals, C, clb)
             dist = self._move_dist(y, x0, w, norm, feats, vals)
             ok = slc >= 0
@@ -814,7 +994,7 @@ class EnsembleMilp:
             if not up.any():
                 if k is None or ok.any():
                     break
-                k = None if k >= 64 else 4 * k  # a plateau: look further along each feature
+                k, k0 = (None if k >= 64 else 4 * k), k  # a plateau: look further along
                 continue
             free = up & (dc <= 0)
             if free.any():
@@ -825,7 +1005,7 @@ class EnsembleMilp:
             y = y.copy()
             y[feats[j]] = vals[j]
             sl, cur = float(slc[j]), float(dist[j])
-            k = 1
+            k, k0 = 1, 0
         return best
 
     def anytime_points(self, x0, blo, bhi, w, norm, C, clb, *, refs=None, deadline=np.inf,
@@ -940,9 +1120,10 @@ class EnsembleMilp:
             return dict(point=best_pt, dist=best_dist, lb=lbd, status=status, exact=bool(exact))
 
         if start:
-            # the searches may use all of the time (on a large ensemble the program rarely
-            # improves on them within a second; on a small one they end long before it); the
-            # program gets what is left
+            # the searches may use all of the time: the program is small and fast only from a
+            # good incumbent (every flip dearer than it is fixed), so a walk cut short costs
+            # more than it saves (measured: a 40% share left answers 1.3x farther, loaded);
+            # the program gets what is left
             ys = self.anytime_points(x0, blo, bhi, w, norm, C, clb, refs=refs,
                                      deadline=t0 + max(float(time_limit), 0.0))
             y = self.start_point(x0, blo, bhi, w, norm, C, clb)
@@ -1023,8 +1204,34 @@ class EnsembleMilp:
                     x_start[P + self.walker(best_pt[None, :])[0]] = 1.0
                     if linf:
                         x_start[-1] = float(np.max(g * u0, initial=0.0)) / S
-            res = _solve(c, P, vub, sparse.vstack(blocks, format="csr"), np.concatenate(lbs),
-                         np.concatenate(ubs), left, start=x_start)
+            # the program HiGHS sees: without the flips fixed at 0 and the leaves they make
+            # unreachable (all exactly 0 in every feasible point), and without the static rows
+            # left empty (0 at the row's own cell, where they hold); the same optimum and bound
+            keep = np.concatenate([vub[:P] > 0, self._reachable(vub[:P] > 0, s), [True] if linf else []])
+            cols = np.flatnonzero(keep)
+            M = sparse.vstack(blocks, format="csr")[:, cols]
+            nz = np.diff(M.indptr) > 0
+            nz[A.shape[0]:A.shape[0] + Cz.shape[0]] = True  # the class rows stay, empty or not
+            if linf or np.isfinite(U):
+                nz[A.shape[0] + Cz.shape[0] + len(cuts):] = True  # so do the level and cutoff rows
+            M = M[nz]
+            # HiGHS looks at the clock only after its set-up, and after presolve (measured,
+            # 100-tree forest, 200-round boosting: presolve 2-5 s on ~60,000 nonzeros given
+            # 0.5 s; the set-up without it ~0.5 s on ~110,000): a program too large for the time
+            # left is not started (it would neither improve the incumbent nor bound it); small
+            # programs, which presolve empties in milliseconds, keep presolve; larger ones run
+            # without it unless the time allows
+            if M.nnz > _SETUP_NNZ_PER_S * left:
+                status = "limit"
+                break
+            res = _solve(c[cols], int(np.count_nonzero(vub[:P] > 0)), vub[cols], M,
+                         np.concatenate(lbs)[nz], np.concatenate(ubs)[nz], left,
+                         start=None if x_start is None else x_start[cols],
+                         presolve=M.nnz <= _PRESOLVE_NNZ_PER_S * left)
+            if res.x is not None:
+                full = np.zeros(nv)
+                full[cols] = res.x
+                res.x = full
             if res.status == 2:  # nothing (better than U): proven, up to the solver's tolerances
                 if np.isfinite(U):
                     lb_cost = max(lb_cost, max(U * (1 - _DEFLATE) - _ABS * S, 0.0))
@@ -1107,9 +1314,10 @@ def _direct_core():
     return _DIRECT.get("h") if _DIRECT["ok"] else None
 
 
-def _solve(c, n_int, vub, A, rlo, rhi, time_limit, start=None):
+def _solve(c, n_int, vub, A, rlo, rhi, time_limit, start=None, presolve=True):
     """``min c x`` over ``0 <= x <= vub``, ``rlo <= A x <= rhi`` (``A`` CSR), the first ``n_int``
-    variables integral, with the options in ``_HIGHS``. Returns ``status`` as
+    variables integral, with the options in ``_HIGHS`` (``presolve=False``: without HiGHS's
+    presolve, which does not look at the time limit until it is done). Returns ``status`` as
     :func:`scipy.optimize.milp` does (0 optimal, 1 a limit, 2 infeasible, 4 other), ``x`` (or
     None) and the proven dual bound. Calls scipy's HiGHS binding directly where it can (its
     Python wrapper re-validates every option on each call, a few ms for a program solved in
@@ -1123,7 +1331,8 @@ def _solve(c, n_int, vub, A, rlo, rhi, time_limit, start=None):
             warnings.simplefilter("ignore")  # options scipy passes to HiGHS verbatim
             return milp(c, integrality=integrality, bounds=Bounds(np.zeros(nv), vub),
                         constraints=LinearConstraint(A, rlo, rhi),
-                        options={**_HIGHS, "time_limit": max(0.01, float(time_limit))})
+                        options={**_HIGHS, "presolve": bool(presolve),
+                                 "time_limit": max(0.01, float(time_limit))})
     lp = h.HighsLp()
     lp.num_col_ = nv
     lp.num_row_ = A.shape[0]
@@ -1143,6 +1352,7 @@ def _solve(c, n_int, vub, A, rlo, rhi, time_limit, start=None):
     highs = h._Highs()
     opts = _DIRECT["opts"]
     opts.time_limit = max(0.01, float(time_limit))
+    opts.presolve = "on" if presolve else "off"
     if highs.passOptions(opts) == h.HighsStatus.kError or highs.passModel(lp) == h.HighsStatus.kError:
         return _Result(4, None, None)
     if start is not None:  # a feasible point HiGHS may use as its first incumbent (it checks it)
@@ -1168,6 +1378,11 @@ def _solve(c, n_int, vub, A, rlo, rhi, time_limit, start=None):
     if info.objective_function_value < h.kHighsInf and \
             int(info.primal_solution_status) == int(h.kSolutionStatusFeasible):
         x = np.asarray(highs.getSolution().col_value, dtype=np.float64)
+    if status == 0 and x is not None and not np.isfinite(dual):
+        # "optimal" with no dual bound: presolve found nothing better than the starting
+        # solution (HiGHS 1.12 leaves the bound at -inf then); optimal means within the gaps
+        obj = float(info.objective_function_value)
+        dual = obj - max(opts.mip_abs_gap, opts.mip_rel_gap * abs(obj))
     return _Result(status, x, dual)
 
 
@@ -1190,20 +1405,19 @@ def _ensemble(form, prob: Problem, *, X_train, seed, progress, time_limit, max_b
     exact[unreachable] = True
     margin[unreachable] = np.inf
     method[unreachable] = "tree-leaf-exit (unreachable)"
-    model = EnsembleMilp(form)
+    model = EnsembleMilp.for_form(form)
     use_milp = model.n_binaries <= max_binaries
     refs = None
     has_train = X_train is not None and X_train.shape[0] > 0
     if has_train:
         # the cells of the training rows, by the class the estimator gives them: (a) of the
         # anytime search (never farther than the nearest training row of another class)
-        with threadpool_limits(limits=1, user_api="openmp"):
-            pred_train = np.asarray(form.predict_index(X_train), dtype=np.intp)
+        pred_train = model.train_classes(X_train)
         refs = {int(k): X_train[pred_train == k] for k in range(form.n_classes)}
     deadline = None if run_time_limit is None else started + float(run_time_limit)
     # one program per row and class, each verified by predicting a single point: OpenMP
     # thread start-up (HistGradientBoosting's predict) would dominate those tiny calls
-    with threadpool_limits(limits=1, user_api="openmp"):
+    with one_openmp_thread():
         _milp_rows(form, prob, model, Sc, s0, lb_cls, lower, margin, delta, nearest, exact,
                    method, np.flatnonzero(~unreachable), time_limit, progress, use_milp=use_milp,
                    refs=refs, deadline=deadline)
@@ -1240,78 +1454,118 @@ def _milp_rows(form, prob, model, Sc, s0, lb_cls, lower, margin, delta, nearest,
     """The anytime search and the MILP for each of ``rows`` (fills the output arrays in place).
     Every row is solved on its own, with its own time budget (``time_limit`` seconds, shared by
     its other classes; less when the run's ``deadline`` is nearer): nothing carries over from
-    one row to the next. After the run's deadline a row gets the searches only."""
-    X, p = prob.X, prob.pred
+    one row to the next. After the run's deadline a row gets the searches only.
+
+    Candidate points are confirmed by the form's own routing (:meth:`EnsembleMilp.fast_class`,
+    microseconds) where the class it gives is clear, else by the estimator's ``predict``; the
+    answers are then confirmed by the estimator in one call, and a row it does not confirm is
+    solved again with the estimator deciding every point (the answer is the same whichever
+    way it was found, as every point is finally the estimator's)."""
     n = prob.n
-    lo_all, hi_all = prob.box()
-    sigma = score_scale(Sc, s0)
+    fast = np.zeros(n, dtype=bool)  # answers accepted by the form's own routing
     for i in rows:  # one program per row (and other class)
-        start = time.perf_counter()
-        budget = float(time_limit)
-        run_over = False
-        if deadline is not None:
-            budget = min(budget, deadline - start)
-            run_over = budget <= 0
-        x0 = X[i]
-        blo, bhi = x0 + lo_all[i], x0 + hi_all[i]
-        pi = p[i:i + 1]
-
-        seen = {}  # verified points: their perturbation and class, as finalize gave them
-
-        def verify(pt, x0=x0, pi=pi, seen=seen):
-            dl, ok, idx = finalize(form, x0[None, :], pt[None, :], pi)
-            if ok[0]:
-                q = x0 + dl[0]
-                seen[q.tobytes()] = (dl[0], int(idx[0]))
-                return True, q, None
-            return False, pt, form.leaf_index(pt[None, :])[0] + model.leaf_offsets
-
-        best_d, best_dl, best_k = np.inf, None, -1
-        lbs = lb_cls[i].copy()
-        stopped = None
-        for j in np.argsort(lb_cls[i], kind="stable"):
-            if j == p[i] or not np.isfinite(lb_cls[i, j]) or lb_cls[i, j] >= best_d:
-                continue
-            left = budget - (time.perf_counter() - start)
-            row, lbv = beat_row(form, Sc, s0, int(j), int(p[i]), sigma)
-            out = model.minimize(x0, blo, bhi, prob.weights, prob.norm, row[None, :], np.array([lbv]),
-                                 verify, time_limit=max(left, 0.0), cap=best_d,
-                                 known_lb=lb_cls[i, j], refs=None if refs is None else refs[int(j)],
-                                 milp=use_milp and not run_over and left > 0)
-            lbs[j] = max(lbs[j], out["lb"])
-            if out["status"] in ("limit", "error"):
-                stopped = "time limit"
-            elif out["status"] == "skipped" and stopped is None:
-                stopped = "MILP too large" if not use_milp else "run time limit"
-            elif out["status"] == "unverified":
-                stopped = "the estimator disagrees with the leaf boxes"
-            if out["point"] is not None:
-                dl, k = seen[out["point"].tobytes()]
-                dist = float(weighted_norm(dl, prob.weights, prob.norm))
-                if dist < best_d:
-                    best_d, best_dl, best_k = dist, dl, k
-        lbs[p[i]] = np.inf
-        lower[i] = min(np.min(lbs), best_d)  # every other class is bounded below
-        if best_dl is not None:
-            margin[i] = best_d
-            delta[i] = best_dl
-            nearest[i] = best_k
-            # exact when the verified point is as near as the proven lower bound
-            slack = _ulps(x0, x0 + best_dl, prob.weights, prob.norm)
-            exact[i] = best_d <= lower[i] * (1 + _REL) + slack
-            if exact[i]:
-                method[i] = "tree-ensemble-milp" if use_milp and not run_over \
-                    else "tree-ensemble-anytime (meets the leaf-exit lower bound)"
-            elif stopped in ("MILP too large", "run time limit"):
-                method[i] = f"tree-ensemble-anytime ({stopped}: verified search, leaf-exit lower bound)"
-            else:
-                method[i] = f"tree-ensemble-milp ({stopped or 'gap'}: bounds)"
-        elif not np.isfinite(lower[i]):
-            margin[i] = np.inf
-            exact[i] = True
-            method[i] = "tree-ensemble-milp (unreachable)"
+        fast[i] = _margin_row(form, prob, model, Sc, s0, lb_cls, lower, margin, delta, nearest, exact,
+                              method, int(i), time_limit, use_milp, refs, deadline, use_fast=True)
         if progress is not None:
             progress(int(i) + 1, n)
+    chk = np.flatnonzero(fast & np.isfinite(margin))
+    if chk.size:  # the estimator's own predict on every such answer, in one call
+        idx = np.asarray(form.predict_index(prob.X[chk] + delta[chk]), dtype=np.intp)
+        good = idx != prob.pred[chk]
+        nearest[chk[good]] = idx[good]
+        for i in chk[~good]:  # a loop over rows the estimator did not confirm (never seen)
+            margin[i], delta[i], nearest[i], exact[i], method[i] = np.nan, np.nan, -1, False, ""
+            _margin_row(form, prob, model, Sc, s0, lb_cls, lower, margin, delta, nearest, exact,
+                        method, int(i), time_limit, use_milp, refs, deadline, use_fast=False)
+
+
+def _margin_row(form, prob, model, Sc, s0, lb_cls, lower, margin, delta, nearest, exact, method,
+                i, time_limit, use_milp, refs, deadline, *, use_fast) -> bool:
+    """One row of :func:`_milp_rows`; returns whether its answer was accepted by the form's own
+    routing (so still to be confirmed by the estimator)."""
+    X, p = prob.X, prob.pred
+    lo_i, hi_i = prob.box([i])
+    sigma = model.sigma
+    start = time.perf_counter()
+    budget = float(time_limit)
+    run_over = False
+    if deadline is not None:
+        budget = min(budget, deadline - start)
+        run_over = budget <= 0
+    x0 = X[i]
+    blo, bhi = x0 + lo_i[0], x0 + hi_i[0]
+    pi = p[i:i + 1]
+
+    seen = {}  # verified points: their perturbation, class and whether the routing decided
+
+    def verify(pt, x0=x0, pi=pi, seen=seen):
+        if use_fast:  # finalize's steps, each point judged by the routing while it is clear
+            dl = pt - x0
+            ulp = np.spacing(np.abs(x0) + np.abs(dl))
+            for k in range(_PUSHES + 1):
+                if k:
+                    dl = dl + np.sign(dl) * ulp * 2.0 ** (k - 1)
+                q = x0 + dl  # what the report's perturbation gives back
+                G, cls, clear = model.fast_class(q[None, :])
+                if not clear[0]:
+                    break  # a close call: the estimator decides
+                if cls[0] != pi[0]:
+                    seen[q.tobytes()] = (dl, int(cls[0]), True)
+                    return True, q, None
+            else:  # clearly the row's class wherever finalize would look
+                return False, pt, model.walker(pt[None, :])[0]
+        dl, ok, idx = finalize(form, x0[None, :], pt[None, :], pi, tries=_PUSHES)
+        if ok[0]:
+            q = x0 + dl[0]
+            seen[q.tobytes()] = (dl[0], int(idx[0]), False)
+            return True, q, None
+        return False, pt, model.walker(pt[None, :])[0]
+
+    best_d, best_dl, best_k, best_fast = np.inf, None, -1, False
+    lbs = lb_cls[i].copy()
+    stopped = None
+    for j in np.argsort(lb_cls[i], kind="stable"):
+        if j == p[i] or not np.isfinite(lb_cls[i, j]) or lb_cls[i, j] >= best_d:
+            continue
+        left = budget - (time.perf_counter() - start)
+        row, lbv = beat_row(form, Sc, s0, int(j), int(p[i]), sigma)
+        out = model.minimize(x0, blo, bhi, prob.weights, prob.norm, row[None, :], np.array([lbv]),
+                             verify, time_limit=max(left, 0.0), cap=best_d,
+                             known_lb=lb_cls[i, j], refs=None if refs is None else refs[int(j)],
+                             milp=use_milp and not run_over and left > 0)
+        lbs[j] = max(lbs[j], out["lb"])
+        if out["status"] in ("limit", "error"):
+            stopped = "time limit"
+        elif out["status"] == "skipped" and stopped is None:
+            stopped = "MILP too large" if not use_milp else "run time limit"
+        elif out["status"] == "unverified":
+            stopped = "the estimator disagrees with the leaf boxes"
+        if out["point"] is not None:
+            dl, k, was_fast = seen[out["point"].tobytes()]
+            dist = float(weighted_norm(dl, prob.weights, prob.norm))
+            if dist < best_d:
+                best_d, best_dl, best_k, best_fast = dist, dl, k, was_fast
+    lbs[p[i]] = np.inf
+    lower[i] = min(np.min(lbs), best_d)  # every other class is bounded below
+    if best_dl is not None:
+        margin[i] = best_d
+        delta[i] = best_dl
+        nearest[i] = best_k
+        # exact when the verified point is as near as the proven lower bound
+        slack = _ulps(x0, x0 + best_dl, prob.weights, prob.norm)
+        exact[i] = best_d <= lower[i] * (1 + _REL) + slack
+        if exact[i]:
+            method[i] = "tree-ensemble-milp" if use_milp and not run_over \
+                else "tree-ensemble-anytime (meets the leaf-exit lower bound)"
+        elif stopped in ("MILP too large", "run time limit"):
+            method[i] = f"tree-ensemble-anytime ({stopped}: verified search, leaf-exit lower bound)"
+        else:
+            method[i] = f"tree-ensemble-milp ({stopped or 'gap'}: bounds)"
+    elif not np.isfinite(lower[i]):
+        margin[i] = np.inf
+        exact[i] = True
+        method[i] = "tree-ensemble-milp (unreachable)"
+    return bool(best_dl is not None and best_fast)
 
 
 def _leaf_candidates(form, prob: Problem, rows, Sc, m):
@@ -1353,7 +1607,7 @@ def solve_trees(form, prob: Problem, *, X_train=None, seed=0, progress=None,
         return _single_tree(form, prob, progress)
     # many small predict calls: OpenMP start-up (HistGradientBoosting) would dominate them, and
     # on a busy machine its spinning threads cost seconds a call (measured)
-    with threadpool_limits(limits=1, user_api="openmp"):
+    with one_openmp_thread():
         return _ensemble(form, prob, X_train=X_train, seed=seed, progress=progress,
                          time_limit=time_limit, max_binaries=max_binaries,
                          n_candidates=n_candidates, run_time_limit=run_time_limit)
