@@ -164,6 +164,8 @@ _CLASSIFIERS = {
     ("sklearn.calibration", "CalibratedClassifierCV"),
     ("sklearn.calibration", "_CalibratedClassifier"),
     ("sklearn.calibration", "_SigmoidCalibration"),
+    ("sklearn.calibration", "_TemperatureScaling"),  # by hand: method="temperature" (its state: beta_)
+    ("sklearn.frozen._frozen", "FrozenEstimator"),  # by hand: calibrating a fitted model (its state: estimator)
     ("sklearn.isotonic", "IsotonicRegression"),  # by hand: method="isotonic"
     ("sklearn.discriminant_analysis", "QuadraticDiscriminantAnalysis"),  # by hand
     ("sklearn.ensemble._bagging", "BaggingClassifier"),

@@ -46,7 +46,7 @@ __all__ = [
 # Most exact first. Modules are imported when reached, so adapting a linear model never
 # imports the tree or network code.
 _FORM_MODULES = ("linear", "invertible", "differentiable", "kernel", "quadratic", "neighbors", "trees",
-                 "blackbox")
+                 "composite", "blackbox")
 
 
 def adapt(estimator) -> ModelForm:

@@ -547,4 +547,7 @@ def from_estimator(est: Any) -> TreesForm | None:
         if not hasattr(est, "_predictors"):
             return None
         return _from_hist_gradient_boosting(est, d)
-    return None
+    # AdaBoost / Bagging / soft Voting whose members are all trees or forests (issue 15)
+    from invaudit.models.composite import tree_form
+
+    return tree_form(est)
