@@ -13,8 +13,15 @@ and the accuracy of its estimates against real refits.
 4. Accuracy on the standardised wine data (multinomial, C=1): predicted against real
    leave-one-out changes for every training row and 10 test rows, first-order and
    leverage-corrected.
+5. The other families (issue 15; ``--families`` runs only this): trees (leaf refits: a single
+   tree, forests, binary and 3-class boosting), KNN, GaussianNB, QDA (exact leave-one-out) and
+   SVC (smoothed hinge), each on a small 3-class problem against real leave-one-out refits of
+   the estimator (same parameters and ``random_state``) without each of a sample of training
+   rows: Pearson / Spearman over all (test row, training row) pairs, the largest absolute error
+   for the exact ones, the estimate's time and peak traced memory next to the refits' time. Then
+   GaussianNB / QDA at scale: every training row's exact effect on 100 test rows, 20,000 rows.
 
-Run by hand from the repository root:  PYTHONPATH=. python benchmarks/influence.py [--quick]
+Run by hand from the repository root:  PYTHONPATH=. python benchmarks/influence.py [--quick] [--families]
 """
 
 from __future__ import annotations
@@ -97,9 +104,12 @@ def report(name, times, per_refit, n, target, records_s):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer refits in the timing sample")
+    ap.add_argument("--families", action="store_true", help="only section 5 (trees, KNN, NB, QDA, SVC)")
     args = ap.parse_args(argv)
     warnings.simplefilter("ignore")
     n_sample = 2 if args.quick else 5
+    if args.families:
+        return families(quick=args.quick)
 
     # 1. binary, 100k x 100
     rng = np.random.default_rng(0)
@@ -140,6 +150,137 @@ def main(argv=None) -> int:
         v = verify_loo(obj, Xte[:10], yte[:10], rows, estimate=estimate)
         print(f"  {estimate:19s} pearson {v.pearson:.3f}  spearman {v.spearman:.3f}  "
               f"slope of real on predicted {v.slope:.2f}")
+    families(quick=args.quick)
+    return 0
+
+
+# --- 5. the other families ---------------------------------------------------------------------
+
+def _family_data(n, n_test, D, seed=0):
+    """Three classes from a nonlinear score, 5% of the labels moved to another class."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n + n_test, D))
+    s = X[:, 0] + 0.5 * X[:, 1] ** 2 - 0.4 * X[:, 2] + 0.3 * rng.normal(size=n + n_test)
+    y = np.digitize(s, np.quantile(s, [0.33, 0.66]))
+    flip = rng.choice(n, n // 20, replace=False)
+    y[flip] = (y[flip] + 1) % 3
+    return X[:n], y[:n], X[n:], y[n:]
+
+
+def _family_models():
+    from sklearn.discriminant_analysis import QuadraticDiscriminantAnalysis
+    from sklearn.ensemble import (ExtraTreesClassifier, GradientBoostingClassifier,
+                                  HistGradientBoostingClassifier, RandomForestClassifier)
+    from sklearn.naive_bayes import GaussianNB
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.svm import SVC
+    from sklearn.tree import DecisionTreeClassifier
+
+    return [
+        ("DecisionTree depth 4", lambda: DecisionTreeClassifier(max_depth=4, random_state=0), False),
+        ("RandomForest 50x depth 4", lambda: RandomForestClassifier(n_estimators=50, max_depth=4, random_state=0), False),
+        ("ExtraTrees 50x depth 4", lambda: ExtraTreesClassifier(n_estimators=50, max_depth=4, random_state=0), False),
+        ("GradientBoosting 30x depth 2, binary", lambda: GradientBoostingClassifier(n_estimators=30, max_depth=2, random_state=0), True),
+        ("GradientBoosting 30x depth 2, 3 classes", lambda: GradientBoostingClassifier(n_estimators=30, max_depth=2, random_state=0), False),
+        ("HistGradientBoosting 30x depth 3, 3 classes", lambda: HistGradientBoostingClassifier(max_iter=30, max_depth=3, random_state=0), False),
+        ("KNeighbors k=5", lambda: KNeighborsClassifier(n_neighbors=5), False),
+        ("GaussianNB", lambda: GaussianNB(), False),
+        ("QDA reg_param 0.1", lambda: QuadraticDiscriminantAnalysis(reg_param=0.1), False),
+        ("SVC rbf (refits of its smoothed-hinge surrogate)", lambda: SVC(C=1.0), False),
+    ] + _library_models()
+
+
+def _library_models():
+    """XGBoost / LightGBM when installed (the ``boost`` extra)."""
+    out = []
+    try:
+        import xgboost
+
+        out.append(("XGBoost 30x depth 2, 3 classes", lambda: xgboost.XGBClassifier(
+            n_estimators=30, max_depth=2, learning_rate=0.3, n_jobs=1), False))
+    except ImportError:
+        print("  (xgboost not installed: skipped)")
+    try:
+        import lightgbm
+
+        out.append(("LightGBM 30x depth 3, 3 classes", lambda: lightgbm.LGBMClassifier(
+            n_estimators=30, max_depth=3, min_child_samples=5, verbose=-1, n_jobs=1), False))
+    except ImportError:
+        print("  (lightgbm not installed: skipped)")
+    return out
+
+
+def families(quick: bool = False) -> int:
+    """Section 5 (module docstring)."""
+    import tracemalloc
+
+    from invaudit.influence import build_influence_objective, predicted_loss_changes
+    from invaudit.influence._influence import _correlations
+    from invaudit.models import adapt
+
+    n, n_test, D = 200, 10, 5
+    n_refit = 30 if quick else 60
+    Xtr, ytr3, Xte, yte3 = _family_data(n, n_test, D)
+    sample = np.random.default_rng(1).choice(n, n_refit, replace=False)
+    print(f"5. families: {n} training rows x {D} features, 3 classes (5% labels moved), {n_test} test rows; real "
+          f"leave-one-out refits without (a) each of {n_refit} random training rows and (b) each test row's top 3 "
+          f"by |estimate|; correlations over all (test row, refitted row) pairs; 'same' = share of pairs where "
+          f"the estimate equals the refit to 1e-9")
+    with threadpool_limits(limits=1):
+        for name, make, binary in _family_models():
+            ytr, yte = (ytr3 == 2, yte3 == 2) if binary else (ytr3, yte3)
+            ytr, yte = np.asarray(ytr, dtype=int), np.asarray(yte, dtype=int)
+            est = make().fit(Xtr, ytr)
+            form = adapt(est)
+            tracemalloc.start()
+            t = time.perf_counter()
+            obj = build_influence_objective(form, Xtr, ytr)
+            full = predicted_loss_changes(obj, Xte, yte)  # every training row, every test row
+            est_s = time.perf_counter() - t
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            top = np.unique(np.argsort(-np.abs(full), axis=1, kind="stable")[:, :3])
+            wanted = np.union1d(sample, top)
+            t = time.perf_counter()
+            base = obj.refit_losses(obj.refit_without(np.array([], dtype=np.intp)), Xte, yte)
+            actual = {int(i): obj.refit_losses(obj.refit_without(np.array([i])), Xte, yte) - base for i in wanted}
+            refit_s = (time.perf_counter() - t) / (wanted.size + 1)
+            parts = []
+            for label, rows in (("random", sample), ("top", top)):
+                pred = full[:, rows]
+                act = np.column_stack([actual[int(i)] for i in rows])
+                pearson, spearman, _ = _correlations(pred, act)
+                same = np.mean(np.abs(pred - act) <= 1e-9)
+                err = f" max|err| {np.max(np.abs(pred - act)):.0e}" if obj.exact else ""
+                parts.append(f"{label}: pearson {pearson:.2f} spearman {spearman:.2f} same {same:.0%}{err}")
+            print(f"  {name} [{obj.method}]\n      {'; '.join(parts)}\n      estimate for all {n} rows "
+                  f"{est_s * 1e3:.0f} ms, peak {peak / 2**20:.1f} MiB; one refit {refit_s * 1e3:.1f} ms "
+                  f"(x {n} rows = {refit_s * n:.1f} s)")
+
+    # GaussianNB / QDA at scale
+    from sklearn.discriminant_analysis import QuadraticDiscriminantAnalysis
+    from sklearn.naive_bayes import GaussianNB
+
+    n, D = (5_000, 20) if quick else (20_000, 20)
+    Xtr, ytr, Xte, yte = _family_data(n, 100, D, seed=2)
+    for label, est in (("GaussianNB", GaussianNB()), ("QDA reg_param 0.1", QuadraticDiscriminantAnalysis(reg_param=0.1))):
+        est.fit(Xtr, ytr)
+        form = adapt(est)
+        tracemalloc.start()
+        t = time.perf_counter()
+        obj = build_influence_objective(form, Xtr, ytr)
+        res = influence(obj, Xte, yte, top=10)
+        el = time.perf_counter() - t
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        with threadpool_limits(limits=1):  # small refits: one BLAS thread is their best case on a busy machine
+            t = time.perf_counter()
+            for i in range(3):
+                obj.refit_without(np.array([i]))
+            refit = (time.perf_counter() - t) / 3
+        print(f"  {label} exact leave-one-out, {n:,} x {D}, 3 classes, every row ranked for 100 test rows: "
+              f"{el:.2f} s, peak {peak / 2**20:.0f} MiB (exact={res.exact}); refits {refit * 1e3:.1f} ms each x {n:,} = "
+              f"{refit * n:.0f} s")
     return 0
 
 

@@ -88,6 +88,8 @@ def influence(
         from invaudit.influence import build_tree_objective as build_objective
     if getattr(form, "kind", None) == "neighbors":  # exact leave-one-out (influence/_neighbors.py)
         from invaudit.influence import build_neighbors_objective as build_objective
+    if getattr(form, "kind", None) == "quadratic":  # exact leave-one-out (influence/_quadratic.py)
+        from invaudit.influence import build_quadratic_objective as build_objective
     obj = build_objective(form, X_train, tr.y_index)
     for n in obj.notes:
         note(n)
@@ -106,6 +108,11 @@ def influence(
     if getattr(obj, "kind", None) == "neighbors":
         summary["exact_means"] = ("loss_change_if_removed is the exact change of the test row's log loss after "
                                   "refitting without the row (its neighbours' votes re-counted)")
+    if getattr(obj, "kind", None) == "quadratic":
+        summary["exact_means"] = ("loss_change_if_removed is the exact change of the test row's log loss after "
+                                  "refitting without the row (each class's Gaussian refitted in closed form)"
+                                  + ("" if obj.exact else "; not exact here: TRAIN reproduces the model's statistics "
+                                     "only to rounding (see the notes)"))
     if getattr(obj, "kind", None) == "kernel":
         summary["exact_means"] = ("never exact for SVMs: the exact Hessian of a smoothed-hinge surrogate of the "
                                   "machine (Koh & Liang sec. 4.1); --verify-loo N refits that surrogate")
@@ -120,6 +127,10 @@ def influence(
         with progress("refitting", len(chosen)) as update:
             check = refit_check(obj, Xt, yt, chosen, estimate=estimate, test_row_ids=rows, progress=update)
         summary["verification"] = check.summary()
+        if getattr(obj, "kind", None) == "quadratic":  # the estimator's own closed-form fit
+            summary["verification"]["notes"] = [
+                "the real changes are from scikit-learn refits of the estimator without each row (its own "
+                "closed-form fit, on the rows as the fixed preprocessing makes them), relative to the model"]
         if getattr(obj, "kind", None) == "trees":  # refits from scratch, not warm-started
             summary["verification"]["notes"] = [
                 "the real changes are from refits of the estimator (same parameters and random_state) "
@@ -139,17 +150,16 @@ def influence(
 def _encoded(run, tr, te, rows, *, features, group):
     """(final form, encoded train rows, encoded test rows) for a model that reads typed rows."""
     from invaudit.errors import UnsupportedModelError
-    from invaudit.influence import supports
+    from invaudit.influence import influence_family
 
     tm = run.tabular
-    from invaudit.influence import tree_method
 
     final = tm.final_form
-    if tm.preprocessor is None or final is None or (
-            supports(final) is None and tree_method(final) is None and final.kind != "neighbors"):
+    if tm.preprocessor is None or final is None or influence_family(final) is None:
         raise UnsupportedModelError(
-            "influence needs a ColumnTransformer in front of a LogisticRegression, MLPClassifier, SVC, forest, "
-            f"binary gradient boosting or k-nearest neighbours; {run.model_info['estimator']} has none it can read.")
+            "influence needs a ColumnTransformer in front of a LogisticRegression, MLPClassifier, SVC, tree model, "
+            "k-nearest neighbours, GaussianNB or QDA; "
+            f"{run.model_info['estimator']} has none it can read.")
     if features or group is not None:
         raise InputError("--features and --group are not available for models that read typed rows yet.")
     note("the ColumnTransformer stays fixed; influence is for the final estimator's parameters")

@@ -283,22 +283,36 @@ class InfluenceCheck(Check):
         return params
 
     def run(self, ctx, spec):
-        from ..influence import build_objective, predicted_loss_changes
+        # every family ``invaudit influence`` covers: Koh & Liang for logistic regression, networks and
+        # SVMs; leaf refits for tree models; exact leave-one-out for KNN and GaussianNB / QDA
+        from ..influence import build_influence_objective, influence_family, predicted_loss_changes
 
         _, form = ctx.model(spec.source)
         tm = ctx.tabular(spec.source)
         p = spec.params
-        if tm is not None:  # typed rows: the final estimator's parameters, the ColumnTransformer fixed
+        n_test = p.get("test_rows", 20)
+        if tm is not None and tm.preprocessor is not None and tm.final_form is not None and \
+                influence_family(tm.final_form) in ("trees", "neighbors", "quadratic"):
+            # typed rows, a final estimator without a loss gradient: its own estimate on the
+            # ColumnTransformer's output (fixed), as ``invaudit influence`` does
+            from ._typed import rows_frame
+
+            tr = ctx.data(spec.source, "train", require_labels=True)
+            te = ctx.data(spec.source, "test")
+            frame = rows_frame(te, n_test)
+            form, X_train, y_train = tm.final_form, tm.encoded(tr.frame), tr.y_index
+            X, y = tm.encoded(frame), None if te.y_index is None else te.y_index[: len(frame)]
+        elif tm is not None:  # typed rows: the final estimator's parameters, the ColumnTransformer fixed
             from ._typed import influence_inputs
 
-            form, X_train, y_train, X, y = influence_inputs(tm, ctx, spec, p.get("test_rows", 20))
+            form, X_train, y_train, X, y = influence_inputs(tm, ctx, spec, n_test)
         else:
             tr = ctx.data(spec.source, "train", require_labels=True)
             te = ctx.data(spec.source, "test")
-            X = _rows(te, p.get("test_rows", 20))
+            X = _rows(te, n_test)
             y = None if te.y_index is None else te.y_index[: X.shape[0]]
             X_train, y_train = np.asarray(tr.X, dtype=np.float64), tr.y_index
-        obj = build_objective(form, X_train, y_train)
+        obj = build_influence_objective(form, X_train, y_train)
         ctx.tick()
         parts = []
         for lo in range(0, X.shape[0], 8):  # in chunks, so a time limit is checked between them
@@ -310,7 +324,8 @@ class InfluenceCheck(Check):
         worst = int(np.argmax(share))
         worst_train = int(np.argmax(changes[worst]))
         passed = bool(share.max() <= p["max_share"])
-        details = {"test_rows": int(X.shape[0]), "worst_test_row": worst, "worst_train_row": worst_train}
+        details = {"test_rows": int(X.shape[0]), "worst_test_row": worst, "worst_train_row": worst_train,
+                   "method": obj.method, "exact": bool(obj.exact)}
         if not passed:
             details["reason"] = (f"training row {worst_train} carries {share.max():.0%} of test row {worst}'s total "
                                  f"absolute influence, allowed <= {p['max_share']}")

@@ -76,19 +76,30 @@ def capabilities(form) -> list:
         caps.append(Capability("mislabel", "yes", "-", "pruned approximate leave-one-out loss (default), self-influence, loss, confidence; combined, knn, reference"
                                if k != "differentiable" else "loss and out-of-sample confidence (no self-influence for networks)"))
     elif k == "quadratic":
-        caps.append(Capability("influence", "no", "-", "not implemented for GaussianNB / QDA yet (their refits are "
-                                                       "closed form; use mislabel's out-of-sample confidence)"))
-        caps.append(Capability("mislabel", "yes", "-", "out-of-sample confidence (default), loss; combined, knn, reference"))
+        why = _quadratic_refusal(form)
+        caps.append(Capability("influence", "yes", "yes",
+                               "exact leave-one-out: each class's Gaussian refitted in closed form without each row "
+                               "(rank-one updates of the class means and (co)variances; GaussianNB's var_smoothing "
+                               "recomputed)") if why is None else Capability("influence", "no", "-", why))
+        caps.append(Capability("mislabel", "yes", "yes",
+                               "exact leave-one-out loss (default: each row scored by the model refitted without it "
+                               "in closed form); loss, confidence, combined, knn, reference") if why is None else
+                    Capability("mislabel", "yes", "-", "out-of-sample confidence (default), loss; combined, knn, reference"))
     elif k == "trees" and _tree_influence(form):
         caps.append(Capability("influence", "yes", "no",
                                f"{_tree_influence(form)}: leaf values recomputed without each row (Sharchilev et al. "
                                "2018); --verify-loo refits"))
         caps.append(Capability("mislabel", "yes", "-", "out-of-sample confidence (default), loss; combined, knn, reference (no twice-differentiable loss)"))
     else:
-        caps.append(Capability("influence", "no", "-", "needs a twice-differentiable loss (LogisticRegression, MLPClassifier)"
-                               + (", or a forest / binary gradient boosting" if k == "trees" else "")))
+        caps.append(Capability("influence", "no", "-", _tree_refusal(form) if k == "trees" else
+                               "needs a twice-differentiable loss (LogisticRegression, MLPClassifier), an SVM, a "
+                               "tree model, k-nearest neighbours, GaussianNB or QDA"))
         caps.append(Capability("mislabel", "yes", "-", "out-of-sample confidence (default), loss; combined, knn, reference (no twice-differentiable loss)"))
     caps.append(Capability("explain", "yes", "no", "causal responsibility and multiple sufficient explanations (MultiReX); sufficiency verified"))
+    if getattr(form, "composite", None):  # Voting, Stacking, Bagging, AdaBoost, CalibratedClassifierCV
+        from invaudit.models.composite import composite_capabilities
+
+        caps = composite_capabilities(form, caps, Capability)
     return caps
 
 
@@ -96,6 +107,19 @@ def _tree_influence(form):
     from invaudit.influence._trees import tree_method
 
     return tree_method(form)
+
+
+def _tree_refusal(form) -> str:
+    from invaudit.influence._trees import tree_refusal
+
+    return tree_refusal(form) or "not covered"
+
+
+def _quadratic_refusal(form):
+    """Why GaussianNB / QDA influence does not apply to ``form`` (None: it does)."""
+    from invaudit.influence._quadratic import quadratic_refusal
+
+    return quadratic_refusal(form)
 
 
 def _exactness(form, command: str) -> str:
@@ -156,6 +180,12 @@ def tabular_capabilities(tm, typed_commands=("counterfactual", "margin")) -> lis
         caps.append(Capability("influence", "yes", "yes",
                                "exact leave-one-out by recounting the votes on the ColumnTransformer's output (it "
                                "stays fixed); rows in the user's columns"))
+    elif tm.final_form is not None and tm.preprocessor is not None and tm.final_form.kind == "quadratic" \
+            and _quadratic_refusal(tm.final_form) is None:
+        kind = "quadratic"
+        caps.append(Capability("influence", "yes", "yes",
+                               "exact leave-one-out: each class's Gaussian refitted in closed form on the "
+                               "ColumnTransformer's output (it stays fixed); rows in the user's columns"))
     caps.append(Capability("explain", "yes", "no",
                            "MultiReX on the input columns (a categorical column is one part); baseline: per row the "
                            "typical --train row of the other classes; sufficiency verified with the model's predict"))
@@ -178,7 +208,7 @@ def tabular_capabilities(tm, typed_commands=("counterfactual", "margin")) -> lis
             continue
         why = ("needs a ColumnTransformer in front of the final estimator" if not encoded
                else "needs a final estimator with a twice-differentiable loss (LogisticRegression, MLPClassifier), "
-                    "a forest, binary gradient boosting or k-nearest neighbours")
+                    "an SVM, a tree model, k-nearest neighbours, GaussianNB or QDA")
         caps.append(Capability(cmd, "no", "-", why))
     order = {c: i for i, c in enumerate(COMMANDS)}
     return sorted(caps, key=lambda c: order[c.command])

@@ -29,6 +29,18 @@ def write(d, body):
     return p
 
 
+def ridge(d):
+    """A model whose influence check is not available (no loss invaudit models): RidgeClassifier
+    on the breast-cancer rows, saved next to the suite."""
+    import joblib
+    import pandas as pd
+    from sklearn.linear_model import RidgeClassifier
+
+    train = pd.read_csv(d / "breast_cancer_train.csv")
+    joblib.dump(RidgeClassifier().fit(train.drop(columns="target"), train["target"]), d / "ridge.joblib")
+    return "ridge.joblib"
+
+
 def test_every_kind_is_registered():
     assert set(REGISTRY) == {"margin", "counterfactual", "influence", "mislabel", "explain"}
 
@@ -78,13 +90,13 @@ def test_pass_fail_exit_codes_and_outputs(invaudit, suite_dir, tmp_path, monkeyp
 
 def test_unsupported_check_is_one_failed_check_with_the_reason(invaudit, suite_dir, validate):
     # Issue 17: a check the model cannot support fails with its reason; the suite goes on.
-    body = ("  - kind: influence\n    model: breast_cancer_tree.joblib\n    max_share: 0.5\n"
+    body = (f"  - kind: influence\n    model: {ridge(suite_dir)}\n    max_share: 0.5\n"
             "  - name: after\n    kind: margin\n    min_margin: 0\n    rows: 5\n")
     r = invaudit("audit", write(suite_dir, body), "--format", "json")
     assert r.code == 1, r.err
     first, after = validate(r.json())["results"]
     assert first["passed"] is False and "LogisticRegression" in first["details"]["reason"]
-    assert "trees form" in first["details"]["reason"] and after["passed"] is True
+    assert "linear form" in first["details"]["reason"] and after["passed"] is True
 
 
 def test_init_prints_a_suite_that_loads(invaudit, suite_dir):
@@ -180,7 +192,7 @@ def test_markdown_summary_renders_value_threshold_and_why(invaudit, suite_dir, t
     markdown_it = pytest.importorskip("markdown_it")
     body = ("  - name: easy_one\n    kind: margin\n    eps: 0.0\n    min_robust_accuracy: 0.5\n    rows: 10\n"
             "  - name: impossible|*x*\n    kind: margin\n    min_margin: 1000000\n    rows: 10\n"
-            "  - name: tree-influence\n    kind: influence\n    model: breast_cancer_tree.joblib\n    max_share: 0.5\n")
+            f"  - name: tree-influence\n    kind: influence\n    model: {ridge(suite_dir)}\n    max_share: 0.5\n")
     md = tmp_path / "r.md"
     r = invaudit("audit", write(suite_dir, body), "--markdown", md)
     assert r.code == 1, r.err
@@ -195,7 +207,7 @@ def test_markdown_summary_renders_value_threshold_and_why(invaudit, suite_dir, t
     assert bad["status"].endswith("FAIL") and bad["value"].startswith("min margin")
     assert bad["threshold"] == "min margin >= 1000000"
     assert bad["why"].startswith("row ") and "needs >= 1000000" in bad["why"]
-    assert tree["status"].endswith("FAIL") and "not available" in tree["why"] and tree["model"] == "breast_cancer_tree.joblib"
+    assert tree["status"].endswith("FAIL") and "not available" in tree["why"] and tree["model"] == "ridge.joblib"
     assert "<em>" not in html and "1 of 3" not in html and "2 of 3 checks failed" in html
 
 

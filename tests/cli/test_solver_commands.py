@@ -86,10 +86,13 @@ def test_influence_verified_by_refits(invaudit, samples, validate):
     assert v["n_retrained"] >= 4 and v["pearson"] > 0.9
 
 
-def test_influence_refuses_trees(invaudit, samples):
+def test_influence_on_a_single_tree_is_its_leaf_refit(invaudit, samples, validate):
     r = invaudit("influence", samples / "breast_cancer_tree.joblib", samples / "breast_cancer_train.csv",
-                 samples / "breast_cancer_test.csv", "--label-column", "target")
-    assert r.code == 3 and "LogisticRegression" in r.err
+                 samples / "breast_cancer_test.csv", "--label-column", "target", "--test-rows", "0-2",
+                 "--format", "json")
+    assert r.code == 0, r.err
+    rep = validate(r.json())
+    assert rep["summary"]["exact"] is False and "single tree" in rep["summary"]["exact_means"]
 
 
 def test_mislabel_finds_flipped_labels_and_fixes_a_copy(invaudit, samples, tmp_path, validate):

@@ -98,7 +98,7 @@ def test_supports_agrees_with_build_objective():
     from sklearn.tree import DecisionTreeClassifier
 
     from invaudit.errors import UnsupportedModelError
-    from invaudit.influence import build_objective, supports
+    from invaudit.influence import build_influence_objective, build_objective, supports
     from invaudit.models import adapt
     from invaudit.models.capabilities import capabilities
 
@@ -119,5 +119,10 @@ def test_supports_agrees_with_build_objective():
         except UnsupportedModelError:
             built = False
         assert built == (kind is not None), type(est).__name__
+        try:  # info promises what any influence objective builds (trees, KNN, NB/QDA too)
+            build_influence_objective(form, X, y)
+            any_built = True
+        except UnsupportedModelError:
+            any_built = False
         influence_cap = next(c for c in capabilities(form) if c.command == "influence")
-        assert (influence_cap.available == "yes") == built
+        assert (influence_cap.available == "yes") == any_built, type(est).__name__

@@ -106,6 +106,11 @@ def test_boosting_leaf_values_are_reproduced_and_wrong_data_is_refused():
     build_tree_objective(adapt(est), Xtr, ytr)  # the recomputed leaves match the model's
     with pytest.raises(InputError, match="fitted on"):
         build_tree_objective(adapt(est), Xtr[::-1].copy(), ytr)
-    est3 = GradientBoostingClassifier(n_estimators=3, max_depth=2, random_state=0).fit(Xtr, ytr % 2 + (Xtr[:, 0] > 1))
-    with pytest.raises(UnsupportedModelError):
-        build_tree_objective(adapt(est3), Xtr, ytr % 2 + (Xtr[:, 0] > 1))
+    y3 = ytr % 2 + (Xtr[:, 0] > 1)
+    est3 = GradientBoostingClassifier(n_estimators=3, max_depth=2, random_state=0).fit(Xtr, y3)
+    build_tree_objective(adapt(est3), Xtr, y3)  # three classes: the softmax leaf values reproduced
+    with pytest.raises(InputError, match="fitted on"):
+        build_tree_objective(adapt(est3), Xtr, np.roll(y3, 1))
+    sub = GradientBoostingClassifier(n_estimators=3, subsample=0.5, random_state=0).fit(Xtr, ytr)
+    with pytest.raises(UnsupportedModelError, match="subsample"):
+        build_tree_objective(adapt(sub), Xtr, ytr)

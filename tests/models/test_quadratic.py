@@ -53,6 +53,6 @@ def test_loader_and_info(tmp_path):
     caps = {c.command: c for c in capabilities(form)}
     assert caps["margin"].exact == "yes"
     assert caps["counterfactual"].exact == "partly"  # three classes: a confidence may not settle
-    assert caps["influence"].available == "no"
+    assert caps["influence"].available == "yes" and caps["influence"].exact == "yes"  # closed-form refits
     two = adapt(GaussianNB().fit(X, y == "a"))
     assert {c.command: c for c in capabilities(two)}["counterfactual"].exact == "yes"
