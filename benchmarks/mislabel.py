@@ -18,11 +18,13 @@ Peers: cleanlab's ``find_label_issues`` (ranked by self-confidence, padded with 
 rows in self-confidence order) on 5-fold out-of-fold probabilities of the audited model's class
 and on the probabilities of the same reference invaudit uses (the default: out-of-bag
 probabilities of a 200-tree random forest, each tree on half the rows), in-sample loss, and the
-current default ``pruned-loo-loss``. invaudit's columns: ``combined`` (opt-in), ``knn`` and
-``reference`` alone. ``ok`` says whether ``combined`` is at least the best peer within one
+current default ``pruned-loo-loss``. invaudit's columns: ``combined`` (opt-in: the three sources
+calibrated by one temperature each, mixed by likelihood, rows scored by the posterior that the
+given label is right under a class-conditional noise model), ``knn`` and ``reference`` alone. ``ok`` says whether ``combined`` is at least the best peer within one
 flipped row (the issue's bar for making it the default). Then the cost of the whole ranking on
 10,000 rows x 50 features x 10 classes for the default and for ``combined`` (wall time, CPU
-time, peak traced memory, peak RSS, the machine's load average).
+time, peak traced memory, peak RSS, the machine's load average), and ``--method confidence``
+with ``--jobs 1`` and ``--jobs 2`` on the same rows (issue 16; ``--jobs-only``).
 
 cleanlab is a peer, never a dependency: ``pip install -e '.[bench]'``, or ``--peer-python`` an
 interpreter that has it::
@@ -169,6 +171,32 @@ def cost(n=10_000, d=50, k=10, methods=("auto", "combined")):
               f"(target <= 10 s on 2 cores; load average {load} on {os.cpu_count()} cores)", flush=True)
 
 
+def jobs_speed(n=10_000, d=50, k=10, folds=5):
+    """``--jobs`` on the out-of-fold refits (issue 16): ``--method confidence`` (five refits of the
+    audited pipeline) serially and on two processes, wall and CPU seconds of this process, the
+    ratio, and whether the rankings are identical."""
+    import os
+
+    from invaudit import parallel
+
+    X, y = make_classification(n_samples=n, n_features=d, n_informative=20, n_classes=k,
+                               random_state=0)
+    noisy, _ = flip(y, k, np.random.default_rng(0))
+    form = adapt(make_model().fit(X, noisy))
+    runs = {}
+    for jobs in (1, 2):
+        t, c = time.perf_counter(), time.process_time()
+        r = rank_mislabels(form, X, noisy, method="confidence", n_folds=folds, seed=0, jobs=jobs)
+        runs[jobs] = (r, time.perf_counter() - t, time.process_time() - c, dict(parallel.last_run))
+    (r1, w1, c1, _), (r2, w2, c2, who) = runs[1], runs[2]
+    same = np.array_equal(r1.order, r2.order) and np.array_equal(r1.score, r2.score)
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"jobs: confidence ({folds} refits) on {n:,} rows x {d} x {k}: --jobs 1 {w1:.1f} s wall "
+          f"({c1:.1f} s CPU here), --jobs 2 {w2:.1f} s wall ({c2:.1f} s CPU here; folds: {who['here']} here, "
+          f"{who['pool']} in the worker), speed-up {w1 / w2:.2f}x, identical rankings: {same} "
+          f"(load average {load} on {os.cpu_count()} cores)", flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--peer-python", help="an interpreter with cleanlab installed")
@@ -176,12 +204,16 @@ def main(argv=None) -> int:
     ap.add_argument("--datasets", default=",".join(DATASETS))
     ap.add_argument("--no-cost", action="store_true", help="skip the 10,000-row timing")
     ap.add_argument("--cost-only", action="store_true", help="only the 10,000-row timing")
+    ap.add_argument("--jobs-only", action="store_true", help="only the --jobs 1 / --jobs 2 timing")
     args = ap.parse_args(argv)
     warnings.simplefilter("ignore")
     names = [s for s in args.datasets.split(",") if s]
     seeds = tuple(range(args.seeds))
     if args.cost_only:
         cost()
+        return 0
+    if args.jobs_only:
+        jobs_speed()
         return 0
 
     results = {}  # (dataset, column) -> list of recalls
@@ -256,6 +288,7 @@ def main(argv=None) -> int:
         print("(cleanlab not available: pip install -e '.[bench]' or pass --peer-python)")
     if not args.no_cost:
         cost()
+        jobs_speed()
     return 0
 
 

@@ -15,6 +15,7 @@ from invaudit.io import write_atomic
 from invaudit.render import Format
 
 from ._common import FormatOpt, JsonOut, IdColumn, LabelColumn, Labels, ModelArg, Run, Seed, Sha256, Trust, note, progress, warn
+from ._parallel_opts import Jobs, Scheduler
 
 
 def read_truth(path: Path, n: int) -> np.ndarray:
@@ -129,7 +130,7 @@ def curve_plot(curve: np.ndarray, width: int = 50, height: int = 10) -> str:
 def mislabel(
     model: ModelArg,
     train: Annotated[Path, typer.Argument(metavar="TRAIN", help="The training data with its (possibly wrong) labels.", show_default=False)],
-    method: Annotated[str, typer.Option("--method", help="auto (= pruned-loo-loss, or confidence without a twice-differentiable loss), combined (model + nearest neighbours + a reference model), knn, reference, pruned-loo-loss, loo-loss, self-influence, loss, confidence.")] = "auto",
+    method: Annotated[str, typer.Option("--method", help="auto (= pruned-loo-loss, or confidence without a twice-differentiable loss), combined (model + nearest neighbours + a reference model, calibrated, mixed, and read through an estimated class-to-class noise model), knn, reference, pruned-loo-loss, loo-loss, self-influence, loss, confidence.")] = "auto",
     reference: Annotated[Optional[Path], typer.Option("--reference", metavar="MODEL.joblib", help="The reference model of --method reference/combined (fitted or not; refitted out of fold; loaded like MODEL, --trust applies). Default: the out-of-bag probabilities of a 200-tree RandomForest (one fit).")] = None,
     neighbours: Annotated[int, typer.Option("--neighbours", min=1, help="Neighbours of --method knn/combined.")] = 15,
     top: Annotated[str, typer.Option("--top", metavar="N|all", help="How many suspects to list.")] = "20",
@@ -141,6 +142,8 @@ def mislabel(
     label_column: LabelColumn = None,
     id_column: IdColumn = None,
     labels: Labels = None,
+    jobs: Jobs = None,
+    scheduler: Scheduler = None,
     trust: Trust = False,
     sha256: Sha256 = None,
     format: FormatOpt = Format.table,
@@ -160,6 +163,10 @@ def mislabel(
             raise InputError(f"--top '{top}': expected a number or 'all'.") from None
         if n_top < 1:
             raise InputError("--top must be at least 1.")
+    if scheduler is None:
+        from invaudit import parallel as _parallel
+
+        _parallel.prestart(jobs, modules=("sklearn.base", "invaudit.models", "invaudit.triage"))
     run = Run("mislabel", model, trust=trust, sha256=sha256)
     ref_est = load_reference(reference, trust) if reference is not None else None
     ds = run.data(train, label_column=label_column, id_column=id_column, labels=labels, require_labels=True)
@@ -181,10 +188,16 @@ def mislabel(
         from invaudit.influence._neighbors import loo_mislabel_ranking
 
         ranking = loo_mislabel_ranking(form, X, ds.y_index)
+    elif getattr(form, "kind", None) == "quadratic" and method in ("auto", "loo-loss") and _closed_form_loo(form):
+        # GaussianNB / QDA refitted without each row in closed form: the exact leave-one-out loss
+        from invaudit.influence._quadratic import loo_mislabel_ranking
+
+        ranking = loo_mislabel_ranking(form, X, ds.y_index)
     else:
         with progress("ranking", folds) as update:
             ranking = rank_mislabels(form, X, ds.y_index, method=method,
-                                     n_folds=folds, seed=seed, reference=ref_est, k=neighbours, progress=update)
+                                     n_folds=folds, seed=seed, reference=ref_est, k=neighbours, progress=update,
+                                     jobs=jobs, scheduler=scheduler)
     for n in ranking.notes:
         note(n)
     results = ranking.records(top=n_top)
@@ -238,3 +251,9 @@ def _encoded_rows(run, ds):
 
 def register(app) -> None:
     app.command("mislabel")(mislabel)
+
+
+def _closed_form_loo(form) -> bool:
+    from invaudit.influence._quadratic import quadratic_method
+
+    return quadratic_method(form) is not None

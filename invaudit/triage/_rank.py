@@ -46,19 +46,40 @@ Methods
     that are unions of clusters, a linear model's ranking is barely better than its in-sample
     loss). ``combined`` asks three sources that fail in different ways: the model (``pruned-
     loo-loss`` where the model has a convex loss, else its ``confidence`` refits), the
-    neighbours (``knn``) and a flexible model (``reference``). Each gives out-of-sample class
-    probabilities ``P_s``; they are pooled as the mixture ``P = sum_s w_s P_s`` whose weights
-    maximise the likelihood of the given labels (EM, :func:`~._sources.mixture_weights`).
-    Nothing is tuned on the benchmark: the weights come from the data in hand, and since
-    every ``P_s`` is out of sample and a flipped label costs every source alike, a source
-    earns weight only by predicting the labels that are right (a linear model on clustered
-    classes gets little, the same model on linearly separable classes most). The mixture reads
-    "the label is right if some trusted source finds it likely"; it never ranks a row above
-    what its weighted sources jointly say. (A second round with every row weighted by its
-    mixture probability of being right was tried and dropped: with the forest reference it
-    lost recall on the development sets, and it doubled the cost.) The score is
-    ``-log P(given)``, each source's own ``-log P_s(given)`` is reported beside it
-    (``sources``), and the suggested label is ``argmax P``.
+    neighbours (``knn``), a flexible model (``reference``) and a smooth non-linear one
+    (``kernel``: logistic regression on Nystroem RBF features, out of fold,
+    :func:`~._sources.kernel_model`; it draws the curved boundaries, such as concentric
+    shells, that trees and neighbours follow only in steps). Each gives out-of-sample class
+    probabilities ``P_s``. Three steps, none tuned on the benchmark (every constant comes from
+    the data in hand):
+
+    1. *Calibration.* Each ``P_s`` gets one temperature (``softmax(log P_s / tau_s)``,
+       :func:`~._sources.temperature`) maximising the likelihood of the given labels: the
+       sources are calibrated very differently (a smoothed neighbour vote is never sure, an
+       out-of-bag forest often exactly sure), and step 2 rewards likelihood, which should
+       reflect how well a source tells the classes apart, not its calibration.
+    2. *Mixture.* ``P = sum_s w_s P_s`` with weights maximising the likelihood of the given
+       labels (EM, :func:`~._sources.mixture_weights`). Every ``P_s`` is out of sample and a
+       flipped label costs every source alike, so a source earns weight only by predicting the
+       labels that are right (a linear model on clustered classes gets little, the same model
+       on linearly separable classes most). (A second round with every row weighted by its
+       mixture probability of being right was tried and dropped: with the forest reference it
+       lost recall on the development sets, and it doubled the cost.)
+    3. *Noise model.* Labels are often wrong in a structured way (a class written as its
+       neighbour). With class-conditional noise ``T[j, i] = P(given i | true j)``, Bayes' rule
+       gives the posterior that the given label ``i`` is right,
+       ``p(i|x) T[i, i] / sum_j p(j|x) T[j, i]`` (:func:`~._sources.flip_posterior`). ``T``
+       comes from confident learning's joint (Northcutt et al. 2021), which mixes flips with
+       the sources' confusion near class boundaries: only the one-way excess of the joint that
+       *every* source shows counts as directed noise, the rest is spread as uniform noise
+       (:func:`~._sources.noise_transition`). Under uniform noise the posterior ranks rows
+       exactly as ``P(given)`` does; under one-way noise a row whose label is a plausible flip
+       of what it looks like rises, and one whose label no class is written as sinks.
+
+    The score is ``-log`` of that posterior (``summary.noise_transition`` holds ``T``,
+    ``summary.source_temperatures`` and ``source_weights`` the rest), each source's own
+    ``-log P_s(given)`` is reported beside it (``sources``), and the suggested label is the
+    most probable true class under the posterior.
 """
 
 from __future__ import annotations
@@ -69,7 +90,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from invaudit.errors import InputError, SolverError, UnsupportedModelError
-from invaudit.models.base import ModelForm, class_indices, to_jsonable
+from invaudit.models.base import ModelForm, to_jsonable
 
 from . import _sources
 
@@ -113,6 +134,10 @@ class MislabelRanking:
     #: each source's ``(n, K)`` probabilities: what ``--method knn`` / ``reference`` with the
     #: same folds and seed would use
     source_proba: dict = field(default_factory=dict, repr=False)
+    #: the temperature each source was calibrated with (``combined``)
+    temperatures: dict = field(default_factory=dict)
+    #: ``(K, K)`` estimated label-noise transition ``T[true, given]`` (``combined``)
+    transition: Optional[np.ndarray] = field(default=None, repr=False)
 
     def records(self, top: Optional[int] = None) -> list[dict]:
         """DESIGN.md's mislabel results, most suspect first (``top=None``: every row)."""
@@ -145,6 +170,11 @@ class MislabelRanking:
              "notes": list(self.notes)}
         if self.weights:
             d["source_weights"] = {k: float(v) for k, v in self.weights.items()}
+        if self.temperatures:
+            d["source_temperatures"] = {k: float(v) for k, v in self.temperatures.items()}
+        if self.transition is not None:
+            # rows: true class, columns: given label (the model's labels, in its class order)
+            d["noise_transition"] = [[float(v) for v in row] for row in self.transition]
         if truth is not None:
             truth = np.asarray(truth, dtype=bool)
             d["n_wrong"] = int(truth.sum())
@@ -163,6 +193,8 @@ def available_methods(form: ModelForm) -> tuple:
 
 
 def _why_not(form) -> str:
+    if getattr(form, "composite", None):
+        return "this model combines separately fitted models, so no single loss stands behind it"
     if form.kind == "differentiable":
         return ("an MLPClassifier's loss is not convex and its Hessian too large to factorise "
                 "once for every row")
@@ -171,7 +203,8 @@ def _why_not(form) -> str:
 
 def rank_mislabels(form: ModelForm, X, y, *, method: str = "auto", objective=None,
                    n_folds: int = 5, seed: int = 0, reference=None, k: int = _sources.DEFAULT_K,
-                   progress: Optional[Callable[[int, int], None]] = None) -> MislabelRanking:
+                   progress: Optional[Callable[[int, int], None]] = None,
+                   jobs: Optional[int] = None, scheduler=None) -> MislabelRanking:
     """Score every training row by how likely its label is wrong.
 
     Parameters
@@ -192,6 +225,12 @@ def rank_mislabels(form: ModelForm, X, y, *, method: str = "auto", objective=Non
         fold); default :func:`~._sources.default_reference` (HistGradientBoosting).
     k : neighbours of ``knn``.
     progress : ``progress(done, total)`` after each refit.
+    jobs, scheduler : where the out-of-fold refits run (``confidence``, a ``--reference``'s
+        folds, the ``model`` source of ``combined`` without a convex loss): ``jobs`` processes
+        on this machine (None: all cores once the first fold shows the rest would take over
+        half a second; 1: serial) or a Dask scheduler (:func:`invaudit.parallel.map_items`).
+        The answer is the same bit for bit whatever runs the folds. ``jobs`` also sets the
+        default forest's threads.
 
     Raises
     ------
@@ -227,7 +266,7 @@ def rank_mislabels(form: ModelForm, X, y, *, method: str = "auto", objective=Non
     if method in _MODEL_FREE_METHODS:
         return _rank_with_sources(form, X, y, method, objective=objective, n_folds=n_folds,
                                   seed=seed, reference=reference, k=k, progress=progress,
-                                  notes=notes)
+                                  notes=notes, jobs=jobs, scheduler=scheduler)
     if method in _OBJECTIVE_METHODS:
         if objective is None:
             from invaudit.influence import build_objective
@@ -257,7 +296,8 @@ def rank_mislabels(form: ModelForm, X, y, *, method: str = "auto", objective=Non
         exact = True
         notes.append("in-sample loss: rows the model has memorised look clean")
     else:
-        proba = out_of_fold_proba(form, X, y, n_folds=n_folds, seed=seed, progress=progress)
+        proba = out_of_fold_proba(form, X, y, n_folds=n_folds, seed=seed, progress=progress,
+                                  jobs=jobs, scheduler=scheduler)
         score = confident_learning_score(proba, y)
         exact = True
         notes.append(f"out-of-sample probabilities from {n_folds}-fold refits of a clone of the "
@@ -273,7 +313,8 @@ def _log_loss(proba: np.ndarray, y: np.ndarray) -> np.ndarray:
     return -np.log(np.clip(proba[np.arange(y.size), y], 1e-300, 1.0))
 
 
-def _model_evidence(form, X, y, *, objective, n_folds, seed, progress, notes):
+def _model_evidence(form, X, y, *, objective, n_folds, seed, progress, notes, jobs=None,
+                    scheduler=None):
     """The audited model's own out-of-sample probabilities: ``pruned-loo-loss``'s where the
     model has a convex loss, else ``confidence``'s k-fold refits; None without predict_proba."""
     if "pruned-loo-loss" in available_methods(form):
@@ -292,23 +333,24 @@ def _model_evidence(form, X, y, *, objective, n_folds, seed, progress, notes):
         notes.append("model source skipped: the model has no predict_proba")
         return None
     notes.append(f"model source: out-of-fold probabilities of {n_folds} refits of the model")
-    return out_of_fold_proba(form, X, y, n_folds=n_folds, seed=seed, progress=progress)
+    return out_of_fold_proba(form, X, y, n_folds=n_folds, seed=seed, progress=progress,
+                             jobs=jobs, scheduler=scheduler)
 
 
 def _rank_with_sources(form, X, y, method, *, objective, n_folds, seed, reference, k, progress,
-                       notes) -> MislabelRanking:
+                       notes, jobs=None, scheduler=None) -> MislabelRanking:
     """``knn``, ``reference`` and ``combined`` (see the module docstring)."""
     n, K = X.shape[0], len(form.classes)
     classes = np.asarray(form.classes)
     splits = _sources.fold_splits(y, K, n_folds, seed)
-    ref = reference if reference is not None else _sources.default_reference(n, seed)
+    ref = reference if reference is not None else _sources.default_reference(n, seed, n_jobs=_threads(jobs))
     ref_name = type(ref).__name__
     oob = reference is None  # the default forest: out-of-bag, one fit
     use_model = method == "combined"
     refits = 0 if method == "knn" else (1 if oob else len(splits))
     done = [0]
     total = refits + (n_folds if use_model and "pruned-loo-loss" not in available_methods(form)
-                      and form.has_proba else 0)
+                      and form.has_proba else 0) + (len(splits) if use_model else 0)
 
     def tick(*_):
         done[0] += 1
@@ -318,7 +360,7 @@ def _rank_with_sources(form, X, y, method, *, objective, n_folds, seed, referenc
     probas: dict = {}
     if use_model:
         pm = _model_evidence(form, X, y, objective=objective, n_folds=n_folds, seed=seed,
-                             progress=tick, notes=notes)
+                             progress=tick, notes=notes, jobs=jobs, scheduler=scheduler)
         if pm is not None:
             probas["model"] = pm
     if method in ("combined", "knn"):
@@ -334,29 +376,62 @@ def _rank_with_sources(form, X, y, method, *, objective, n_folds, seed, referenc
                          f"({ref.n_estimators} trees, each on half the rows; seed {seed}; the default "
                          "reference)")
         else:
-            probas["reference"] = _sources.reference_proba(ref, X, y, classes, splits, progress=tick)
+            probas["reference"] = _sources.reference_proba(ref, X, y, classes, splits, progress=tick,
+                                                           jobs=jobs, scheduler=scheduler)
             notes.append(f"reference source: out-of-fold probabilities of {n_folds} refits of "
                          f"{ref_name}")
+    if method == "combined":
+        probas["kernel"] = _sources.kernel_proba(Z, y, K, splits, seed=seed, progress=tick, jobs=jobs,
+                                                 scheduler=scheduler)
+        notes.append(f"kernel source: out-of-fold probabilities of a logistic regression on "
+                     f"{_sources.kernel_model(n, seed).named_steps['rbf'].n_components} Nystroem RBF "
+                     f"features of the standardised rows ({n_folds} folds, seed {seed})")
     weights: dict = {}
+    temperatures: dict = {}
+    transition = None
     if method == "combined":
         names = list(probas)
-        P, w = _sources.combine([probas[s] for s in names], y)
+        temperatures = {s: _sources.temperature(probas[s], y) for s in names}
+        cal = [_sources.tempered(probas[s], temperatures[s]) for s in names]
+        P, w = _sources.combine(cal, y)
         weights = dict(zip(names, (float(v) for v in w)))
-        notes.append("combined: mixture of the sources' probabilities, weights maximising the "
-                     "likelihood of the given labels: "
-                     + ", ".join(f"{s} {v:.2f}" for s, v in weights.items()))
+        transition = _sources.noise_transition(P, cal, y, K)
+        _, post = _sources.flip_posterior(P, y, transition)
+        score = _log_loss(post, y)
+        suggested = np.argmax(post, axis=1).astype(np.intp)
+        notes.append("combined: each source calibrated by one temperature ("
+                     + ", ".join(f"{s} {v:.2f}" for s, v in temperatures.items())
+                     + "), mixed with weights maximising the likelihood of the given labels ("
+                     + ", ".join(f"{s} {v:.2f}" for s, v in weights.items())
+                     + "); rows scored by -log of the posterior that the given label is right under "
+                     f"a class-conditional noise model (estimated flip rate {_flip_rate(P, y, K):.1%})")
     else:
         P = probas[method]
-    score = _log_loss(P, y)
+        score = _log_loss(P, y)
+        suggested = np.argmax(P, axis=1).astype(np.intp)
     order = np.lexsort((np.arange(n), -score))
-    suggested = np.argmax(P, axis=1).astype(np.intp)
     sources = {s: _log_loss(p, y) for s, p in probas.items()} if method == "combined" else {}
     # the model source of ``combined`` is approximate leave-one-out where the model has a convex
     # loss: the mixture is then no more exact than it
     exact = not (method == "combined" and "pruned-loo-loss" in available_methods(form))
     return MislabelRanking(order=order, score=score, given=y, suggested=suggested, method=method,
                            exact=exact, classes=classes, notes=tuple(notes), sources=sources,
-                           weights=weights, source_proba=dict(probas))
+                           weights=weights, source_proba=dict(probas), temperatures=temperatures,
+                           transition=transition)
+
+
+def _flip_rate(P, y, K) -> float:
+    """Share of rows in the off-diagonal of the confident joint of ``P``."""
+    Q = _sources.confident_joint(P, y, K)
+    return float(1.0 - np.trace(Q))
+
+
+def _threads(jobs) -> int:
+    """Threads of the default forest: ``--jobs`` (all cores when not given)."""
+    from invaudit.parallel import resolve_jobs
+
+    j = resolve_jobs(jobs)
+    return -1 if j is None else j
 
 
 def _suspects(P, y, score=None) -> np.ndarray:
@@ -424,39 +499,20 @@ def confident_learning_score(proba: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def out_of_fold_proba(form, X, y, *, n_folds: int = 5, seed: int = 0,
-                      progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
+                      progress: Optional[Callable[[int, int], None]] = None,
+                      jobs: Optional[int] = None, scheduler=None) -> np.ndarray:
     """``(n, K)`` out-of-sample probabilities from stratified k-fold refits of a clone of
-    ``form.estimator`` (the whole pipeline, refitted on each fold's training part)."""
-    import warnings
-
-    from sklearn.base import clone
-    from sklearn.model_selection import KFold, StratifiedKFold
-
+    ``form.estimator`` (the whole pipeline, refitted on each fold's training part); the folds
+    (:func:`~._sources.fold_splits`) on ``jobs`` processes or a Dask ``scheduler``, with the
+    same answer whatever runs them (:func:`~._sources.fold_proba`)."""
     if not form.has_proba:
         raise UnsupportedModelError("confidence needs predict_proba, which this model lacks.")
-    n, K = X.shape[0], len(form.classes)
     if n_folds < 2:
         raise InputError("confidence needs at least 2 folds.")
-    counts = np.bincount(y, minlength=K)
-    present = counts[counts > 0]
-    if present.size and present.min() >= n_folds:
-        splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    else:
-        splitter = KFold(n_splits=min(n_folds, n), shuffle=True, random_state=seed)
-    classes = np.asarray(form.classes)
-    proba = np.zeros((n, K))
-    splits = list(splitter.split(X, y))
-    for f, (tr, te) in enumerate(splits):  # loop over folds
-        est = clone(form.estimator)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            est.fit(X[tr], classes[y[tr]])
-        p = np.asarray(est.predict_proba(X[te]), dtype=np.float64)
-        cols = class_indices(classes, np.asarray(est.classes_))
-        proba[np.ix_(te, cols)] = p
-        if progress is not None:
-            progress(f + 1, len(splits))
-    return proba
+    K = len(form.classes)
+    splits = _sources.fold_splits(y, K, n_folds, seed)
+    return _sources.fold_proba(form.estimator, X, y, np.asarray(form.classes), splits,
+                               progress=progress, jobs=jobs, scheduler=scheduler)
 
 
 # --- evaluation against known wrong labels ------------------------------------------------------

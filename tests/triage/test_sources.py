@@ -141,10 +141,10 @@ def test_combined_reports_each_source_and_is_deterministic():
     assert a.method == "combined" and not a.exact  # its model source is approximate leave-one-out
     np.testing.assert_array_equal(a.order, b.order)
     np.testing.assert_array_equal(a.score, b.score)
-    assert a.weights == b.weights and set(a.weights) == {"model", "knn", "reference"}
+    assert a.weights == b.weights and set(a.weights) == {"model", "knn", "reference", "kernel"}
     assert np.isclose(sum(a.weights.values()), 1.0)
     rec = a.records(top=3)
-    assert set(rec[0]["sources"]) == {"model", "knn", "reference"}
+    assert set(rec[0]["sources"]) == {"model", "knn", "reference", "kernel"}
     i = rec[0]["train_row"]
     for s, v in rec[0]["sources"].items():
         assert v == pytest.approx(a.sources[s][i])
