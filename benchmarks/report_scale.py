@@ -15,6 +15,10 @@ run, so the CLI's overhead (wall - solver) sits next to the solver itself:
    ``--quick``: 100,000 rows.
 2. ``counterfactual --json`` on 400 x 2,000 rows, softmax with K = 50 classes, target class 0
    for every row (target: CLI wall <= solver + 1.5 s, report <= 20 MB); ``--quick``: 100 rows.
+   Printed for the default report (``invaudit.counterfactual/1``) and the compact one
+   (``--schema 2``), each checked against the other (``expand_report`` of /2 gives /1's floats
+   bit for bit), and for one row (``--rows 0``: the command's fixed cost, start-up, imports,
+   model and data loading, with almost no solver work).
 3. ``margin --rows 0-9`` on a 1,000,000-row CSV with an ID and a label column (target: <= 2 s,
    <= 300 MB).
 4. Process start for ``invaudit info MODEL`` (target: <= 0.6 s), next to the floor: a bare
@@ -70,25 +74,26 @@ def _linear_model(path: Path, D: int, K: int, seed: int):
     return clf
 
 
-def prepare(n_margin: int, n_cf: int) -> dict:
+def prepare(n_margin: int, n_cf: int, only=("margin", "cf", "rows", "info")) -> dict:
+    """The inputs the chosen targets need (files already there are kept)."""
     WORK.mkdir(exist_ok=True)
     files = {"lin": WORK / "linear10.joblib", "X": WORK / f"X_{n_margin}x50.npy",
              "soft": WORK / "softmax50.joblib", "Xcf": WORK / f"Xcf_{n_cf}x2000.npy",
              "csv_model": WORK / "csv_lr.joblib", "csv": WORK / "rows_1m.csv"}
-    if not files["lin"].exists():
+    if not files["lin"].exists() and {"margin", "info"} & set(only):
         _linear_model(files["lin"], 50, 10, 0)
-    if not files["X"].exists():
+    if not files["X"].exists() and "margin" in only:
         rng = np.random.default_rng(1)
         X = np.lib.format.open_memmap(files["X"], mode="w+", dtype=np.float64, shape=(n_margin, 50))
         for lo in range(0, n_margin, 100_000):
             X[lo:lo + 100_000] = rng.normal(size=(min(100_000, n_margin - lo), 50))
         X.flush()
         del X
-    if not files["soft"].exists():
+    if not files["soft"].exists() and "cf" in only:
         _linear_model(files["soft"], 2000, 50, 2)
-    if not files["Xcf"].exists():
+    if not files["Xcf"].exists() and "cf" in only:
         np.save(files["Xcf"], np.random.default_rng(3).normal(size=(n_cf, 2000)))
-    if not files["csv"].exists():
+    if not files["csv"].exists() and "rows" in only:
         import joblib
         import orjson
         import pandas as pd
@@ -140,6 +145,8 @@ def bench_margin(files, n):
     out = WORK / "margin.json"
     r = run([*CLI, "margin", files["lin"], files["X"], "--json", out])
     _row(f"margin --json, {n:,} x 50, K=10", r, solver, out.stat().st_size, "target <= 20 s, <= 1536 MB")
+    r = run([*CLI, "margin", files["lin"], files["X"], "--json", out, "--schema", "2"])
+    _row(f"  the same, --schema 2 (L2: dense, as /1)", r, solver, out.stat().st_size, "")
     r = run([*CLI, "margin", files["lin"], files["X"], "--format", "jsonl"])
     _row(f"margin --format jsonl (to /dev/null)", r, solver, None, "")
     r = run([*CLI, "margin", files["lin"], files["X"]])
@@ -162,11 +169,44 @@ def bench_counterfactual(files, n):
     target = np.zeros(n, dtype=np.intp)
     counterfactuals(form, X[:1], target=target[:1])  # per-model precomputation, as the CLI pays it once
     solver, _ = _timed(lambda: counterfactuals(form, X, target=target))
-    out = WORK / "cf.json"
-    r = run([*CLI, "counterfactual", files["soft"], files["Xcf"], "--target", "0", "--json", out])
-    _row(f"counterfactual --json, {n} x 2000, K=50", r, solver, out.stat().st_size,
+    base = [*CLI, "counterfactual", files["soft"], files["Xcf"], "--target", "0"]
+    one = WORK / "cf_one.json"
+    r = run([*base, "--rows", "0", "--json", one])
+    _row("counterfactual --json --rows 0 (fixed cost)", r, None, one.stat().st_size, "")
+    out1, out2 = WORK / "cf.json", WORK / "cf2.json"
+    r = run([*base, "--json", out1])
+    _row(f"counterfactual --json, {n} x 2000, K=50", r, solver, out1.stat().st_size,
          "target wall <= solver + 1.5 s, <= 20 MB")
-    out.unlink(missing_ok=True)
+    r = run([*base, "--json", out2, "--schema", "2"])
+    _row(f"  the same, --schema 2 (compact)", r, solver, out2.stat().st_size,
+         "target wall <= solver + 1.5 s, <= 20 MB")
+    print(f"  /2 read back (expand_report) equals /1 bit for bit: {_same_floats(out1, out2, X)}")
+    for f in (one, out1, out2):
+        f.unlink(missing_ok=True)
+
+
+def _same_floats(path1: Path, path2: Path, X) -> bool:
+    """Every value of the /1 report's results equals the /2 report's, expanded, bit for bit."""
+    import orjson
+
+    from invaudit.io.report import expand_report
+
+    r1 = orjson.loads(path1.read_bytes())["results"]
+    r2 = expand_report(orjson.loads(path2.read_bytes()), X)["results"]
+
+    def bits(v):
+        return np.array([np.nan if x is None else x for x in v], dtype=np.float64).view(np.uint64)
+
+    for a, b in zip(r1, r2):
+        if set(a) != set(b):
+            return False
+        for k, v in a.items():
+            if isinstance(v, list) and v and isinstance(v[0], float):
+                if not np.array_equal(bits(v), bits(b[k])):
+                    return False
+            elif v != b[k]:
+                return False
+    return len(r1) == len(r2)
 
 
 def bench_rows(files):
@@ -191,12 +231,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     n_margin = 100_000 if args.quick else 1_000_000
     n_cf = 100 if args.quick else 400
-    files = prepare(n_margin, n_cf)
+    only = set(args.only.split(","))
+    files = prepare(n_margin, n_cf, only)
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (wall times wait for a core; "
           "CPU = user + system of the CLI process; peak = its maximum resident set)")
     print(f"{'case':44s} {'wall s':>8s} {'CPU s':>8s} {'peak MB':>8s} {'solver s':>8s} {'solv CPU':>8s} "
           f"{'overhead w/c':>12s} {'out MB':>8s}  target")
-    only = set(args.only.split(","))
     if "margin" in only:
         bench_margin(files, n_margin)
     if "cf" in only:

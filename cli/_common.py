@@ -50,6 +50,7 @@ def _writable_json(path: Optional[Path]) -> Optional[Path]:
 
 
 JsonOut = Annotated[Optional[Path], typer.Option("--json", metavar="PATH", callback=_writable_json, help="Also write the full JSON report to PATH (atomically).")]
+ReportSchema = Annotated[Optional[int], typer.Option("--schema", min=1, max=2, metavar="1|2", help="JSON report version: 1 (default: every vector as a full list) or 2 (compact: vectors sparse where shorter, nothing written that the data rows give back bit for bit; invaudit.io.report.expand_report rebuilds /1).")]
 Rows = Annotated[Optional[str], typer.Option("--rows", metavar="SPEC", help="Rows to use, e.g. 0,3,7-9 (default: all).")]
 LabelColumn = Annotated[Optional[str], typer.Option("--label-column", metavar="NAME", help="CSV column holding the labels.")]
 Labels = Annotated[Optional[Path], typer.Option("--labels", metavar="FILE.npy", help="Labels for an NPY data file.")]
@@ -200,18 +201,20 @@ class Run:
                          "has no feature names, so invaudit cannot tell which columns it reads.")
 
     def emit(self, *, params: dict, results, summary: dict, fmt: Format,
-             json_path: Optional[Path], extra: Optional[dict] = None) -> dict:
-        """Emit the whole report at once (``results``: a list of dicts or ``Columns``)."""
+             json_path: Optional[Path], extra: Optional[dict] = None, version: Optional[int] = None) -> dict:
+        """Emit the whole report at once (``results``: a list of dicts or ``Columns``;
+        ``version``: the report schema's, from ``--schema``)."""
         self._attach_ids(results)
         report = envelope(
             self.command, model=self.model_info, data=self.data_info, params=params,
             results=results, summary=summary, elapsed_s=time.perf_counter() - self.started,
-            extra=extra, version=REPORT_VERSIONS.get(self.command, 1),
+            extra=extra, version=version or REPORT_VERSIONS.get(self.command, 1),
         )
         emit_report(report, fmt, json_path)
         return report
 
-    def emit_stream(self, *, params: dict, chunks, summary, fmt: Format, json_path: Optional[Path]) -> None:
+    def emit_stream(self, *, params: dict, chunks, summary, fmt: Format, json_path: Optional[Path],
+                    version: Optional[int] = None) -> None:
         """Emit a report whose results arrive in chunks (``Columns``), writing each as it comes.
 
         ``--format jsonl`` and ``--format json`` go to stdout as the chunks arrive, ``--json PATH``
@@ -224,7 +227,7 @@ class Run:
 
         report = envelope(self.command, model=self.model_info, data=self.data_info, params=params,
                           results=Columns(0), summary={}, elapsed_s=0.0,
-                          version=REPORT_VERSIONS.get(self.command, 1))
+                          version=version or REPORT_VERSIONS.get(self.command, 1))
         view = view_for(report) if fmt in (Format.table, Format.markdown) else None
         # the first chunk is solved before anything is written: bad input found there (a
         # constraint that needs --train, ...) fails the run with nothing on stdout
@@ -456,7 +459,7 @@ def margin_chunk_rows(form, n: int) -> int:
 
 def stream_margins(run: "Run", ds, row_ids: np.ndarray, solve, *, eps, params: dict, fmt: Format,
                    json_path: Optional[Path], out: Optional[Path], id_column: Optional[str],
-                   chunk_rows: Optional[int] = None) -> None:
+                   chunk_rows: Optional[int] = None, version: Optional[int] = None) -> None:
     """A numeric margin run, chunk by chunk: read the chunk's rows (``Dataset.take``: an NPY is
     memory-mapped and gives its pages back), ``solve(X, y_index) -> MarginBatch``, write the
     chunk's results (and ``--out`` points) and keep only the per-row numbers the summary needs.
@@ -490,7 +493,10 @@ def stream_margins(run: "Run", ds, row_ids: np.ndarray, solve, *, eps, params: d
                     has = np.all(np.isfinite(delta), axis=1)
                     key = (np.asarray(ds.ids)[rows] if ds.ids is not None else rows)[has]
                     w.write((X + delta)[has], key.tolist())
-                yield batch.columns(form.classes, rows, labels=None if labels is None else labels[rows])
+                part = batch.columns(form.classes, rows, labels=None if labels is None else labels[rows])
+                if version == 2:  # the compact report: perturbations sparse where shorter
+                    part.sparse("perturbation")
+                yield part
                 update(min(n, lo + size), n)
             written["count"] = 0 if w is None else w.count
 
@@ -500,7 +506,7 @@ def stream_margins(run: "Run", ds, row_ids: np.ndarray, solve, *, eps, params: d
                             **{k: arrays[k] for k in keep})
         return summarize(whole, y_all, eps, classes=form.classes, row_ids=row_ids)
 
-    run.emit_stream(params=params, chunks=chunks(), summary=summary, fmt=fmt, json_path=json_path)
+    run.emit_stream(params=params, chunks=chunks(), summary=summary, fmt=fmt, json_path=json_path, version=version)
     if out is not None:
         note(f"wrote {written['count']} adversarial row(s) to {out}")
 

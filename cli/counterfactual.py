@@ -18,7 +18,7 @@ from invaudit.io import parse_rows
 from invaudit.render import Format
 
 from ._common import (Bounds, ConstraintOpts, FormatOpt, JsonOut, CategoricalCost, IdColumn, IntegerCols, LabelColumn, Labels, OutPoints, ModelArg, Norm,
-                      Rows, Run, Scale, Seed, Sha256, Trust, build_constraints, check_out_path, counterfactual_summary, note, progress,
+                      ReportSchema, Rows, Run, Scale, Seed, Sha256, Trust, build_constraints, check_out_path, counterfactual_summary, note, progress,
                       resolve_labels, write_points, RunTimeLimit, TimeLimit)
 from ._parallel_opts import Jobs, Scheduler
 
@@ -58,6 +58,7 @@ def counterfactual(
     sha256: Sha256 = None,
     format: FormatOpt = Format.table,
     json: JsonOut = None,
+    schema: ReportSchema = None,
 ) -> None:
     """Find the closest point the model assigns to --target (exact for linear models)."""
     from invaudit.counterfactual import counterfactuals_with_extras
@@ -74,7 +75,8 @@ def counterfactual(
                            immutable=immutable, increase_only=increase_only, decrease_only=decrease_only,
                            bounds=bounds, start=start, manifold=manifold, seed=seed, rows=rows,
                            label_column=label_column, id_column=id_column, integer=integer,
-                           categorical_cost=categorical_cost, out=out, format=format, json=json)
+                           categorical_cost=categorical_cost, out=out, format=format, json=json,
+                           jobs=jobs, scheduler=scheduler, schema=schema)
     if integer is not None:
         raise InputError("--integer applies to models that read typed rows (a ColumnTransformer pipeline).")
     train_ds = run.data(train, label_column=label_column, id_column=id_column, primary=False) if train is not None else None
@@ -122,12 +124,16 @@ def counterfactual(
               "time_limit": time_limit, "run_time_limit": run_time_limit}
     if start is not None:
         run.data_info = None
-    run.emit(params=params, results=results, summary=summary, fmt=format, json_path=json)
+    extra = None
+    if schema == 2:  # compact: sparse vectors, nothing the data rows give back bit for bit
+        extra = batch.compact(results, X if start is None else None, form=form)
+    run.emit(params=params, results=results, summary=summary, fmt=format, json_path=json, extra=extra,
+             version=schema)
 
 
 def _typed_rows(run, data, train, *, target, confidence, norm, scale, immutable, increase_only, decrease_only,
                 bounds, start, manifold, seed, rows, label_column, id_column, integer, categorical_cost, out,
-                format, json) -> None:
+                format, json, jobs=None, scheduler=None, schema=None) -> None:
     """A model that reads typed rows (categories, blanks): answers in the input's own columns."""
     from ._tabular import run_counterfactual
 
@@ -147,14 +153,15 @@ def _typed_rows(run, data, train, *, target, confidence, norm, scale, immutable,
             run, ds, train_ds, rows=row_ids, target=tgt, confidence=confidence, norm=norm.value,
             scale=scale.value, bounds=bounds.value, immutable=immutable, increase_only=increase_only,
             decrease_only=decrease_only, integer=integer, categorical_cost=categorical_cost, seed=seed,
-            out=out, id_column=id_column, update=update)
+            out=out, id_column=id_column, update=update, jobs=jobs, scheduler=scheduler)
     params = {"target": target, "confidence": confidence, "norm": norm.value, "scale": scale.value,
               "immutable": immutable, "increase_only": increase_only, "decrease_only": decrease_only,
               "bounds": bounds.value, "train": None if train is None else str(train), "rows": rows,
               "seed": seed, "integer": integer, "categorical_cost": categorical_cost,
               "distance": "numeric columns in the norm (scaled by --scale), plus categorical_cost for each "
                           "changed categorical column, combined in the same norm"}
-    run.emit(params=params, results=results, summary=summary, fmt=format, json_path=json)
+    # --schema 2: typed rows keep their short per-column lists (the /2 schema allows them)
+    run.emit(params=params, results=results, summary=summary, fmt=format, json_path=json, version=schema)
 
 
 def _manifold(spec: Optional[str], trust: bool):

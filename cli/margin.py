@@ -12,7 +12,7 @@ from invaudit.errors import InputError
 from invaudit.io import parse_rows
 from invaudit.render import Format
 
-from ._common import (Bounds, ConstraintOpts, FormatOpt, JsonOut, CategoricalCost, IdColumn, IntegerCols, LabelColumn, Labels, OutPoints, ModelArg, Norm, Rows, Run,
+from ._common import (Bounds, ConstraintOpts, FormatOpt, JsonOut, CategoricalCost, IdColumn, IntegerCols, LabelColumn, Labels, OutPoints, ModelArg, Norm, ReportSchema, Rows, Run,
                       Scale, Seed, Sha256, Trust, build_constraints, check_out_path, note, progress,
                       stream_margins, RunTimeLimit, TimeLimit)
 from ._parallel_opts import Jobs, Scheduler
@@ -57,6 +57,7 @@ def margin(
     sha256: Sha256 = None,
     format: FormatOpt = Format.table,
     json: JsonOut = None,
+    schema: ReportSchema = None,
 ) -> None:
     """Distance from each row to the nearest point the model puts in another class."""
     from invaudit.margins import margins, summarize
@@ -83,11 +84,12 @@ def margin(
             batch, results = run_margin(
                 run, ds, train_ds, rows=row_ids, norm=norm.value, scale=scale.value, bounds=bounds.value,
                 immutable=immutable, increase_only=increase_only, decrease_only=decrease_only, integer=integer,
-                categorical_cost=categorical_cost, seed=seed, out=out, id_column=id_column, update=update)
+                categorical_cost=categorical_cost, seed=seed, out=out, id_column=id_column, update=update,
+                jobs=jobs, scheduler=scheduler)
         y_index = None if ds.y_index is None else ds.y_index[row_ids]
         summary = summarize(batch, y_index, eps_list, classes=form.classes, row_ids=row_ids)
         params.update(eps=summary.get("eps"), integer=integer, categorical_cost=categorical_cost)
-        run.emit(params=params, results=results, summary=summary, fmt=format, json_path=json)
+        run.emit(params=params, results=results, summary=summary, fmt=format, json_path=json, version=schema)
         return
     if integer is not None:
         raise InputError("--integer applies to models that read typed rows (a ColumnTransformer pipeline).")
@@ -110,7 +112,7 @@ def margin(
     # params.eps: the radii given (None: chosen from the margins, summary.eps lists them)
     params["eps"] = eps_list
     stream_margins(run, ds, row_ids, solve, eps=eps_list, params=params, fmt=format, json_path=json, out=out,
-                   id_column=id_column)
+                   id_column=id_column, version=schema)
 
 
 def register(app) -> None:

@@ -15,7 +15,7 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 from invaudit.cli.app import main
-from invaudit.schemas import schema
+from invaudit.schemas import schema_for
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_models"
@@ -58,7 +58,7 @@ def invaudit(capsys, monkeypatch):
 
 def validate(report: dict) -> dict:
     """Validate a report against its command's JSON Schema (shipped in the package)."""
-    jsonschema.validate(report, schema(report["command"]))
+    jsonschema.validate(report, schema_for(report))
     return report
 
 

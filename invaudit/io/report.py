@@ -143,12 +143,19 @@ class Columns:
     - ``cat``: integer codes into a list of values (code -1: null);
     - ``vec``: an ``(n, D)`` float matrix, one JSON list per row, null where ``present`` is False;
     - ``obj``: a list of arbitrary JSON-ready values.
+
+    A compact report (schema /2) changes how some fields are written, never their values as rows:
+    :meth:`sparse` (a vector as ``{"index", "value"}`` where shorter), :meth:`leave_out` (a field
+    recomputable from others), :meth:`encode_with` (any other encoding).
     """
 
     def __init__(self, n: int):
         self.n = int(n)
         self._fields: dict = {}
         self._optional: set = set()
+        # name -> fn(lo, hi) -> list of encoded values (None: the field is left out of that row);
+        # how a compact report (schema /2) writes a field, rows as dicts are not affected
+        self._encoders: dict = {}
 
     def __len__(self) -> int:
         return self.n
@@ -212,7 +219,12 @@ class Columns:
             k = int(data[i])
             return None if k < 0 else values[k]
         if kind == "vec":
-            return [_plain_scalar(v) for v in data[i].tolist()] if present[i] else None
+            if not present[i]:
+                return None
+            row = data[i]
+            if np.isfinite(row).all():  # one C-level conversion (a table asks for 200 x D values)
+                return row.tolist()
+            return [_plain_scalar(v) for v in row.tolist()]
         if kind == "raw":
             return orjson.loads(data[i])
         return data[i]
@@ -267,25 +279,134 @@ class Columns:
         dtype = {"num": np.float64, "int": np.int64, "bool": np.bool_}[kind]
         return orjson.dumps(np.ascontiguousarray(data[lo:hi], dtype=dtype), option=_OPTS)[1:-1].split(b",")
 
+    def encode_with(self, name: str, fn) -> "Columns":
+        """Write field ``name`` with ``fn(lo, hi)`` -> one encoded JSON value (bytes) per row, or
+        None where the row leaves the field out. Only the report's encoding changes: rows as
+        dicts (tables) keep the field's own values. A field that is not in the columns yet is
+        added as a report-only field (``None`` for rows as dicts)."""
+        if name not in self._fields:
+            if not self._fields:
+                raise ValueError("the first field cannot be report-only")
+            self._fields[name] = ("const", None, None, None)
+            self._optional.add(name)
+        elif self.names[0] == name:
+            raise ValueError("the first field is always written as it is")
+        self._encoders[name] = fn
+        return self
+
+    def encoder(self, name: str):
+        """How field ``name`` is written now: ``fn(lo, hi)`` -> encoded values (None: left out),
+        to build another encoding on top of it."""
+        if name in self._encoders:
+            return self._encoders[name]
+        optional = name in self._optional
+        return lambda lo, hi: [None if optional and v == b"null" else v for v in self._encoded(name, lo, hi)]
+
+    def leave_out(self, name: str, rows=None) -> "Columns":
+        """Leave field ``name`` out of the report on ``rows`` (a boolean mask; default all rows)
+        and write it as before on the others."""
+        if rows is None:
+            return self.encode_with(name, lambda lo, hi: [None] * (hi - lo))
+        mask = np.asarray(rows, dtype=bool)
+        if mask.shape != (self.n,):
+            raise ValueError(f"leave_out({name!r}) got a mask of shape {mask.shape} for {self.n} rows")
+        before = self.encoder(name)
+
+        def fn(lo, hi):
+            return [None if m else v for v, m in zip(before(lo, hi), mask[lo:hi].tolist())]
+        return self.encode_with(name, fn)
+
+    def sparse(self, name: str, base=None) -> "Columns":
+        """Write the vector field ``name`` as ``{"index": [...], "value": [...]}`` on rows where
+        that is shorter than the plain list: the entries whose bits differ from ``base``'s row
+        (an ``(n, D)`` array; default ``+0.0`` everywhere), so that the row is rebuilt bit for
+        bit by writing ``value`` at ``index`` into the base row (:func:`sparse_decode`)."""
+        kind, data, _, present = self._fields[name]
+        if kind != "vec":
+            raise ValueError(f"only a vector field can be sparse ({name!r} is {kind})")
+        if base is not None:
+            base = np.asarray(base, dtype=np.float64)
+            if base.shape != data.shape:
+                raise ValueError(f"base of {name!r} has shape {base.shape}, the field {data.shape}")
+
+        def fn(lo, hi, name=name):
+            dense = self._encoded(name, lo, hi)
+            block = np.ascontiguousarray(data[lo:hi])
+            ref = None if base is None else np.ascontiguousarray(base[lo:hi])
+            return _sparse_rows(block, ref, present[lo:hi], dense)
+        return self.encode_with(name, fn)
+
     def lines(self, chunk: int = 8192):
         """Yield lists of encoded rows (compact JSON objects, bytes), ``chunk`` rows at a time."""
         names = list(self._fields)
         parts = []
         for j, k in enumerate(names):
             key = orjson.dumps(k).replace(b"%", b"%%")
-            # an optional field carries its own comma and key (or nothing)
-            parts.append(b"%b" if k in self._optional else (b"" if j == 0 else b",") + key + b":%b")
+            # an optional (or re-encoded) field carries its own comma and key (or nothing)
+            own = k in self._optional or k in self._encoders
+            parts.append(b"%b" if own else (b"" if j == 0 else b",") + key + b":%b")
         template = b"{" + b"".join(parts) + b"}"
         for lo in range(0, self.n, max(1, int(chunk))):
             hi = min(self.n, lo + chunk)
             cols = []
             for k in names:
-                enc = self._encoded(k, lo, hi)
-                if k in self._optional:
-                    prefix = b"," + orjson.dumps(k) + b":"
-                    enc = [b"" if v == b"null" else prefix + v for v in enc]
+                prefix = b"," + orjson.dumps(k) + b":"
+                if k in self._encoders:
+                    enc = [b"" if v is None else prefix + v for v in self._encoders[k](lo, hi)]
+                else:
+                    enc = self._encoded(k, lo, hi)
+                    if k in self._optional:
+                        enc = [b"" if v == b"null" else prefix + v for v in enc]
                 cols.append(enc)
             yield [template % t for t in zip(*cols)] if names else [b"{}"] * (hi - lo)
+
+
+def _bits(a: np.ndarray) -> np.ndarray:
+    """The float64 bit patterns of ``a`` (so that -0.0 and +0.0, or two NaNs, are told apart)."""
+    return np.ascontiguousarray(a, dtype=np.float64).view(np.uint64)
+
+
+def _sparse_rows(block: np.ndarray, base, present: np.ndarray, dense: list) -> list:
+    """Per row: ``dense[i]`` or ``{"index": [...], "value": [...]}`` of the entries whose bits
+    differ from ``base`` (``+0.0`` when None), whichever is shorter. Indices and values of all
+    rows are encoded by two orjson calls, then cut per row."""
+    m, D = block.shape
+    if m == 0 or D == 0:
+        return list(dense)
+    diff = _bits(block) != (np.uint64(0) if base is None else _bits(base))
+    nnz = diff.sum(axis=1)
+    # only a row that leaves some entry out can come out shorter
+    try_rows = present & (nnz < D)
+    if not try_rows.any():
+        return list(dense)
+    sub = diff & try_rows[:, None]
+    ri, ci = np.nonzero(sub)
+    counts = np.bincount(ri, minlength=m)
+    ends = np.cumsum(counts)
+    idx_tok = orjson.dumps(ci.astype(np.int64), option=_OPTS)[1:-1].split(b",") if ci.size else []
+    val_tok = orjson.dumps(np.ascontiguousarray(block[ri, ci]), option=_OPTS)[1:-1].split(b",") if ci.size else []
+    out = list(dense)
+    for i in np.flatnonzero(try_rows).tolist():
+        a, b = int(ends[i] - counts[i]), int(ends[i])
+        enc = b'{"index":[' + b",".join(idx_tok[a:b]) + b'],"value":[' + b",".join(val_tok[a:b]) + b"]}"
+        if len(enc) < len(out[i]):
+            out[i] = enc
+    return out
+
+
+def sparse_decode(value, n_features: int, base=None):
+    """A vector as a compact report (schema /2) writes it, as a float64 array of length
+    ``n_features``: a list (``null`` entries: NaN), or ``{"index": [...], "value": [...]}``
+    written into ``base`` (a copy; default zeros). ``None`` stays None."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        out = np.zeros(n_features) if base is None else np.array(base, dtype=np.float64, copy=True)
+        idx = np.asarray(value["index"], dtype=np.intp)
+        vals = np.array([np.nan if v is None else v for v in value["value"]], dtype=np.float64)
+        out[idx] = vals
+        return out
+    return np.array([np.nan if v is None else v for v in value], dtype=np.float64)
 
 
 def _result_lines(results) -> Iterator[list]:
@@ -596,3 +717,82 @@ class AtomicFile:
         self._cleanup()
         self._exit_signals(exc)
         return False
+
+
+# --- reading a compact report (schema /2) back --------------------------------------------------
+
+def _listed(a) -> list:
+    """A float vector as /1 writes it: floats, NaN as None."""
+    return [None if v != v else v for v in np.asarray(a, dtype=np.float64).tolist()]
+
+
+def expand_report(report: dict, X=None) -> dict:
+    """A compact report (``invaudit.counterfactual/2`` or ``invaudit.margin/2``) as the /1
+    report of the same run: every vector a plain list, bit for bit the floats /1 writes.
+
+    ``X``: the data rows the run read, ``(n_rows, D)`` in the model's column order (row ``r`` of
+    a result is ``X[r]``); needed for a counterfactual report of data rows (its sparse
+    ``counterfactual`` entries are changes to the row, and ``delta`` is ``counterfactual - x``).
+    A /1 report is returned as it is.
+    """
+    schema = str(report.get("schema", ""))
+    command, _, version = schema.rpartition("/")
+    if version == "1":
+        return report
+    if version != "2" or command not in ("invaudit.counterfactual", "invaudit.margin"):
+        raise ValueError(f"cannot expand a report of schema {schema!r}")
+    out = {k: v for k, v in report.items() if k != "gradients"}
+    out["schema"] = command + "/1"
+    D = int((report.get("model") or {}).get("n_features") or 0)
+    if command == "invaudit.margin":
+        out["results"] = [dict(r, perturbation=_expanded_vec(r.get("perturbation"), D)) for r in report["results"]]
+        return out
+    names = (report.get("model") or {}).get("feature_names")
+    gradients = [np.asarray(g, dtype=np.float64) for g in report.get("gradients") or []]
+    X = None if X is None else np.asarray(X, dtype=np.float64)
+    results = []
+    for r in report["results"]:
+        r = dict(r)
+        cf = r.get("counterfactual")
+        needs_x = isinstance(cf, dict) or ("delta" not in r and cf is not None) or "changed_features" not in r
+        if needs_x and X is None and cf is not None:
+            raise ValueError("this compact report lists changes to the data rows: pass the rows it read (X)")
+        x = X[int(r["row"])] if (needs_x and cf is not None) else None
+        if isinstance(cf, dict):
+            cf_vec = sparse_decode(cf, D, base=x)
+        elif cf is None or not all(isinstance(v, (float, int)) or v is None for v in cf):
+            cf_vec = None  # no point, or a typed row's values (kept as they are)
+        else:
+            cf_vec = sparse_decode(cf, D)
+        if cf_vec is not None:
+            r["counterfactual"] = _listed(cf_vec)
+        if "delta" in r:
+            d = r["delta"]
+            d_vec = sparse_decode(d, D) if isinstance(d, dict) else (None if d is None else np.asarray(
+                [np.nan if v is None else v for v in d], dtype=np.float64))
+            if isinstance(d, dict):
+                r["delta"] = _listed(d_vec)
+        else:
+            d_vec = None if cf_vec is None else cf_vec - x
+            r["delta"] = None if d_vec is None else _listed(d_vec)
+        fi = r.get("feature_importance", ...)
+        if fi is not ...:
+            if isinstance(fi, dict) and "gradient" in fi:
+                r["feature_importance"] = _listed(gradients[int(fi["gradient"])] * d_vec)
+            elif fi is None:
+                r["feature_importance"] = [None] * D
+            elif isinstance(fi, dict):
+                r["feature_importance"] = _listed(sparse_decode(fi, D))
+        if "changed_features" not in r:
+            idx = [] if cf_vec is None else np.flatnonzero(cf_vec != x).tolist()
+            r["changed_features"] = idx if names is None else [str(names[j]) for j in idx]
+        r.pop("n_changed", None)
+        results.append(r)
+    out["results"] = results
+    return out
+
+
+def _expanded_vec(value, D: int):
+    if isinstance(value, dict):
+        return _listed(sparse_decode(value, D))
+    return value
