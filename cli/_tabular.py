@@ -79,15 +79,18 @@ def _options(tm, train_ds, *, scale, bounds, immutable, increase_only, decrease_
 
 
 def run_counterfactual(run, ds, train_ds, *, rows, target, confidence, norm, scale, bounds, immutable,
-                       increase_only, decrease_only, integer, categorical_cost, seed, out, id_column, update):
-    """Counterfactuals for a typed-row model; returns ``(results, summary)``."""
+                       increase_only, decrease_only, integer, categorical_cost, seed, out, id_column, update,
+                       jobs=None, scheduler=None):
+    """Counterfactuals for a typed-row model; returns ``(results, summary)``; ``jobs`` and
+    ``scheduler`` as ``--jobs`` / ``--scheduler`` (identical answers)."""
     from invaudit.counterfactual.tabular import tabular_counterfactuals
 
     tm = run.tabular
     opts = _options(tm, train_ds, scale=scale, bounds=bounds, immutable=immutable, increase_only=increase_only,
                     decrease_only=decrease_only, integer=integer, categorical_cost=categorical_cost, seed=seed)
     frame = ds.frame.iloc[rows].reset_index(drop=True)
-    res = tabular_counterfactuals(tm, frame, target=target, confidence=confidence, norm=norm, progress=update, **opts)
+    res = tabular_counterfactuals(tm, frame, target=target, confidence=confidence, norm=norm, progress=update,
+                                  jobs=jobs, scheduler=scheduler, **opts)
     results = res.records(tm.classes, rows)
     if out is not None:
         keep = np.asarray(res.status) == "found"
@@ -97,7 +100,7 @@ def run_counterfactual(run, ds, train_ds, *, rows, target, confidence, norm, sca
 
 
 def run_margin(run, ds, train_ds, *, rows, norm, scale, bounds, immutable, increase_only, decrease_only,
-               integer, categorical_cost, seed, out, id_column, update):
+               integer, categorical_cost, seed, out, id_column, update, jobs=None, scheduler=None):
     """Margins for a typed-row model; returns ``(bundle, records)``; the bundle has the columns
     :func:`invaudit.margins.summarize` reads, so both kinds of model share one summary."""
     from invaudit.margins._tabular import tabular_margins
@@ -107,7 +110,8 @@ def run_margin(run, ds, train_ds, *, rows, norm, scale, bounds, immutable, incre
                     decrease_only=decrease_only, integer=integer, categorical_cost=categorical_cost, seed=seed)
     frame = ds.frame.iloc[rows].reset_index(drop=True)
     y_index = None if ds.y_index is None else ds.y_index[rows]
-    res = tabular_margins(tm, frame, norm=norm, labels_index=y_index, progress=update, **opts)
+    res = tabular_margins(tm, frame, norm=norm, labels_index=y_index, progress=update, jobs=jobs,
+                          scheduler=scheduler, **opts)
     results = res.records(tm.classes, rows)
     if out is not None:
         keep = np.isfinite(np.asarray(res.margin, dtype=np.float64))

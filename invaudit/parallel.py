@@ -21,7 +21,14 @@ Backends
   rows. This process works while the workers start; if it runs out of chunks before any worker
   delivered one, it solves theirs too (so a small run never waits for a cold worker);
 - dask: ``dask.distributed.Client(address)``; the shared objects are scattered to every
-  worker once (``broadcast=True``), the chunks submitted as tasks, gathered in order.
+  worker once (``broadcast=True``), the chunks submitted as tasks, gathered in order. While a
+  chunk runs, the worker's heap keeps freed memory for reuse (:func:`_heap_kept`: Dask's own
+  ``MALLOC_TRIM_THRESHOLD_`` otherwise costs numeric chunks half again their CPU).
+
+Chunk sizes are set per solver (``_margin_rows``, ``_counterfactual_rows``,
+:data:`EXPLAIN_ROWS`) so that a chunk's fixed cost stays small beside its rows' cost: a chunk
+must be long enough to pay for itself, and the chunks are the same serially, so a serial run
+gains from the larger ones too.
 
 Every chunk runs with BLAS on one thread, in a worker (``threadpoolctl`` and the usual
 environment variables) and in this process alike: processes times BLAS threads never exceed
@@ -41,6 +48,7 @@ import dataclasses
 import os
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -70,8 +78,11 @@ POOL_IDLE_S = 30
 # When this process runs out of chunks before any worker delivered one, it solves the workers'
 # chunks too (tests turn this off to make sure the workers' answers are the ones compared).
 _STEAL_FROM_COLD_WORKERS = True
-#: Who solved the chunks of the last run in this process: ``{"here": k, "pool": k, "cluster": k}``.
-last_run: dict = {"here": 0, "pool": 0, "cluster": 0}
+#: Who solved the chunks of the last run in this process: ``{"here": k, "pool": k, "cluster": k}``,
+#: and ``"cpu"``: ``{process id: CPU seconds spent solving chunks there}`` (each chunk timed by the
+#: thread that solved it, where it ran: what benchmarks/parallel.py compares, free of the idle
+#: CPU of a Dask worker's event loop and of everything else a process does).
+last_run: dict = {"here": 0, "pool": 0, "cluster": 0, "cpu": {}}
 
 #: BLAS threads while a chunk is solved, wherever it runs (see the module docstring).
 _CHUNK_BLAS_THREADS = 1
@@ -131,10 +142,20 @@ def _slice(parts: dict, a: int, b: int) -> dict:
     return {k: (None if v is None else np.array(v[a:b], copy=True)) for k, v in parts.items()}
 
 
-def _blas_limit(threads: int):
-    from threadpoolctl import threadpool_limits
+_CONTROLLER: list = [None, -1]
 
-    return threadpool_limits(limits=max(1, int(threads)))
+
+def _blas_limit(threads: int):
+    """A context capping BLAS/OpenMP pools at ``threads``. The controller (a scan of every loaded
+    library, ~5 ms) is built once per process and again only after new modules were imported
+    (which may have loaded another BLAS): a run of a hundred chunks paid 0.5-1 s for the scans."""
+    import sys
+
+    if _CONTROLLER[0] is None or _CONTROLLER[1] != len(sys.modules):
+        from threadpoolctl import ThreadpoolController
+
+        _CONTROLLER[0], _CONTROLLER[1] = ThreadpoolController(), len(sys.modules)
+    return _CONTROLLER[0].limit(limits=max(1, int(threads)))
 
 
 def _call(fn, shared, part, a, b, blas, progress=None):
@@ -143,6 +164,20 @@ def _call(fn, shared, part, a, b, blas, progress=None):
         return fn(shared, part, a, b, progress)
     with _blas_limit(blas):
         return fn(shared, part, a, b, progress)
+
+
+def _timed_call(*args):
+    """``(result, (process id, CPU seconds of this thread))`` of :func:`_call`: how a worker
+    reports what a chunk cost where it ran."""
+    c0 = time.thread_time()
+    out = _call(*args)
+    return out, (os.getpid(), time.thread_time() - c0)
+
+
+def _count_cpu(cost) -> None:
+    pid, seconds = cost
+    cpu = last_run.setdefault("cpu", {})
+    cpu[pid] = cpu.get(pid, 0.0) + float(seconds)
 
 
 # shared objects in a pool worker: read once from the file the parent wrote
@@ -199,12 +234,68 @@ def _loky_task(path: str, fn, part, a, b, blas, warm=()):
         _WORKER_CACHE.clear()
         _WORKER_CACHE[path] = shared
     _import(warm)
-    return _call(fn, shared, part, a, b, blas)
+    return _timed_call(fn, shared, part, a, b, blas)
 
 
 def _dask_task(fn, shared, part, a, b, blas, warm=()):
     _import(warm)
-    return _call(fn, shared, part, a, b, blas)
+    with _heap_kept():
+        return _timed_call(fn, shared, part, a, b, blas)
+
+
+# glibc's malloc options (mallopt): a fixed trim threshold switches off the dynamic mmap threshold
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_heap_lock = threading.Lock()
+_heap_users = [0]
+
+
+@contextmanager
+def _heap_kept():
+    """While a chunk runs, let glibc keep freed memory for reuse, where the process was told to
+    give it back at once. Dask starts its workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which
+    also fixes the mmap threshold at 128 KiB: every freed array above that goes back to the
+    system and the next one is faulted in again, page by page (measured on explain chunks: 8x
+    the page faults and +50% CPU, all of it system time). The process's own settings come back
+    when its last chunk ends, with a ``malloc_trim``, so the worker still returns its memory.
+    Nothing happens elsewhere (no such variable, not glibc)."""
+    trim = os.environ.get("MALLOC_TRIM_THRESHOLD_")
+    libc = _libc() if trim is not None else None
+    if libc is None:
+        yield
+        return
+    with _heap_lock:
+        _heap_users[0] += 1
+        if _heap_users[0] == 1:
+            libc.mallopt(_M_TRIM_THRESHOLD, 1 << 28)
+            libc.mallopt(_M_MMAP_THRESHOLD, 1 << 25)
+    try:
+        yield
+    finally:
+        with _heap_lock:
+            _heap_users[0] -= 1
+            if _heap_users[0] == 0:
+                try:
+                    libc.mallopt(_M_TRIM_THRESHOLD, int(trim))
+                except ValueError:  # pragma: no cover - not a number: glibc ignored it too
+                    libc.mallopt(_M_TRIM_THRESHOLD, 128 * 1024)
+                libc.mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
+                libc.malloc_trim(0)
+
+
+def _libc():
+    """glibc through ctypes, or None."""
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt, libc.malloc_trim  # noqa: B018 - glibc has both (musl does not)
+        return libc
+    except (OSError, AttributeError):
+        return None
 
 
 @contextmanager
@@ -249,7 +340,7 @@ _FORK_STATE: dict = {}
 
 def _fork_task(a, b):
     st = _FORK_STATE
-    return _call(st["fn"], st["shared"], _slice(st["parts"], a, b), a, b, _CHUNK_BLAS_THREADS)
+    return _timed_call(st["fn"], st["shared"], _slice(st["parts"], a, b), a, b, _CHUNK_BLAS_THREADS)
 
 
 def _noop():
@@ -384,7 +475,8 @@ def _run_processes(fn, shared, parts, chunks, todo, jobs, inline_one, warm=()):
                     raise fut
                 if i in delivered:
                     continue  # solved here already
-                result = fut.result()
+                result, cost = fut.result()
+                _count_cpu(cost)
                 pool_done[0] += 1
                 last_run["pool"] += 1
                 deliver(i)
@@ -469,7 +561,8 @@ def _run_dask(fn, shared, parts, chunks, todo, scheduler, warm=()):
             ac = as_completed(list(pending), loop=client.loop)
             for fut in ac:
                 i = pending.pop(fut)
-                result = fut.result()
+                result, cost = fut.result()
+                _count_cpu(cost)
                 last_run["cluster"] += 1
                 nxt = next(order, None)
                 if nxt is not None:
@@ -509,15 +602,17 @@ def imap_chunks(fn: Callable, n: int, *, shared: Any = None, parts: Optional[dic
     def inline_one(i):
         a, b = chunks[i]
         last_run["here"] += 1
-        return _call(fn, shared, _slice(parts, a, b), a, b, inline_blas,
-                     _progress_mapper(progress, n, lambda: done_rows[0], b - a))
+        out, cost = _timed_call(fn, shared, _slice(parts, a, b), a, b, inline_blas,
+                                _progress_mapper(progress, n, lambda: done_rows[0], b - a))
+        _count_cpu(cost)
+        return out
 
     def inline(todo):
         for i in todo:
             yield i, inline_one(i)
 
     todo = list(range(len(chunks)))
-    last_run.update(here=0, pool=0, cluster=0)
+    last_run.update(here=0, pool=0, cluster=0, cpu={})
     if scheduler is not None:
         source = _run_dask(fn, shared, parts, chunks, todo, scheduler, warm)
     else:
@@ -683,6 +778,11 @@ def _margin_rows(form) -> int:
         return 8192
     if kind == "trees":
         return 1024 if getattr(form, "aggregate", None) == "single" else 16
+    if kind == "differentiable":
+        # a network's attack costs ~300 model calls per chunk whatever its size (bisection steps
+        # over the whole batch): measured on the digits MLP, 10 ms/row CPU in chunks of 16 rows,
+        # 3.2 in chunks of 128, 1.5 in one of 512 (~0.85 ms/row plus ~0.33 s per chunk)
+        return 128
     return 16
 
 
@@ -776,8 +876,13 @@ def _explain_chunk(shared, part, a, b, progress):
                  baseline=baseline, progress=done, **shared["options"])
 
 
+#: Rows per chunk of an explanation run: ~30 ms of fixed cost per chunk against ~4 ms per row (digits
+#: MLP, 8x8), so 64 rows keep the fixed part near a tenth.
+EXPLAIN_ROWS = 64
+
+
 def explain_rows(form, X, *, rows=None, label_indices=None, baseline, progress=None,
-                 jobs: Optional[int] = None, scheduler=None, min_rows: int = 16, **options) -> list:
+                 jobs: Optional[int] = None, scheduler=None, min_rows: int = EXPLAIN_ROWS, **options) -> list:
     """:func:`invaudit.explain.explain_rows` over chunks of rows; ``progress(done_rows)`` as in
     the solver. Each row keeps its own number (``rows``), which fixes its random partitions."""
     X = np.asarray(X, dtype=np.float64)

@@ -906,6 +906,36 @@ def _solve_search(setup, tm, targets, confidence, time_limit, seed, best, max_le
     return table, level_of
 
 
+def _chunk(shared, part, a, b, progress):
+    """Chunks ``part["idx"]`` (consecutive, ``chunk_rows`` rows each) of a run, each solved on its
+    own as a call with those rows only (module level: a worker process imports it by name)."""
+    tm, frame, target, size, options = (shared[k] for k in ("tm", "frame", "target", "size", "options"))
+    out = []
+    for k in part["idx"]:
+        lo = int(k) * size
+        hi = min(lo + size, len(frame))
+        out.append(tabular_counterfactuals(tm, frame.iloc[lo:hi], target=target if isinstance(target, str)
+                                           else target[lo:hi], chunk_rows=size, **options))
+    return out
+
+
+def _chunked(tm, frame, target, size, *, jobs, scheduler, progress, options) -> "TabularCounterfactuals":
+    """The rows in consecutive chunks of ``size`` (fixed: the chunks, hence the answers, do not
+    depend on who solves them), one chunk per task of :func:`invaudit.parallel.map_chunks`."""
+    from invaudit import parallel
+
+    n_all = len(frame)
+    k = -(-n_all // size)
+    report = None
+    if progress is not None:
+        def report(done, total):  # chunks done -> rows done (only the last chunk is shorter)
+            progress(n_all if done >= total else min(n_all, done * size), n_all)
+    shared = {"tm": tm, "frame": frame, "target": target, "size": int(size), "options": options}
+    parts = parallel.map_chunks(_chunk, k, shared=shared, parts={"idx": np.arange(k)}, jobs=jobs,
+                                scheduler=scheduler, progress=report, min_rows=1, max_chunks=k)
+    return TabularCounterfactuals.concat([r for p in parts for r in p])
+
+
 def class_index(tm, labels):
     from invaudit.models.base import class_indices
 
@@ -920,7 +950,7 @@ def tabular_counterfactuals(tm: TabularModel, frame, *, target, confidence=None,
                             immutable=(), increase_only=(), decrease_only=(), integer=(), bounds=None,
                             scale=None, categorical_cost=1.0, allow_missing_change=False,
                             time_limit=10.0, seed=0, max_combinations=20000, progress=None,
-                            chunk_rows=CHUNK_ROWS) -> TabularCounterfactuals:
+                            chunk_rows=None, jobs=1, scheduler=None) -> TabularCounterfactuals:
     """The closest valid row of the input schema that the pipeline assigns to ``target``.
 
     Parameters
@@ -953,11 +983,15 @@ def tabular_counterfactuals(tm: TabularModel, frame, *, target, confidence=None,
         changed categorical columns (module docstring).
     progress : callable(done, total), optional
         Called after each chunk of rows.
-    chunk_rows : int
-        Rows are solved in consecutive chunks of this many (bounded memory, progress between
-        chunks). Every row's answer is the same whatever else is in the batch, up to the
+    chunk_rows : int, optional
+        Rows are solved in consecutive chunks of this many (default :data:`CHUNK_ROWS`; bounded
+        memory, progress between chunks). Every row's answer is the same whatever else is in the batch, up to the
         non-linear search's cap on category choices per chunk: the chunk size is fixed, so
         results are deterministic.
+    jobs, scheduler : the chunks in parallel (:mod:`invaudit.parallel`: ``jobs`` None is auto,
+        1 serial, N processes; ``scheduler`` a Dask address). The chunks are the same whoever
+        solves them, so the answers are identical bit for bit; with more than one chunk, every
+        chunk runs with BLAS on one thread, serially as in parallel.
 
     Returns
     -------
@@ -974,23 +1008,19 @@ def tabular_counterfactuals(tm: TabularModel, frame, *, target, confidence=None,
     import pandas as pd
 
     n_all = len(frame)
+    chunk_rows = CHUNK_ROWS if chunk_rows is None else max(1, int(chunk_rows))
     if n_all > chunk_rows:
+        t_all = target
         if not isinstance(target, str):
             t_all = np.asarray(target)
             if t_all.ndim == 0:
                 t_all = np.full(n_all, t_all)
-        parts = []
-        for start in range(0, n_all, chunk_rows):
-            stop = min(start + chunk_rows, n_all)
-            parts.append(tabular_counterfactuals(
-                tm, frame.iloc[start:stop], target=target if isinstance(target, str) else t_all[start:stop],
-                confidence=confidence, norm=norm, immutable=immutable, increase_only=increase_only,
-                decrease_only=decrease_only, integer=integer, bounds=bounds, scale=scale,
-                categorical_cost=categorical_cost, allow_missing_change=allow_missing_change,
-                time_limit=time_limit, seed=seed, max_combinations=max_combinations, chunk_rows=chunk_rows))
-            if progress is not None:
-                progress(stop, n_all)
-        return TabularCounterfactuals.concat(parts)
+        return _chunked(tm, frame, t_all, chunk_rows, jobs=jobs, scheduler=scheduler, progress=progress,
+                        options=dict(confidence=confidence, norm=norm, immutable=immutable,
+                                     increase_only=increase_only, decrease_only=decrease_only, integer=integer,
+                                     bounds=bounds, scale=scale, categorical_cost=categorical_cost,
+                                     allow_missing_change=allow_missing_change, time_limit=time_limit, seed=seed,
+                                     max_combinations=max_combinations))
 
     if norm not in NORMS:
         raise InputError(f"unknown norm {norm!r}; use one of {', '.join(NORMS)}.")

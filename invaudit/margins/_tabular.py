@@ -89,12 +89,14 @@ def _fmt(v):
 def tabular_margins(tm, frame, *, norm="l2", labels_index=None, immutable=(), increase_only=(),
                     decrease_only=(), integer=(), bounds=None, scale=None, categorical_cost=1.0,
                     allow_missing_change=False, time_limit=10.0, seed=0,
-                    max_combinations=20000, progress=None) -> TabularMargins:
+                    max_combinations=20000, progress=None, chunk_rows=None, jobs=1,
+                    scheduler=None) -> TabularMargins:
     """Distance of each row to the nearest valid row the pipeline assigns to another class.
 
     Parameters are those of :func:`invaudit.counterfactual.tabular.tabular_counterfactuals`
     (without ``target`` and ``confidence``); ``labels_index`` (n,) are the given labels as class
-    indices, kept for the report (margins are measured from the *predicted* class).
+    indices, kept for the report (margins are measured from the *predicted* class). ``jobs`` and
+    ``scheduler`` solve its chunks of ``chunk_rows`` rows in parallel, with identical answers.
 
     What is exact
     -------------
@@ -106,7 +108,8 @@ def tabular_margins(tm, frame, *, norm="l2", labels_index=None, immutable=(), in
         tm, frame, target="other", norm=norm, immutable=immutable, increase_only=increase_only,
         decrease_only=decrease_only, integer=integer, bounds=bounds, scale=scale,
         categorical_cost=categorical_cost, allow_missing_change=allow_missing_change,
-        time_limit=time_limit, seed=seed, max_combinations=max_combinations, progress=progress)
+        time_limit=time_limit, seed=seed, max_combinations=max_combinations, progress=progress,
+        chunk_rows=chunk_rows, jobs=jobs, scheduler=scheduler)
     ok = cf.status == "found"
     return TabularMargins(
         margin=np.where(ok, cf.distance, np.nan), predicted_index=cf.original_index,
