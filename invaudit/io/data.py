@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import mmap
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -132,10 +133,20 @@ def load_data(
                          "give it a CSV with a header.")
     if label_column is not None and id_column is not None and label_column == id_column:
         raise InputError(f"--id-column and --label-column both name '{id_column}'.")
-    ids = frame = file_columns = column_match = in_file = None
-
+    hashing = _Digest(p)  # the file's SHA-256, on another thread while the file is read and checked
     try:
-        digest = file_sha256(p)
+        return _read_checked(p, suffix, hashing, n_features=n_features, feature_names=feature_names,
+                             classes=classes, label_column=label_column, labels_path=labels_path,
+                             require_labels=require_labels, id_column=id_column, schema=schema, rows=rows)
+    finally:
+        hashing.raise_failure()  # a file that cannot be hashed says so first, as before
+
+
+def _read_checked(p: Path, suffix: str, hashing, *, n_features, feature_names, classes, label_column, labels_path,
+                  require_labels, id_column, schema, rows) -> Dataset:
+    """:func:`load_data` once its arguments are checked: read the file, check it against the model."""
+    ids = frame = file_columns = column_match = in_file = None
+    try:
         if suffix == ".csv":
             limit = _last_row(rows)
             X, y_raw, columns, ids, frame, file_columns, in_file = _read_csv(
@@ -182,8 +193,35 @@ def load_data(
         how = {".csv": "pass --label-column NAME", ".npy": "pass --labels FILE.npy",
                ".npz": "store them as array 'y'"}[suffix]
         raise InputError(f"data file {p} has no labels; {how}.")
-    return Dataset(path=str(p), sha256=digest, X=X, y=y, y_index=y_index, columns=columns, ids=ids,
+    return Dataset(path=str(p), sha256=hashing.value(), X=X, y=y, y_index=y_index, columns=columns, ids=ids,
                    frame=frame, column_match=column_match, file_columns=file_columns, n_rows_in_file=in_file)
+
+
+class _Digest:
+    """A file's SHA-256 computed on a thread (hashlib releases the GIL on large blocks), so hashing a
+    large data file overlaps with reading it; :meth:`value` gives the digest or raises what
+    :func:`file_sha256` raised."""
+
+    def __init__(self, path: Path):
+        self._digest = self._error = None
+        self._thread = threading.Thread(target=self._run, args=(path,), name="invaudit-sha256", daemon=True)
+        self._thread.start()
+
+    def _run(self, path: Path) -> None:
+        try:
+            self._digest = file_sha256(path)
+        except BaseException as exc:  # handed to the reading thread by value()
+            self._error = exc
+
+    def raise_failure(self) -> None:
+        """Wait for the digest; raise what hashing raised, if anything."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def value(self) -> str:
+        self.raise_failure()
+        return self._digest
 
 
 def _last_row(spec: Optional[str]) -> Optional[int]:
@@ -226,7 +264,8 @@ def _read_csv(p: Path, label_column, feature_names, id_column=None, schema=None,
     unless ``limit`` stopped the read early)."""
     # utf-8-sig: a byte-order mark is not part of the first column's name
     with open(p, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.reader(fh)
+        consumed = [0]  # with a limit: bytes of the lines the reader has taken (to count the rest)
+        reader = csv.reader(fh if limit is None else _measured_lines(fh, consumed))
         try:
             header = next(reader)
         except StopIteration:
@@ -301,7 +340,7 @@ def _read_csv(p: Path, label_column, feature_names, id_column=None, schema=None,
         flush()
         in_file = None
         if limit is not None and done >= limit:
-            in_file = done + _count_lines(fh)
+            in_file = done + _count_lines(p, consumed[0] + _bom_length(p))
 
     y_raw = np.concatenate(y_parts) if y_parts else (np.empty(0, dtype=object) if label_column is not None else None)
     ids = np.concatenate(id_parts) if id_parts else (np.empty(0, dtype=object) if id_column is not None else None)
@@ -315,21 +354,46 @@ def _read_csv(p: Path, label_column, feature_names, id_column=None, schema=None,
     return X, y_raw, list(feature_cols), ids, None, file_columns, in_file
 
 
-def _count_lines(fh) -> int:
-    """Non-blank lines left in an open text file, counted in large blocks without parsing them
-    (a quoted cell spanning lines counts once per line)."""
-    count, last = 0, "\n"
-    while True:
-        block = fh.read(1 << 22)
-        if not block:
-            break
-        count += block.count("\n") - block.count("\n\n")
-        if last == "\n" and block.startswith("\n"):
-            count -= 1
-        last = block[-1]
-    if last != "\n":
+def _measured_lines(fh, consumed: list):
+    """The lines of a text file opened with ``newline=""`` (so each line is exactly its bytes,
+    decoded), adding each one's length in UTF-8 bytes to ``consumed[0]``."""
+    for line in fh:
+        consumed[0] += len(line) if line.isascii() else len(line.encode("utf-8"))
+        yield line
+
+
+def _bom_length(p: Path) -> int:
+    with open(p, "rb") as fh:
+        return 3 if fh.read(3) == b"\xef\xbb\xbf" else 0
+
+
+def _count_lines(p: Path, offset: int, block_size: int = 1 << 20) -> int:
+    """Non-blank lines of a file from byte ``offset`` on, counted in large binary blocks without
+    decoding or parsing them (a quoted cell spanning lines counts once per line). A line is blank
+    when it holds nothing, or only the carriage return of a CRLF ending; a last line without its
+    newline counts."""
+    count, line_start, at, last = 0, offset, offset, -1  # last: the byte before the block
+    with open(p, "rb") as fh:
+        fh.seek(offset)
+        while block := fh.read(block_size):
+            arr = np.frombuffer(block, dtype=np.uint8)
+            idx = np.flatnonzero(arr == 10)  # the newlines, in the block
+            if idx.size:
+                ends = idx + at
+                starts = np.concatenate(([line_start], ends[:-1] + 1))
+                length = ends - starts
+                before = arr[np.maximum(idx - 1, 0)].astype(np.int16)  # the byte before each newline
+                if idx[0] == 0:
+                    before[0] = last
+                blank = (length == 0) | ((length == 1) & (before == 13))
+                count += int(idx.size - np.count_nonzero(blank))
+                line_start = int(ends[-1]) + 1
+            last = block[-1]
+            at += len(block)
+    tail = at - line_start
+    if tail > 1 or (tail == 1 and last != 13):
         count += 1
-    return max(count, 0)
+    return count
 
 
 def _typed_frame(cells: np.ndarray, p: Path, schema):

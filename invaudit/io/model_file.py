@@ -39,6 +39,7 @@ import pickle
 import pickletools
 import re
 import stat
+import sys
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -1791,10 +1792,10 @@ def _summarise_warnings(caught, shown: str) -> tuple[list[str], list[str]]:
 def _check_fitted_classifier(estimator, shown: str, versions: list[str]) -> None:
     import sklearn
     from sklearn.base import is_classifier
-    from sklearn.pipeline import Pipeline
     from sklearn.utils.validation import check_is_fitted
 
     final, label = estimator, type(estimator).__name__
+    Pipeline = _imported("sklearn.pipeline", "Pipeline") or ()  # no Pipeline here if never imported
     if isinstance(estimator, Pipeline):
         final = estimator.steps[-1][1] if estimator.steps else None
         label = f"Pipeline ending in {_article(type(final).__name__)}"
@@ -1843,9 +1844,10 @@ def _check_fitted_state(estimator, shown: str) -> None:
     - GradientBoosting's ``estimators_`` has one column per class (one for two classes); libsvm's
       arrays agree with each other; KD/ball tree indices are in range.
     """
-    from sklearn.ensemble._hist_gradient_boosting.predictor import TreePredictor
-    from sklearn.tree._tree import Tree
-
+    # only classes whose modules are imported can have instances here, so a linear model imports
+    # no tree code (start-up time, issue 16); isinstance(obj, ()) is False
+    Tree = _imported("sklearn.tree._tree", "Tree") or ()
+    TreePredictor = _imported("sklearn.ensemble._hist_gradient_boosting.predictor", "TreePredictor") or ()
     todo = [(estimator, None, None)]
     seen: set = set()
     while todo:
@@ -1891,6 +1893,13 @@ def _check_fitted_state(estimator, shown: str) -> None:
             raise InputError(f"{shown} was refused: {problem}, which would make scikit-learn's "
                              "compiled code read or write outside its memory")
         todo.extend((child, width, child_required) for child in children)
+
+
+def _imported(module: str, name: str):
+    """``module.name`` if ``module`` is already imported, else None. An object of a class can only
+    exist once the class's module has been imported (unpickling imports what the file names), so
+    a check for such objects need not import the module itself."""
+    return getattr(sys.modules.get(module), name, None)
 
 
 def _calls_members_unchecked(obj) -> bool:

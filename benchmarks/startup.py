@@ -1,0 +1,293 @@
+"""Benchmark (issue 16): process start, --rows on a large CSV and a million-row table, each by its floor.
+
+What the command costs around the solver — process start, ``--rows`` on a large CSV,
+``--format table`` on a million rows — each next to what no command can go below.
+
+Run by hand (not by pytest), from the repository root::
+
+    .venv/bin/python benchmarks/startup.py [--repeat 5] [--only start,rows,table]
+
+1. ``start``: ``invaudit --version``, ``invaudit --help`` and ``invaudit info MODEL`` for a
+   LogisticRegression, a StandardScaler + LogisticRegression pipeline and a RandomForest (target:
+   ``info`` <= 0.6 s), each next to its floor in the same run: a bare Python that imports numpy and
+   only the modules the pickle itself names (what no loader can avoid), and one that unpickles the
+   file with ``joblib.load``. ``overhead`` = invaudit - import floor. Children run with byte-code
+   caching on (``PYTHONPYCACHEPREFIX`` in the work directory, one warm-up run first), as an
+   installed package would, even where the calling shell sets ``PYTHONDONTWRITEBYTECODE``.
+2. ``rows``: ``margin --rows 0-9 --json`` on a 1,000,000-row CSV with an ID and a label column
+   (target: <= 2 s, <= 300 MB), next to the joblib.load floor of its model.
+3. ``table``: ``margin --format table`` on 1,000,000 x 50 rows, a 10-class linear model (target:
+   <= solver + data read + 1 s), next to the in-process solver and the data read of the same run;
+   also with ``--jobs 1`` (serial, like the in-process solver) to tell the command's own cost from
+   the parallel run's.
+
+Every figure is the minimum over ``--repeat`` runs (median in brackets) of wall time, CPU time
+(user + system of that child: a loaded machine inflates wall time much more than CPU time) and
+peak memory (``ru_maxrss`` of that one child, from ``/usr/bin/time``). The load average is printed
+first; on a shared machine read the CPU column.
+
+Inputs are generated once in ``/tmp/invaudit_report_scale`` (the same files as
+``benchmarks/report_scale.py``; about 0.6 GB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+warnings.filterwarnings("ignore")
+
+WORK = Path("/tmp/invaudit_report_scale")
+_SCRIPT = Path(sys.executable).with_name("invaudit")
+CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "invaudit.cli.app"]
+
+
+def _env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env.update(INVAUDIT_NO_PROGRESS="1", PYTHONWARNINGS="ignore", PYTHONPYCACHEPREFIX=str(WORK / "pycache"))
+    return env
+
+
+def run(cmd, stdout=subprocess.DEVNULL) -> dict:
+    """One child under ``/usr/bin/time``: wall time, CPU time (user + system), peak memory."""
+    stats = WORK / "startup_time.txt"
+    t0 = time.perf_counter()
+    proc = subprocess.run(["/usr/bin/time", "-o", str(stats), "-f", "%e %U %S %M", *[str(c) for c in cmd]],
+                          stdout=stdout, stderr=subprocess.PIPE, env=_env())
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(map(str, cmd))} exited {proc.returncode}: {proc.stderr.decode().strip()}")
+    _e, u, s_, m = stats.read_text().split()[-4:]
+    return {"wall": wall, "cpu": float(u) + float(s_), "peak_mb": int(m) / 1024}
+
+
+def repeated(cmds: dict, repeat: int) -> dict:
+    """Each command of ``cmds`` (label -> argv) ``repeat`` times, interleaved so that a change of
+    load hits every command alike; a warm-up run of each first (byte code, page cache)."""
+    for cmd in cmds.values():
+        run(cmd)
+    runs = {label: [] for label in cmds}
+    for _ in range(repeat):
+        for label, cmd in cmds.items():
+            runs[label].append(run(cmd))
+    return runs
+
+
+def _fmt(rs: list, key: str) -> str:
+    vals = [r[key] for r in rs]
+    return f"{min(vals):6.2f} ({statistics.median(vals):5.2f})"
+
+
+def _row(label: str, rs: list, floor: list | None = None, target: str = "") -> None:
+    over = ""
+    if floor is not None:
+        over = (f"{min(r['wall'] for r in rs) - min(r['wall'] for r in floor):+6.2f}/"
+                f"{min(r['cpu'] for r in rs) - min(r['cpu'] for r in floor):+5.2f}")
+    print(f"{label:50s} {_fmt(rs, 'wall')} {_fmt(rs, 'cpu')} {max(r['peak_mb'] for r in rs):7.0f} {over:>13s}  {target}")
+
+
+def _header(first: str) -> None:
+    print(f"{first:50s} {'wall s (med)':>14s} {'CPU s (med)':>14s} {'peak MB':>7s} {'over w/CPU':>13s}  target")
+
+
+# --- inputs -----------------------------------------------------------------------------------
+
+def _models() -> dict:
+    import joblib
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 8)) * np.logspace(-3, 3, 8)
+    y = (X[:, 0] / 1e-3 + X[:, 5] / 1e2 > 0).astype(int)
+    built = {
+        "LogisticRegression": LogisticRegression(max_iter=2000),
+        "StandardScaler + LogisticRegression": make_pipeline(StandardScaler(), LogisticRegression()),
+        "RandomForest (20 trees)": RandomForestClassifier(n_estimators=20, max_depth=5, random_state=0),
+    }
+    paths = {}
+    for i, (label, est) in enumerate(built.items()):
+        path = WORK / f"startup_model_{i}.joblib"
+        if not path.exists():
+            joblib.dump(est.fit(X, y), path)
+        paths[label] = path
+    return paths
+
+
+def pickle_modules(path: Path) -> list:
+    """The modules a joblib/pickle file names (what unpickling it must import)."""
+    import joblib.numpy_pickle as jnp
+
+    seen: list = []
+    original = jnp.NumpyUnpickler.find_class
+
+    def find_class(self, module, name):
+        if module not in seen:
+            seen.append(module)
+        return original(self, module, name)
+
+    jnp.NumpyUnpickler.find_class = find_class
+    try:
+        jnp.load(path)
+    finally:
+        jnp.NumpyUnpickler.find_class = original
+    return [m for m in seen if m.split(".")[0] not in ("builtins", "copyreg", "_codecs")]
+
+
+def _csv_model_and_rows() -> tuple:
+    model, csv = WORK / "csv_lr.joblib", WORK / "rows_1m.csv"
+    if not model.exists() or not csv.exists():
+        import joblib
+        import orjson
+        import pandas as pd
+        from sklearn.linear_model import LogisticRegression
+
+        rng = np.random.default_rng(4)
+        names = [f"f{j}" for j in range(20)]
+        Xt = rng.normal(size=(2000, 20))
+        clf = LogisticRegression().fit(pd.DataFrame(Xt, columns=names), (Xt[:, 0] + Xt[:, 1] > 0).astype(int))
+        joblib.dump(clf, model)
+        tmp = csv.with_suffix(".part")
+        with open(tmp, "wb") as fh:
+            fh.write((",".join(["id", *names, "target"]) + "\n").encode())
+            for lo in range(0, 1_000_000, 50_000):
+                X = np.round(rng.normal(size=(50_000, 20)), 6)
+                y = (X[:, 0] + X[:, 1] > 0).astype(int)
+                body = orjson.dumps(X, option=orjson.OPT_SERIALIZE_NUMPY)[2:-2].split(b"],[")
+                fh.write(b"".join(b"r%d,%b,%d\n" % (lo + i, line, y[i]) for i, line in enumerate(body)))
+        tmp.rename(csv)
+    return model, csv
+
+
+def _linear_and_npy(n: int) -> tuple:
+    import joblib
+    from sklearn.linear_model import LogisticRegression
+
+    model, npy = WORK / "linear10.joblib", WORK / f"X_{n}x50.npy"
+    if not model.exists():
+        rng = np.random.default_rng(0)
+        clf = LogisticRegression()
+        clf.coef_ = rng.normal(size=(10, 50)) / np.sqrt(50)
+        clf.intercept_ = rng.normal(size=10)
+        clf.classes_ = np.arange(10)
+        clf.n_features_in_ = 50
+        joblib.dump(clf, model)
+    if not npy.exists():
+        rng = np.random.default_rng(1)
+        tmp = npy.with_suffix(".part.npy")
+        X = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float64, shape=(n, 50))
+        for lo in range(0, n, 100_000):
+            X[lo:lo + 100_000] = rng.normal(size=(min(100_000, n - lo), 50))
+        X.flush()
+        del X
+        tmp.rename(npy)
+    return model, npy
+
+
+# --- sections ---------------------------------------------------------------------------------
+
+def bench_start(repeat: int) -> None:
+    print("\n1. process start")
+    _header("command")
+    base = repeated({"python -c pass": [sys.executable, "-c", "pass"],
+                     "python -c 'import numpy'": [sys.executable, "-c", "import numpy"],
+                     "invaudit --version": [*CLI, "--version"],
+                     "invaudit --help": [*CLI, "--help"]}, repeat)
+    for label, rs in base.items():
+        _row(label, rs)
+    for label, path in _models().items():
+        mods = pickle_modules(path)
+        imports = "import numpy" + "".join(f", {m}" for m in mods)
+        runs = repeated({"imports": [sys.executable, "-c", imports],
+                         "joblib": [sys.executable, "-c", f"import joblib; joblib.load({str(path)!r})"],
+                         "info": [*CLI, "info", path]}, repeat)
+        print(f"  {label}: the pickle names {', '.join(mods)}")
+        _row("    floor: python + numpy + those modules", runs["imports"])
+        _row("    floor: python + joblib.load(model)", runs["joblib"])
+        _row("    invaudit info MODEL (over: import floor)", runs["info"], runs["imports"], "target <= 0.6 s")
+
+
+def bench_rows(repeat: int) -> None:
+    print("\n2. --rows 0-9 on a 1,000,000-row CSV")
+    _header("command")
+    model, csv = _csv_model_and_rows()
+    out = WORK / "startup_rows.json"
+    runs = repeated({"joblib": [sys.executable, "-c", f"import joblib; joblib.load({str(model)!r})"],
+                     "rows": [*CLI, "margin", model, csv, "--id-column", "id", "--label-column", "target",
+                              "--rows", "0-9", "--json", out]}, repeat)
+    _row("floor: python + joblib.load(model)", runs["joblib"])
+    _row("margin --rows 0-9 --json (over: floor)", runs["rows"], runs["joblib"], "target <= 2 s, <= 300 MB")
+    out.unlink(missing_ok=True)
+
+
+def bench_table(repeat: int, n: int) -> None:
+    import joblib
+
+    from invaudit.margins import margins
+    from invaudit.models import adapt
+
+    print(f"\n3. margin --format table on {n:,} x 50, K=10")
+    model, npy = _linear_and_npy(n)
+    form = adapt(joblib.load(model))
+    reads, solves = [], []
+    for _ in range(repeat):
+        w, c = time.perf_counter(), time.process_time()
+        X = np.array(np.load(npy, mmap_mode="r"))
+        reads.append((time.perf_counter() - w, time.process_time() - c))
+        w, c = time.perf_counter(), time.process_time()
+        margins(form, X)
+        solves.append((time.perf_counter() - w, time.process_time() - c))
+        del X
+    read_w, read_c = min(r[0] for r in reads), min(r[1] for r in reads)
+    solve_w, solve_c = min(s[0] for s in solves), min(s[1] for s in solves)
+    both = repeated({"table": [*CLI, "margin", model, npy], "serial": [*CLI, "margin", model, npy, "--jobs", "1"]},
+                    repeat)
+    runs = both["table"]
+    start = repeated({"floor": [sys.executable, "-c", f"import joblib; joblib.load({str(model)!r})"]},
+                     repeat)["floor"]
+    print(f"in-process: data read {read_w:.2f} s wall / {read_c:.2f} s CPU, solver {solve_w:.2f} s wall / "
+          f"{solve_c:.2f} s CPU (minimum of {repeat})")
+    _header("command")
+    _row("floor: python + joblib.load(model)", start)
+    _row("margin --format table", runs, None,
+         f"target <= solver + read + 1 s = {solve_w + read_w + 1:.2f} s wall")
+    _row("margin --format table --jobs 1", both["serial"], None, "(serial, as the in-process solver)")
+    best_w, best_c = min(r["wall"] for r in runs), min(r["cpu"] for r in runs)
+    print(f"  beyond solver + read: {best_w - solve_w - read_w:.2f} s wall, {best_c - solve_c - read_c:.2f} s CPU "
+          f"(of which process start, the floor above: {min(r['wall'] for r in start):.2f} s wall, "
+          f"{min(r['cpu'] for r in start):.2f} s CPU)")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeat", type=int, default=5, help="runs per command (minimum and median shown)")
+    ap.add_argument("--only", default="start,rows,table", help="comma-separated: start, rows, table")
+    ap.add_argument("--rows", type=int, default=1_000_000, help="rows of the table case's NPY")
+    args = ap.parse_args(argv)
+    WORK.mkdir(exist_ok=True)
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; minimum (median) of "
+          f"{args.repeat} runs; CPU = user + system of the child; peak = its maximum resident set")
+    only = set(args.only.split(","))
+    if "start" in only:
+        bench_start(args.repeat)
+    if "rows" in only:
+        bench_rows(args.repeat)
+    if "table" in only:
+        bench_table(args.repeat, args.rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
