@@ -65,3 +65,21 @@ def validate(report: dict) -> dict:
 @pytest.fixture(name="validate")
 def validate_fixture():
     return validate
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """One Dask LocalCluster (2 worker processes) for the whole run: the scheduler's address."""
+    distributed = pytest.importorskip("dask.distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as c:
+        yield c.scheduler_address
+
+
+@pytest.fixture
+def pool_answers(monkeypatch):
+    """This process never takes over a cold worker's chunks: the pool's answers are the ones
+    compared (use with ``pytestmark = pytest.mark.usefixtures("pool_answers")``)."""
+    from invaudit import parallel
+
+    monkeypatch.setattr(parallel, "_STEAL_FROM_COLD_WORKERS", False)

@@ -52,20 +52,8 @@ def assert_same(a, b, rtol=0.0):
         assert a == b
 
 
-@pytest.fixture(autouse=True)
-def workers_do_their_chunks(monkeypatch):
-    """This process never takes over a cold worker's chunks here: the pool's answers are the
-    ones compared."""
-    monkeypatch.setattr(parallel, "_STEAL_FROM_COLD_WORKERS", False)
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    """One Dask LocalCluster (2 worker processes) for the module."""
-    distributed = pytest.importorskip("dask.distributed")
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as c:
-        yield c.scheduler_address
+# the pool's answers are the ones compared; `cluster` (tests/conftest.py) is one LocalCluster per run
+pytestmark = pytest.mark.usefixtures("pool_answers")
 
 
 # --- the plan ---------------------------------------------------------------------------------------

@@ -69,18 +69,8 @@ def forest(data):
     return pipeline(RandomForestClassifier(n_estimators=12, max_depth=5, random_state=0)).fit(df[NUM + CAT], y)
 
 
-@pytest.fixture(autouse=True)
-def workers_do_their_chunks(monkeypatch):
-    """The pool's answers are the ones compared (this process never takes over their chunks)."""
-    monkeypatch.setattr(parallel, "_STEAL_FROM_COLD_WORKERS", False)
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    distributed = pytest.importorskip("dask.distributed")
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as c:
-        yield c.scheduler_address
+# the pool's answers are the ones compared; `cluster` (tests/conftest.py) is one LocalCluster per run
+pytestmark = pytest.mark.usefixtures("pool_answers")
 
 
 def same(a, b):

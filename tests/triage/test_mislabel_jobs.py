@@ -21,20 +21,8 @@ from invaudit.models import adapt
 from invaudit.triage import out_of_fold_proba, rank_mislabels, recall_at
 
 
-@pytest.fixture(autouse=True)
-def workers_do_their_folds(monkeypatch):
-    """This process never takes over a cold worker's folds here: the pool's answers are the
-    ones compared."""
-    monkeypatch.setattr(parallel, "_STEAL_FROM_COLD_WORKERS", False)
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    """One Dask LocalCluster (2 worker processes) for the module."""
-    distributed = pytest.importorskip("dask.distributed")
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as c:
-        yield c.scheduler_address
+# the pool's answers are the ones compared; `cluster` (tests/conftest.py) is one LocalCluster per run
+pytestmark = pytest.mark.usefixtures("pool_answers")
 
 
 def _data(seed=0, n=240):
