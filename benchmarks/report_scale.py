@@ -74,6 +74,30 @@ def _linear_model(path: Path, D: int, K: int, seed: int):
     return clf
 
 
+def write_rows_csv(model: Path, csv: Path) -> None:
+    """A LogisticRegression on 20 named features and a 1,000,000-row CSV it reads (an ``id``
+    column first, ``target`` last), written to a temporary and renamed when complete."""
+    import joblib
+    import orjson
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(4)
+    names = [f"f{j}" for j in range(20)]
+    Xt = rng.normal(size=(2000, 20))
+    clf = LogisticRegression().fit(pd.DataFrame(Xt, columns=names), (Xt[:, 0] + Xt[:, 1] > 0).astype(int))
+    joblib.dump(clf, model)
+    tmp = csv.with_suffix(".part")
+    with open(tmp, "wb") as fh:
+        fh.write((",".join(["id", *names, "target"]) + "\n").encode())
+        for lo in range(0, 1_000_000, 50_000):
+            X = np.round(rng.normal(size=(50_000, 20)), 6)
+            y = (X[:, 0] + X[:, 1] > 0).astype(int)
+            body = orjson.dumps(X, option=orjson.OPT_SERIALIZE_NUMPY)[2:-2].split(b"],[")
+            fh.write(b"".join(b"r%d,%b,%d\n" % (lo + i, line, y[i]) for i, line in enumerate(body)))
+    tmp.rename(csv)
+
+
 def prepare(n_margin: int, n_cf: int, only=("margin", "cf", "rows", "info")) -> dict:
     """The inputs the chosen targets need (files already there are kept)."""
     WORK.mkdir(exist_ok=True)
@@ -93,24 +117,8 @@ def prepare(n_margin: int, n_cf: int, only=("margin", "cf", "rows", "info")) -> 
         _linear_model(files["soft"], 2000, 50, 2)
     if not files["Xcf"].exists() and "cf" in only:
         np.save(files["Xcf"], np.random.default_rng(3).normal(size=(n_cf, 2000)))
-    if not files["csv"].exists() and "rows" in only:
-        import joblib
-        import orjson
-        import pandas as pd
-        from sklearn.linear_model import LogisticRegression
-
-        rng = np.random.default_rng(4)
-        names = [f"f{j}" for j in range(20)]
-        Xt = rng.normal(size=(2000, 20))
-        clf = LogisticRegression().fit(pd.DataFrame(Xt, columns=names), (Xt[:, 0] + Xt[:, 1] > 0).astype(int))
-        joblib.dump(clf, files["csv_model"])
-        with open(files["csv"], "wb") as fh:
-            fh.write((",".join(["id", *names, "target"]) + "\n").encode())
-            for lo in range(0, 1_000_000, 50_000):
-                X = np.round(rng.normal(size=(50_000, 20)), 6)
-                y = (X[:, 0] + X[:, 1] > 0).astype(int)
-                body = orjson.dumps(X, option=orjson.OPT_SERIALIZE_NUMPY)[2:-2].split(b"],[")
-                fh.write(b"".join(b"r%d,%b,%d\n" % (lo + i, line, y[i]) for i, line in enumerate(body)))
+    if not (files["csv"].exists() and files["csv_model"].exists()) and "rows" in only:
+        write_rows_csv(files["csv_model"], files["csv"])
     return files
 
 

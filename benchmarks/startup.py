@@ -149,25 +149,10 @@ def pickle_modules(path: Path) -> list:
 def _csv_model_and_rows() -> tuple:
     model, csv = WORK / "csv_lr.joblib", WORK / "rows_1m.csv"
     if not model.exists() or not csv.exists():
-        import joblib
-        import orjson
-        import pandas as pd
-        from sklearn.linear_model import LogisticRegression
+        from report_scale import write_rows_csv  # the same files report_scale.py measures
 
-        rng = np.random.default_rng(4)
-        names = [f"f{j}" for j in range(20)]
-        Xt = rng.normal(size=(2000, 20))
-        clf = LogisticRegression().fit(pd.DataFrame(Xt, columns=names), (Xt[:, 0] + Xt[:, 1] > 0).astype(int))
-        joblib.dump(clf, model)
-        tmp = csv.with_suffix(".part")
-        with open(tmp, "wb") as fh:
-            fh.write((",".join(["id", *names, "target"]) + "\n").encode())
-            for lo in range(0, 1_000_000, 50_000):
-                X = np.round(rng.normal(size=(50_000, 20)), 6)
-                y = (X[:, 0] + X[:, 1] > 0).astype(int)
-                body = orjson.dumps(X, option=orjson.OPT_SERIALIZE_NUMPY)[2:-2].split(b"],[")
-                fh.write(b"".join(b"r%d,%b,%d\n" % (lo + i, line, y[i]) for i, line in enumerate(body)))
-        tmp.rename(csv)
+        WORK.mkdir(parents=True, exist_ok=True)
+        write_rows_csv(model, csv)
     return model, csv
 
 
