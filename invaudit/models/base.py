@@ -146,10 +146,7 @@ class LinearForm(ModelForm):
 
     def preprocess(self, X: np.ndarray) -> np.ndarray:
         """What the final estimator sees: ``X @ pre_A.T + pre_c`` (or ``X`` itself)."""
-        X = np.asarray(X, dtype=np.float64)
-        if self.pre_A is None:
-            return X
-        return X @ self.pre_A.T + self.pre_c
+        return apply_folded(X, self.pre_A, self.pre_c)
 
 
 @dataclass(eq=False)
@@ -270,6 +267,13 @@ class BlackBoxForm(ModelForm):
 
 
 # --- helpers shared by forms and solvers ----------------------------------------------------
+
+def apply_folded(X, A: Optional[np.ndarray], c: Optional[np.ndarray]) -> np.ndarray:
+    """Rows through a form's folded affine preprocessing: ``X @ A.T + c`` (``X`` itself when
+    ``A`` is None), in float64."""
+    X = np.asarray(X, dtype=np.float64)
+    return X if A is None else X @ A.T + c
+
 
 @contextlib.contextmanager
 def _no_feature_name_warning():

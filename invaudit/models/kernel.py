@@ -39,7 +39,7 @@ from typing import Any, Optional
 import numpy as np
 
 from .affine import fold_affine
-from .base import LinearForm, ModelForm
+from .base import LinearForm, ModelForm, apply_folded
 from .linear import _is_identity_function, _is_linear_affine, split_pipeline, step_name
 
 __all__ = ["KernelForm", "from_estimator", "KERNELS"]
@@ -96,7 +96,7 @@ class KernelForm(ModelForm):
         X = np.asarray(X, dtype=np.float64)
         if X.ndim == 1:
             X = X[None, :]
-        return X if self.pre_A is None else X @ self.pre_A.T + self.pre_c
+        return apply_folded(X, self.pre_A, self.pre_c)
 
     def support_vectors_input(self) -> Optional[np.ndarray]:
         """The support vectors in input units (``None`` when the preprocessing is not

@@ -29,7 +29,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .affine import fold_affine
-from .base import ModelForm, _no_feature_name_warning
+from .base import ModelForm, _no_feature_name_warning, apply_folded
 from .linear import _feature_names, _is_identity_function, _is_linear_affine, split_pipeline, step_name
 
 __all__ = ["NeighborsForm", "from_estimator"]
@@ -84,10 +84,7 @@ class NeighborsForm(ModelForm):
 
     def transform(self, X: np.ndarray) -> np.ndarray:
         """What the neighbours search sees: ``X @ pre_A.T + pre_c`` (or ``X`` itself)."""
-        X = np.asarray(X, dtype=np.float64)
-        if self.pre_A is None:
-            return X
-        return X @ self.pre_A.T + self.pre_c
+        return apply_folded(X, self.pre_A, self.pre_c)
 
     def train_inputs(self) -> Optional[np.ndarray]:
         """The stored training points in *input* units, or None when the preprocessing cannot

@@ -27,7 +27,7 @@ from typing import Any, Optional
 import numpy as np
 
 from .affine import fold_affine
-from .base import ModelForm, _softmax
+from .base import ModelForm, _softmax, apply_folded
 from .linear import _feature_names, _is_identity_function, _is_linear_affine, split_pipeline, step_name
 
 __all__ = ["QuadraticForm", "from_estimator"]
@@ -59,10 +59,7 @@ class QuadraticForm(ModelForm):
     kind: str = "quadratic"
 
     def transform(self, X: np.ndarray) -> np.ndarray:
-        X = np.asarray(X, dtype=np.float64)
-        if self.pre_A is None:
-            return X
-        return X @ self.pre_A.T + self.pre_c
+        return apply_folded(X, self.pre_A, self.pre_c)
 
     @property
     def input_map(self) -> np.ndarray:
