@@ -50,7 +50,7 @@ from scipy.special import expit
 
 from invaudit.errors import InputError, SolverError
 
-from ._objective import PRE_FIXED_NOTE, STATIONARY_TOL, Objective, _check_rows, _training_rows
+from ._objective import PRE_FIXED_NOTE, STATIONARY_TOL, Objective, _training_rows
 from ._parallel import single_threaded_blas
 
 __all__ = ["KernelObjective", "is_svm", "smooth_hinge"]
@@ -289,12 +289,6 @@ class KernelObjective(Objective):
         return np.sum(np.where(o != 0, val, 0.0), axis=1)
 
     # --- the Objective interface --------------------------------------------------------------
-    def check_test(self, X_test, y_test):
-        X, y = _check_rows(X_test, y_test, int(self.form.n_features), "the test data")
-        if y is not None and y.size and (y.min() < 0 or y.max() >= self.K):
-            raise InputError(f"test labels must be class indices in 0..{self.K - 1}.")
-        return X, y
-
     def losses(self, X, y):
         return self._losses_at(X, y)
 

@@ -188,9 +188,15 @@ class Objective:
         """Compute (and cache) the per-training-row terms ``estimate`` needs, so that ranking
         blocks of test rows only reads shared state."""
 
+    def check_test(self, X_test, y_test):
+        """The test rows as float64 and their labels as class indices, or one clear error."""
+        X, y = _check_rows(X_test, y_test, int(self.form.n_features), "the test data")
+        K = int(self.form.n_classes)
+        if y is not None and y.size and (y.min() < 0 or y.max() >= K):
+            raise InputError(f"test labels must be class indices in 0..{K - 1}.")
+        return X, y
+
     # --- implemented by subclasses -------------------------------------------------------
-    def check_test(self, X_test, y_test):  # pragma: no cover - interface
-        raise NotImplementedError
 
     def losses(self, X, y) -> np.ndarray:  # pragma: no cover - interface
         raise NotImplementedError
@@ -519,12 +525,6 @@ class LogisticObjective(Objective):
             sign = np.where(y == 1, 1.0, -1.0)
             return np.logaddexp(0.0, -sign * eta[:, 0])
         return logsumexp(eta, axis=1) - eta[np.arange(eta.shape[0]), y]
-
-    def check_test(self, X_test, y_test):
-        X, y = _check_rows(X_test, y_test, int(self.form.n_features), "the test data")
-        if y is not None and y.size and (y.min() < 0 or y.max() >= self.K):
-            raise InputError(f"test labels must be class indices in 0..{self.K - 1}.")
-        return X, y
 
     def losses(self, X, y) -> np.ndarray:
         """Log loss of each row at the fitted parameters."""
@@ -1425,12 +1425,6 @@ class NetworkObjective(Objective):
     def features(self, X):
         X = np.asarray(X, dtype=np.float64)
         return X if self.pre is None else np.asarray(self.pre.transform(X), dtype=np.float64)
-
-    def check_test(self, X_test, y_test):
-        X, y = _check_rows(X_test, y_test, int(self.form.n_features), "the test data")
-        if y is not None and y.size and (y.min() < 0 or y.max() >= self.K):
-            raise InputError(f"test labels must be class indices in 0..{self.K - 1}.")
-        return X, y
 
     def losses(self, X, y):
         lp = self.form.log_proba(np.asarray(X, dtype=np.float64))

@@ -39,7 +39,7 @@ import numpy as np
 
 from invaudit.errors import InputError, UnsupportedModelError
 
-from ._objective import Objective, _check_rows, _training_rows
+from ._objective import Objective, _training_rows
 
 __all__ = ["QuadraticObjective", "build_quadratic_objective", "quadratic_method", "quadratic_refusal",
            "loo_mislabel_ranking"]
@@ -312,12 +312,6 @@ class QuadraticObjective(Objective):
         return out + self._log_priors_without(rows)
 
     # --- the Objective interface ---------------------------------------------------------------
-    def check_test(self, X_test, y_test):
-        X, y = _check_rows(X_test, y_test, int(self.form.n_features), "the test rows")
-        if y is not None and y.size and (y.min() < 0 or y.max() >= len(self.classes)):
-            raise InputError(f"test labels must be class indices in 0..{len(self.classes) - 1}.")
-        return X, y
-
     def predicted_index(self, X) -> np.ndarray:
         return np.argmax(self.form.scores(np.asarray(X, dtype=np.float64)), axis=1).astype(np.intp)
 

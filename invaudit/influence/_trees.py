@@ -57,7 +57,7 @@ from scipy import sparse
 
 from invaudit.errors import InputError, UnsupportedModelError
 
-from ._objective import Objective, _check_rows, _training_rows
+from ._objective import Objective, _training_rows
 
 __all__ = ["TreeObjective", "build_tree_objective", "tree_method", "tree_refusal"]
 
@@ -335,12 +335,6 @@ class TreeObjective(Objective):
         return raw
 
     # --- the Objective interface ------------------------------------------------------------------
-    def check_test(self, X_test, y_test):
-        X, y = _check_rows(X_test, y_test, int(self.form.n_features), "the test rows")
-        if y is not None and y.size and (y.min() < 0 or y.max() >= self.form.n_classes):
-            raise InputError(f"test labels must be class indices in 0..{self.form.n_classes - 1}.")
-        return X, y
-
     def proba(self, X) -> np.ndarray:
         return self.form.proba_from_leaves(self.form.leaf_index(X))
 
