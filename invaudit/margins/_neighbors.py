@@ -226,6 +226,24 @@ def _ldp(G, h, vlo, vhi):
     hf = np.concatenate(rows_h)
     if np.all(hf >= 0):
         return np.zeros(D), 0.0, 0.0
+    # distances in units of the farthest violated halfspace: NNLS's residual has last component
+    # about -1 / (1 + ||v||^2), which the infeasibility test below (1e-14) would read as
+    # "infeasible" for ||v|| ~ 1e7 in the caller's units (features at scale 1e7)
+    neg = hf < 0
+    gn = np.sqrt(np.sum(Gf[neg] * Gf[neg], axis=1))
+    if not np.all(gn > 0):
+        return None, np.inf, np.inf  # 0 <= h < 0: certified infeasible
+    unit = float(np.max(-hf[neg] / gn))
+    if not (np.isfinite(unit) and unit > 0):
+        return None, np.nan, 0.0
+    v, dist, lower = _ldp_unit(Gf, hf / unit, D)
+    if v is None:
+        return None, dist, lower
+    return np.clip(v * unit, vlo, vhi), dist * unit, lower * unit
+
+
+def _ldp_unit(Gf, hf, D):
+    """:func:`_ldp` for a problem whose farthest violated halfspace is at distance 1."""
     # row scaling keeps NNLS well conditioned
     s = np.sqrt(np.sum(Gf * Gf, axis=1)) + np.abs(hf)
     s = np.where(s > 0, s, 1.0)
@@ -238,8 +256,10 @@ def _ldp(G, h, vlo, vhi):
     except RuntimeError:
         return None, np.nan, 0.0
     r = E @ u - f
-    if abs(r[D]) < 1e-14:
-        return None, np.inf, np.inf  # infeasible (Lawson & Hanson, theorem 23.4)
+    if abs(r[D]) < 1e-14:  # infeasible (Lawson & Hanson, theorem 23.4), or a very far optimum:
+        # the certificate is HiGHS's
+        res = linprog(np.zeros(D), A_ub=Gs, b_ub=hs, bounds=[(None, None)] * D, method="highs")
+        return (None, np.inf, np.inf) if res.status == 2 else (None, np.nan, 0.0)
     v = -r[:D] / r[D]
     if np.any(Gs @ v - hs > 1e-9):
         # NNLS ended near the infeasibility test's threshold: decide feasibility by an LP (HiGHS)
@@ -270,7 +290,6 @@ def _ldp(G, h, vlo, vhi):
                 q = max(q, qq)
     lower = float(np.sqrt(max(2.0 * q, 0.0)))
     dist = float(np.sqrt(v @ v))
-    v = np.clip(v, vlo, vhi)
     return v, dist, lower
 
 
@@ -419,7 +438,10 @@ def _one_nn_row(solver, form, X, Z0, i, orig, target, lo, hi, w, norm, out, ok_a
     out["dist"][i] = dist[k]
     out["nearest"][i] = form.predict_index(P[k][None, :])[0]
     out["method"][i] = "1-NN Voronoi cells: " + ("QP (NNLS, dual-certified)" if norm == "l2" else "LP (HiGHS)")
-    out["lower"][i] = best
+    # a lower bound over every cell: the unvisited ones are at least ``best`` away, the visited
+    # ones at least their certified bounds (``best`` itself is only an upper bound unless the
+    # best cell was solved to optimality)
+    out["lower"][i] = min([best if best_cert else min(best, best_low)] + loose)
     if certified:
         out["exact"][i] = True
         out["opt"][i] = best

@@ -88,7 +88,10 @@ program stops at the limit, its dual bound is the reported lower bound.
 
 Ties. Class scores equal up to ``1e-8`` of the score scale (``max|init| + sum_t max|leaf|``)
 count as ties, resolved as the estimator resolves them (the lower class index; class 1 for
-binary GradientBoosting, which predicts it at ``raw >= 0``). Whatever the solver proposes is
+binary GradientBoosting, which predicts it at ``raw >= 0``), where the estimator's own
+arithmetic keeps exact ties exact; where it may not (composites that add other numbers than the
+leaf values, e.g. hard voting with weights ``[0.1, 0.2, 0.3]``: :func:`ties_resolved`) near-ties
+are admitted both ways and the estimator decides them. Whatever the solver proposes is
 checked by ``predict``; a tuple of leaves the estimator does not confirm is cut off
 (``sum_t z_{leaf_t} <= T - 1``) and the program solved again, so no constant in score units
 decides an answer. Each row is solved on its own, with its own time budget: a row alone gets
@@ -503,11 +506,35 @@ def wins_ties(form, a: int, b: int) -> bool:
     return a < b
 
 
+def ties_resolved(form) -> bool:
+    """Whether scores that tie in exact arithmetic also tie in the estimator's own arithmetic, so
+    that :func:`wins_ties` decides them. Not so for the composites whose estimator adds numbers
+    other than the form's leaf values: hard voting sums its weights with ``bincount``
+    (``0.1 + 0.2 > 0.3``: weights ``[0.1, 0.2, 0.3]`` let two trees outvote the third in floats
+    while the form's votes tie), soft voting and Bagging average rounded probabilities, AdaBoost
+    sums logarithmic tree weights. Hard voting with integer weights adds exactly."""
+    if type(form).__name__ != "CompositeTreesForm":
+        return True
+    est = getattr(form, "estimator", None)
+    steps = getattr(est, "steps", None)
+    if steps:
+        est = steps[-1][1]
+    if type(est).__name__ == "VotingClassifier" and getattr(est, "voting", None) == "hard":
+        w = getattr(est, "_weights_not_none", None)
+        w = np.ones(1) if w is None else np.asarray(w, dtype=np.float64)
+        return bool(np.all(w == np.round(w)) and np.abs(w).sum() < 2.0 ** 52)
+    return False
+
+
 def beat_row(form, Sc, s0, a: int, b: int, sigma: float):
     """``(row over leaves, lower bound)``: class ``a`` is predicted over class ``b`` iff
     ``row . z >= lb`` (scores divided by ``sigma``; a tie the estimator resolves for ``b``
-    needs a gap of ``_TIE``)."""
+    needs a gap of ``_TIE``). Where the estimator's arithmetic may break a tie either way
+    (:func:`ties_resolved`), ties within ``_TIE`` are admitted both ways: the program is then a
+    relaxation, and the estimator's ``predict`` confirms each answer or cuts its leaves off."""
     row = (Sc[:, a] - Sc[:, b]) / sigma
+    if not ties_resolved(form):
+        return row, (s0[b] - s0[a]) / sigma - _TIE
     lb = (s0[b] - s0[a]) / sigma + (0.0 if wins_ties(form, a, b) else _TIE)
     return row, lb
 
@@ -1250,10 +1277,16 @@ class EnsembleMilp:
                 status = "limit" if res.status == 1 else "error"
                 break
             u = res.x[:P] > 0.5
-            if best_pt is not None and np.array_equal(u, (best_pt[self.feat] <= self.theta) != s):
-                ok, point = True, best_pt  # the cell of the verified point: already confirmed
+            same = best_pt is not None and np.array_equal(u, (best_pt[self.feat] <= self.theta) != s)
+            near = self._point(x0, s, u, blo, bhi)
+            if same and float(weighted_norm(near - x0, w, norm)) >= best_dist:
+                ok, point = True, best_pt  # the cell of the verified point, met at its nearest
             else:
-                ok, point, leaves = verify(self._point(x0, s, u, blo, bhi))
+                # the incumbent may lie deeper in this cell than its nearest point (verification
+                # rounds x0 + delta, which can land a point found for another cell in this one)
+                ok, point, leaves = verify(near)
+                if not ok and same:  # confirmed at the incumbent: never cut a qualifying cell
+                    ok, point = True, best_pt
             if not ok:
                 combo = np.flatnonzero(res.x[P:P + L] > 0.5)
                 if leaves is None or combo.size != self.T or not np.array_equal(np.sort(leaves), combo):
