@@ -102,13 +102,19 @@ class Run:
         from invaudit.io.model_file import load_model
         from invaudit.models import adapt
 
-        loaded = load_model(self.model_path, trust=self.trust, sha256=self.sha256)
+        from invaudit.models._light_linear import light_form
+
+        # light: a linear model's state read without importing scikit-learn (issue 16); its
+        # estimator is unpickled only if something reads it. Such a model (affine steps and a
+        # linear classifier) reads no typed columns and has no categorical splits.
+        loaded = load_model(self.model_path, trust=self.trust, sha256=self.sha256, light=True)
         for w in loaded.warnings:
             warn(w)
         self.loaded = loaded
-        self.form = adapt(loaded.estimator)
-        self.tabular = _tabular(loaded.estimator)
-        if self.tabular is None and self.command in NUMERIC_ANSWER_COMMANDS:
+        light = light_form(loaded)
+        self.form = light if light is not None else adapt(loaded.estimator)
+        self.tabular = None if light is not None else _tabular(loaded.estimator)
+        if self.tabular is None and light is None and self.command in NUMERIC_ANSWER_COMMANDS:
             from invaudit.models.tabular import has_categorical_splits
 
             if has_categorical_splits(loaded.estimator):
@@ -222,7 +228,7 @@ class Run:
         Markdown keeps only the rows it could show. ``summary`` is called after the last chunk.
         Memory: one chunk at a time, plus what the caller keeps for its summary.
         """
-        from invaudit.io.report import Columns, json_head, json_rows, json_tail, jsonl_head, jsonl_tail, AtomicFile
+        from invaudit.io.report import Columns, json_chunk, json_head, json_tail, jsonl_chunk, jsonl_head, jsonl_tail
         from invaudit.render.views import view_for
 
         report = envelope(self.command, model=self.model_info, data=self.data_info, params=params,
@@ -252,13 +258,13 @@ class Run:
                     kept = view.shown({**report, "results": kept + view.shown({**report, "results": cols})[0]})[0]
                 if jfile is None and out is None:
                     continue
-                for lines in cols.lines():
-                    if not lines:
+                for enc in cols.chunks():  # each chunk joined in one call, no object per row
+                    if not len(enc):
                         continue
                     if jfile is not None:
-                        jfile.write(json_rows(lines, first=not any_row))
+                        jfile.write(json_chunk(enc, first=not any_row))
                     if out is not None:
-                        out(json_rows(lines, first=not any_row) if fmt is Format.json else b"\n".join(lines) + b"\n")
+                        out(json_chunk(enc, first=not any_row) if fmt is Format.json else jsonl_chunk(enc))
                     any_row = True
             report["summary"] = jsonable_summary(summary())
             report["elapsed_s"] = round(time.perf_counter() - self.started, 6)

@@ -22,13 +22,21 @@ def info(model: ModelArg, trust: Trust = False, sha256: Sha256 = None,
 
         from ._common import NUMERIC_ANSWER_COMMANDS
 
-        if has_categorical_splits(run.loaded.estimator):  # the same refusal as the commands' (Run)
+        from invaudit.models._light_linear import is_light
+
+        # the same refusal as the commands' (Run); a light-loaded linear model has no such splits
+        if not is_light(run.form) and has_categorical_splits(run.loaded.estimator):
             for r in results:
                 if r["command"] in NUMERIC_ANSWER_COMMANDS:
                     r.update(available="no", exact="-", method="the model splits on categories that invaudit cannot "
                              "read as typed columns here; answers would move category codes as numbers")
-    run.emit(params={"trust": trust}, results=results,
-             summary={"form": run.form.kind, "trusted": run.loaded.trusted}, fmt=format, json_path=json)
+    summary = {"form": run.form.kind, "trusted": run.loaded.trusted}
+    if run.form.kind == "black-box" and run.tabular is None:
+        from invaudit.models.blackbox import PREDICT_ONLY, is_predict_only
+
+        if is_predict_only(run.form):  # hard voting, OutputCodeClassifier, ...: say why answers are coarse
+            summary["black_box"] = PREDICT_ONLY
+    run.emit(params={"trust": trust}, results=results, summary=summary, fmt=format, json_path=json)
 
 
 def register(app) -> None:

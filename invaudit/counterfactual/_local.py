@@ -10,8 +10,6 @@ for one-vs-rest models asked for a confidence, a rare combination.
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import minimize
-from scipy.special import expit, log_expit
 
 from . import _dual
 from ._common import _Sol
@@ -21,6 +19,8 @@ __all__ = ["solve_ovr"]
 
 def _ovr_logp(s, t):
     """log p_t for one-vs-rest normalised sigmoids, and its gradient w.r.t. the scores."""
+    from scipy.special import expit, log_expit  # lazy: scipy.special costs ~1 s of start-up
+
     ls = log_expit(s)
     mx = ls.max()
     lse = mx + np.log(np.exp(ls - mx).sum())
@@ -91,6 +91,8 @@ def solve_ovr(A, s0, t, conf, norm, lz, uz):
                      "jac": lambda v: np.vstack([np.hstack([-np.eye(p), np.ones((p, 1))]),
                                                  np.hstack([np.eye(p), np.ones((p, 1))])])}]
             bnds = None if lz is None else list(zip(lz[i], uz[i])) + [(0, None)]
+        from scipy.optimize import minimize  # lazy: ~0.5-1 s of start-up for the paths that never need it
+
         res = minimize(obj[0], x0, jac=obj[1], constraints=cons, bounds=bnds, method="SLSQP",
                        options={"ftol": 1e-14, "maxiter": 500})
         z = unpack(res.x)

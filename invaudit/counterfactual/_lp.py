@@ -20,8 +20,6 @@ differences to the target, ``lz <= z <= uz`` with ``lz <= 0 <= uz``.
 from __future__ import annotations
 
 import numpy as np
-from scipy import sparse
-from scipy.optimize import linprog
 
 __all__ = ["max_margin", "solve_lp", "cutting_plane"]
 
@@ -29,8 +27,10 @@ _HIGHS = {"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1
 _NNZ_CHUNK = 2_000_000
 
 
-def _block_diag(B: np.ndarray) -> sparse.csr_matrix:
+def _block_diag(B: np.ndarray):
     """Block-diagonal sparse matrix from dense blocks ``B`` of shape (n, r, c)."""
+    from scipy import sparse  # scipy's LP stack loads only for the L1/Linf paths (start-up)
+
     n, r, c = B.shape
     rows = (np.arange(n)[:, None, None] * r + np.arange(r)[None, :, None]).repeat(c, axis=2)
     cols = (np.arange(n)[:, None, None] * c + np.arange(c)[None, None, :]).repeat(r, axis=1)
@@ -45,6 +45,8 @@ def _chunks(n: int, per_row: int):
 
 
 def _run(c, A_ub, b_ub, lb, ub):
+    from scipy.optimize import linprog
+
     res = linprog(c, A_ub=A_ub, b_ub=b_ub, bounds=np.column_stack([lb, ub]),
                   method="highs-ds", options=_HIGHS)
     return res

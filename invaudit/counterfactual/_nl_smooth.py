@@ -32,8 +32,6 @@ import warnings
 from dataclasses import replace
 
 import numpy as np
-from scipy.optimize import Bounds, minimize, nnls
-from scipy.special import expit, log_expit, log_softmax, softmax
 
 from invaudit.counterfactual._binary import solve_binary
 from invaudit.counterfactual._nl_common import (
@@ -110,6 +108,8 @@ class ScoreModel:
 
     def log_proba(self, S: np.ndarray) -> np.ndarray:
         """``(n, K)`` log-probabilities from scores through the link."""
+        from scipy.special import log_expit, log_softmax  # lazy: scipy.special is ~1 s of start-up
+
         if self.M == 1:
             s = S[:, 0]
             return np.column_stack([log_expit(-s), log_expit(s)])
@@ -121,6 +121,8 @@ class ScoreModel:
 
     def log_proba_score_grad(self, S: np.ndarray, t: np.ndarray) -> np.ndarray:
         """``(n, M)``: ``d log p_t / d S`` through the link."""
+        from scipy.special import expit, softmax
+
         n = S.shape[0]
         r = np.arange(n)
         if self.M == 1:
@@ -568,6 +570,8 @@ class _RowProblem:
 
             cons = [{"type": "ineq", "fun": cf, "jac": cj},
                     {"type": "ineq", "fun": lambda v: A_lin @ v + b_lin, "jac": lambda v: A_lin}]
+        from scipy.optimize import Bounds, minimize
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             res = minimize(f, v0, jac=True, method="SLSQP", bounds=Bounds(lb, ub), constraints=cons,
@@ -593,6 +597,8 @@ def kkt_residual_l2(model: ScoreModel, X0, Xc, t, P, lower, upper, w) -> np.ndar
     S, J = model.scores_jac(Xc[idx])
     C, G = target_constraints(model, S, J, t[idx], P, tau)
     gradf = (w * w) * (Xc[idx] - X0[idx])
+    from scipy.optimize import nnls
+
     for k, i in enumerate(idx):  # small NNLS per row (m <= K constraints)
         gnorm = np.linalg.norm(gradf[k])
         if gnorm == 0.0:

@@ -42,11 +42,12 @@ verified, but not exact.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import sys
 import weakref
 
 import numpy as np
-import sklearn
 
 from invaudit.errors import InputError, UnsupportedModelError
 from invaudit.models.base import LinearForm
@@ -57,6 +58,16 @@ from .constraints import Constraints
 from .result import CounterfactualBatch
 
 __all__ = ["counterfactuals", "invert"]
+
+
+def _assume_finite():
+    """scikit-learn's ``config_context(assume_finite=True)`` when scikit-learn is loaded, else
+    nothing: a light-loaded linear model (invaudit.io._light) predicts without scikit-learn, and
+    importing it only to skip its own finiteness re-check would cost ~3 s of start-up. Every row
+    handed to an estimator here has been checked finite already, so the context changes speed
+    only, never an answer."""
+    sk = sys.modules.get("sklearn")
+    return sk.config_context(assume_finite=True) if sk is not None else contextlib.nullcontext()
 
 NORMS = ("l2", "l1", "linf")
 _EXACT_TOL = 1e-9          # KKT residual / LP gap, and the distance against its lower bound
@@ -564,7 +575,7 @@ def counterfactuals(form, X, *, target, confidence=None, norm="l2", constraints=
     X, tgt, conf, cons = _check_inputs(form, X, target, confidence, norm, constraints)
     n, D = X.shape
     K = form.n_classes
-    with sklearn.config_context(assume_finite=True):   # X was checked finite above
+    with _assume_finite():   # X was checked finite above
         orig = form.predict_index(X) if n else np.zeros(0, dtype=np.intp)
     if tgt is None:
         if K == 2:
@@ -834,7 +845,7 @@ def _attempt(form, Xr, tr, conf, norm, box, w, unit, kept, mdl, level):
 def _answers(form, x, t):
     """The estimator's own predicted class index and p(target) (NaN without probabilities)."""
     # every point handed to the estimator has been checked finite: skip its own re-check
-    with sklearn.config_context(assume_finite=True):
+    with _assume_finite():
         if form.has_proba:
             pr = form.predict_proba(x)
             tp = pr[np.arange(len(t)), t]

@@ -301,6 +301,11 @@ def _read_csv(p: Path, label_column, feature_names, id_column=None, schema=None,
             feature_cols = names  # model order
         col_pos = {h: j for j, h in enumerate(header)}
         idx = [col_pos[h] for h in feature_cols]
+        if schema is None and limit is None:
+            fast = _read_numeric_fast(p, width, idx, col_pos.get(label_column), col_pos.get(id_column))
+            if fast is not None:
+                X, y_raw, ids = fast
+                return X, y_raw, list(feature_cols), ids, None, file_columns, None
 
         X_parts, y_parts, id_parts, typed_cells = [], [], [], []
         buf: list = []
@@ -352,6 +357,113 @@ def _read_csv(p: Path, label_column, feature_names, id_column=None, schema=None,
                 file_columns, in_file)
     X = np.concatenate(X_parts) if X_parts else np.zeros((0, len(idx)), dtype=np.float64)
     return X, y_raw, list(feature_cols), ids, None, file_columns, in_file
+
+
+#: Bytes of CSV text the numeric fast path parses at a time (memory: about 8x this, ~64 MB).
+_FAST_BLOCK = 1 << 23
+#: The csv module's default limit on one cell (csv.field_size_limit()); a longer cell is an error there.
+_CSV_FIELD_LIMIT = 131072
+
+
+def _read_numeric_fast(p: Path, width: int, idx: list, label_pos: Optional[int], id_pos: Optional[int]):
+    """The rows of a plain numeric CSV without the csv module: ``(X, y_raw, ids)``, or None
+    where this shortcut cannot promise what the csv reader gives, and :func:`_read_csv` reads
+    the file itself (so every error message, and every value, is the reader's own).
+
+    The csv module builds a list of Python strings per row and numpy an object array of them
+    before converting; here each block of text is split at newlines and commas in two C calls
+    and every feature column converted by ``float`` on its cells (the very function the object
+    array's conversion calls, so the numbers are the same bits). It applies to text the csv
+    reader splits the same way: no quote character and no NUL anywhere, line ends ``\\n`` or
+    ``\\r\\n`` (no lone ``\\r``), every non-empty line with exactly the header's number of
+    cells, no cell longer than the csv module's limit, valid UTF-8; blank lines are skipped as
+    the reader skips them. A cell ``float`` does not take (a blank, ``NA``, a Unicode digit,
+    which ``float`` takes from a str but not from bytes) hands the file back to the reader."""
+    with open(p, "rb") as fh:
+        first = fh.readline()  # the header, already read by the csv module: data start after it
+        head = first[:-1].removesuffix(b"\r")
+        if width < 1 or not first.endswith(b"\n") or not head or any(c in head for c in (b'"', b"\x00", b"\r")):
+            return None
+        X_parts, y_parts, id_parts = [], [], []
+        carry = b""
+        while True:
+            block = fh.read(_FAST_BLOCK)
+            data = carry + block
+            if block:
+                cut = data.rfind(b"\n") + 1
+                data, carry = data[:cut], data[cut:]
+                if not data:
+                    continue
+            parsed = _parse_numeric_block(data, width, idx, label_pos, id_pos)
+            if parsed is None:
+                return None
+            X, y, ids = parsed
+            X_parts.append(X)
+            if y is not None:
+                y_parts.append(y)
+            if ids is not None:
+                id_parts.append(ids)
+            if not block:
+                break
+    X = np.concatenate(X_parts) if X_parts else np.zeros((0, len(idx)), dtype=np.float64)
+    y_raw = None if label_pos is None else (np.concatenate(y_parts) if y_parts else np.empty(0, dtype=object))
+    ids = None if id_pos is None else (np.concatenate(id_parts) if id_parts else np.empty(0, dtype=object))
+    return X, y_raw, ids
+
+
+def _parse_numeric_block(data: bytes, width: int, idx: list, label_pos, id_pos):
+    """One block of whole lines for :func:`_read_numeric_fast`: ``(X, y, ids)`` or None."""
+    if b'"' in data or b"\x00" in data:
+        return None
+    if b"\r" in data:
+        data = data.replace(b"\r\n", b"\n")
+        if b"\r" in data:  # a lone carriage return ends a line for the csv reader
+            return None
+    body = data[:-1] if data.endswith(b"\n") else data
+    if body.startswith(b"\n") or b"\n\n" in body:  # blank lines: not rows
+        body = b"\n".join(line for line in body.split(b"\n") if line)
+    if not body:
+        return np.zeros((0, len(idx)), dtype=np.float64), np.empty(0, dtype=object), np.empty(0, dtype=object)
+    text = np.frombuffer(body, dtype=np.uint8)
+    if text.max() >= 0x80:
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    # every line holds width - 1 commas exactly when every width-th separator is a newline
+    seps = np.flatnonzero((text == 44) | (text == 10))
+    n = (seps.size + 1) // width
+    if seps.size != n * width - 1 or not np.all(text[seps[width - 1::width]] == 10):
+        return None
+    if np.diff(seps, prepend=-1, append=text.size).max() - 1 > _CSV_FIELD_LIMIT:
+        return None
+    cells = body.replace(b"\n", b",").split(b",")
+    try:
+        if idx == list(range(width)):
+            X = np.fromiter(map(float, cells), dtype=np.float64, count=n * width).reshape(n, width)
+        else:
+            X = np.empty((n, len(idx)), dtype=np.float64)
+            for k, j in enumerate(idx):
+                X[:, k] = np.fromiter(map(float, cells[j::width]), dtype=np.float64, count=n)
+        y = None if label_pos is None else _text_cells(cells[label_pos::width], strip=False)
+        ids = None if id_pos is None else _text_cells(cells[id_pos::width], strip=True)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return X, y, ids
+
+
+#: The characters str.strip() removes from ASCII text.
+_ASCII_SPACE = tuple(bytes([c]) for c in b" \t\x0b\x0c\x1c\x1d\x1e\x1f")
+
+
+def _text_cells(cells: list, *, strip: bool) -> np.ndarray:
+    """Cells (bytes, no newline in any) as an object array of str, as the csv reader gives them
+    (``strip``: and then ``str.strip()``), decoded in one call."""
+    joined = b"\n".join(cells)
+    items = joined.decode("utf-8").split("\n")
+    if strip and not (joined.isascii() and not any(c in joined for c in _ASCII_SPACE)):
+        items = [v.strip() for v in items]
+    return np.array(items, dtype=object)
 
 
 def _measured_lines(fh, consumed: list):

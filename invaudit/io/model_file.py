@@ -71,14 +71,18 @@ _MAX_KEY_NODES = 10_000
 _MAX_GRAPH_NODES = 20_000_000
 
 
-@dataclass(frozen=True)
+_UNSET = object()
+
+
 class LoadedModel:
     """A fitted classifier read from a model file.
 
     Attributes
     ----------
     estimator : object
-        The unpickled scikit-learn classifier (or Pipeline ending in one).
+        The unpickled scikit-learn classifier (or Pipeline ending in one). After a light load
+        (``load_model(light=True)``) it is unpickled, with every check of the full load, the
+        first time it is read.
     path : str
         The file, as the user named it.
     sha256 : str
@@ -87,13 +91,35 @@ class LoadedModel:
         True when loaded with ``trust=True`` (no allowlist).
     warnings : tuple of str
         One-line warnings for the user: ``--trust`` was used, the scikit-learn version differs.
+    light : invaudit.io._light.LightObject or None
+        The fitted state read without scikit-learn (light load), else None.
     """
 
-    estimator: object
-    path: str
-    sha256: str
-    trusted: bool
-    warnings: tuple[str, ...]
+    __slots__ = ("_estimator", "_load", "path", "sha256", "trusted", "warnings", "light")
+
+    def __init__(self, estimator=_UNSET, path: str = "", sha256: str = "", trusted: bool = False,
+                 warnings: tuple = (), *, light=None, load=None):
+        if estimator is _UNSET and load is None:
+            raise TypeError("LoadedModel needs an estimator or a way to load it")
+        fields = dict(_estimator=estimator, _load=load, path=path, sha256=sha256, trusted=trusted,
+                      warnings=tuple(warnings), light=light)
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name, value):  # frozen, as it always was
+        raise AttributeError(f"LoadedModel is read-only (cannot set {name})")
+
+    @property
+    def estimator(self):
+        if self._estimator is _UNSET:
+            object.__setattr__(self, "_estimator", self._load())
+            object.__setattr__(self, "_load", None)
+        return self._estimator
+
+    @property
+    def is_loaded(self) -> bool:
+        """Whether the real estimator has been unpickled (always, unless light)."""
+        return self._estimator is not _UNSET
 
 
 def file_sha256(path) -> str:
@@ -109,7 +135,8 @@ def file_sha256(path) -> str:
 
 
 def load_model(path, *, trust: bool = False, sha256: str | None = None,
-               expect: str = "classifier", max_bytes: int | None = None) -> LoadedModel:
+               expect: str = "classifier", max_bytes: int | None = None,
+               light: bool = False) -> LoadedModel:
     """Load a pickled fitted classifier, refusing any file that names a global off the allowlist.
 
     Parameters
@@ -130,6 +157,11 @@ def load_model(path, *, trust: bool = False, sha256: str | None = None,
         The most bytes the file may hold or expand to once decompressed; default: the
         ``INVAUDIT_MAX_MODEL_BYTES`` environment variable (e.g. ``8G``), else 4 GiB. A compressed
         file may also expand to at most 200 times its own size (at least 128 MiB).
+    light : bool, default False
+        Try the light load first (:mod:`invaudit.io._light`: the fitted state of a linear model
+        or affine pipeline, read without importing scikit-learn). When it applies,
+        ``LoadedModel.light`` holds that state and ``LoadedModel.estimator`` is unpickled (full
+        restricted load and checks) only when first read; otherwise the full load, unchanged.
 
     Returns
     -------
@@ -155,6 +187,44 @@ def load_model(path, *, trust: bool = False, sha256: str | None = None,
     if expected is not None and digest != expected:
         raise InputError(f"{shown} has sha256 {digest}, expected {expected}")
 
+    if light and not trust and expect == "classifier":
+        root, raw = _try_light(data, shown, limit)
+        if root is not None:
+            def full_load():
+                return _full_load(raw, shown, limit, trust=False, expect=expect)[0]
+
+            return LoadedModel(path=shown, sha256=digest, trusted=False, warnings=(), light=root,
+                               load=full_load)
+    estimator, notes = _full_load(data, shown, limit, trust=trust, expect=expect)
+    return LoadedModel(estimator=estimator, path=shown, sha256=digest, trusted=bool(trust),
+                       warnings=tuple(notes))
+
+
+def _try_light(data: bytes, shown: str, limit: int):
+    """``(root LightObject, the file's bytes)`` when the light load applies, else ``(None, None)``.
+
+    Anything unexpected (compression, a refused or corrupt stream, a class it does not model)
+    returns ``(None, None)``: the full load then reads the file and says what it always says.
+    """
+    from ._light import light_eligible, light_load
+
+    if _detect_compressor(data) == "lz4":
+        return None, None
+    try:
+        stream = _decompress(data, shown, limit)
+        scan = _scan(stream)
+    except (InputError, _Corrupt):
+        return None, None
+    if scan.pseudo or not light_eligible(scan.requested) \
+            or any(pair not in ALLOWED for pair in scan.requested):
+        return None, None
+    root = light_load(stream, shown, len(stream))
+    return (root, data) if root is not None else (None, None)
+
+
+def _full_load(data: bytes, shown: str, limit: int, *, trust: bool, expect: str):
+    """The real estimator and the user's warning lines: the restricted (or trusted) load and every
+    check after it."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         estimator = (_load_trusted(data, shown) if trust
@@ -171,8 +241,7 @@ def load_model(path, *, trust: bool = False, sha256: str | None = None,
     else:
         _check_fitted_classifier(estimator, shown, versions)
     _check_fitted_state(estimator, shown)
-    return LoadedModel(estimator=estimator, path=shown, sha256=digest, trusted=bool(trust),
-                       warnings=tuple(notes))
+    return estimator, notes
 
 
 # --------------------------------------------------------------------------------------------
@@ -271,6 +340,25 @@ def _too_big(shown: str, what: str, limit: int) -> str:
             f"(set {MAX_MODEL_BYTES_ENV}, e.g. to 16G, for a model you know is that large)")
 
 
+# joblib's compressors by magic prefix, in joblib's order of detection (``'compat'``, then
+# joblib.compressor._COMPRESSORS): joblib's own table is not imported (0.3 s of start-up);
+# tests/io/test_light_load.py checks that this one agrees with it.
+_COMPAT_PREFIX = b"ZF"
+_COMPRESSOR_PREFIXES = (("zlib", b"x"), ("gzip", b"\x1f\x8b"), ("bz2", b"BZ"), ("lzma", b"]\x00"),
+                        ("xz", b"\xfd7zXZ"), ("lz4", b'\x04"M\x18'))
+
+
+def _detect_compressor(data: bytes) -> str:
+    """joblib's ``_detect_compressor`` on the file's first bytes: a compressor's name,
+    ``'compat'`` (joblib < 0.10) or ``'not-compressed'``."""
+    if data.startswith(_COMPAT_PREFIX):
+        return "compat"
+    for name, prefix in _COMPRESSOR_PREFIXES:
+        if data.startswith(prefix):
+            return name
+    return "not-compressed"
+
+
 def _decompress(data: bytes, shown: str, limit: int = DEFAULT_MAX_MODEL_BYTES) -> bytes:
     """The pickle stream inside ``data``: joblib's compressors are detected by magic bytes.
 
@@ -278,10 +366,7 @@ def _decompress(data: bytes, shown: str, limit: int = DEFAULT_MAX_MODEL_BYTES) -
     ``_FLOOR``) and never more than ``limit``, so a decompression bomb is refused after reading
     at most the ceiling.
     """
-    # joblib's own detection, so whatever joblib.dump(compress=...) wrote is recognised.
-    from joblib.numpy_pickle_utils import _detect_compressor
-
-    kind = _detect_compressor(io.BytesIO(data))
+    kind = _detect_compressor(data)
     if kind == "not-compressed":
         return data
     if kind == "compat":
@@ -1162,51 +1247,60 @@ def _make_numpy_unpickler():
         dispatch[pickle.BUILD[0]] = load_build
 
         def _read_array(self, wrapper) -> np.ndarray:
-            dtype = getattr(wrapper, "dtype", None)
-            shape = getattr(wrapper, "shape", None)
-            order = getattr(wrapper, "order", None)
-            if not isinstance(dtype, np.dtype) or order not in ("C", "F") \
-                    or getattr(wrapper, "subclass", None) is not np.ndarray:
-                raise _Corrupt("a joblib array wrapper is malformed")
-            dtype = self._usable_dtype(dtype, "a joblib array")
-            shape = _checked_shape(shape)
-            frame = self._unframer.current_frame
-            if frame is not None and frame.read(1):
-                raise _Corrupt("array data starts inside a pickle frame")
-            fh = self.file_handle
-            if dtype.hasobject:
-                if dtype.kind != "O":
-                    raise _Refused("a joblib array has a record dtype that holds objects")
-                self._declared(shape, np.dtype("u1"), "a joblib object array")
-                array = _RestrictedPyUnpickler(fh, self._shown, self._size).load()
-                if not (isinstance(array, np.ndarray) and array.dtype.hasobject
-                        and array.shape == shape):
-                    raise _Corrupt("a joblib object array does not match its description")
-                return array
-            if getattr(wrapper, "numpy_array_alignment_bytes", None) is not None:
-                pad = fh.read(1)
-                if len(pad) != 1 or len(fh.read(pad[0])) != pad[0]:
-                    raise _Corrupt("array data is truncated")
-            count = math.prod(shape)
-            nbytes = count * dtype.itemsize
-            if nbytes > self._size - fh.tell():
-                raise _Corrupt("array data is truncated")
-            if nbytes == 0:
-                flat = np.empty(count if count <= self._size else 0, dtype=dtype)
-                if count > self._size:
-                    raise _Refused("a joblib array declares more elements than the file holds")
-            else:
-                buf = bytearray(nbytes)
-                if fh.readinto(buf) != nbytes:
-                    raise _Corrupt("array data is truncated")
-                flat = np.frombuffer(buf, dtype=dtype, count=count)
-            array = flat.reshape(shape[::-1]).T if order == "F" else flat.reshape(shape)
-            if not array.dtype.isnative:
-                array = array.astype(array.dtype.newbyteorder("="))
-            return array
+            return _read_wrapped_array(
+                self, self.file_handle, dtype=getattr(wrapper, "dtype", None), shape=getattr(wrapper, "shape", None),
+                order=getattr(wrapper, "order", None), subclass=getattr(wrapper, "subclass", None),
+                aligned=getattr(wrapper, "numpy_array_alignment_bytes", None) is not None,
+                nested=lambda fh: _RestrictedPyUnpickler(fh, self._shown, self._size).load())
 
     _install_checks(_RestrictedNumpyUnpickler)
     return _RestrictedNumpyUnpickler
+
+
+def _read_wrapped_array(unpickler, fh, *, dtype, shape, order, subclass, aligned, nested) -> np.ndarray:
+    """The array joblib wrote after a NumpyArrayWrapper, read and checked (full and light loads).
+
+    ``unpickler`` is a restricted pure-Python unpickler positioned just after the wrapper's BUILD,
+    reading ``fh``;
+    ``nested(fh)`` unpickles an object-dtype array's nested stream with the same restrictions.
+    """
+    if not isinstance(dtype, np.dtype) or order not in ("C", "F") or subclass is not np.ndarray:
+        raise _Corrupt("a joblib array wrapper is malformed")
+    dtype = unpickler._usable_dtype(dtype, "a joblib array")
+    shape = _checked_shape(shape)
+    frame = unpickler._unframer.current_frame
+    if frame is not None and frame.read(1):
+        raise _Corrupt("array data starts inside a pickle frame")
+    size = unpickler._size
+    if dtype.hasobject:
+        if dtype.kind != "O":
+            raise _Refused("a joblib array has a record dtype that holds objects")
+        unpickler._declared(shape, np.dtype("u1"), "a joblib object array")
+        array = nested(fh)
+        if not (isinstance(array, np.ndarray) and array.dtype.hasobject and array.shape == shape):
+            raise _Corrupt("a joblib object array does not match its description")
+        return array
+    if aligned:
+        pad = fh.read(1)
+        if len(pad) != 1 or len(fh.read(pad[0])) != pad[0]:
+            raise _Corrupt("array data is truncated")
+    count = math.prod(shape)
+    nbytes = count * dtype.itemsize
+    if nbytes > size - fh.tell():
+        raise _Corrupt("array data is truncated")
+    if nbytes == 0:
+        flat = np.empty(count if count <= size else 0, dtype=dtype)
+        if count > size:
+            raise _Refused("a joblib array declares more elements than the file holds")
+    else:
+        buf = bytearray(nbytes)
+        if fh.readinto(buf) != nbytes:
+            raise _Corrupt("array data is truncated")
+        flat = np.frombuffer(buf, dtype=dtype, count=count)
+    array = flat.reshape(shape[::-1]).T if order == "F" else flat.reshape(shape)
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))
+    return array
 
 
 # --------------------------------------------------------------------------------------------

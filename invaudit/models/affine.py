@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import numpy as np
 
+def _class_name(step) -> str:
+    """``type(step).__name__`` (a light-loaded step's recorded class name, invaudit.io._light)."""
+    from invaudit.io._light import class_name
+
+    return class_name(step)
+
+
 AFFINE_STEPS = ("StandardScaler", "MinMaxScaler", "MaxAbsScaler", "RobustScaler", "PCA")
 
 
 def is_affine_step(step) -> bool:
     """True for the steps this module folds exactly (PCA only when it is full rank)."""
-    name = type(step).__name__
+    name = _class_name(step)
     if name == "passthrough" or step is None or step == "passthrough":
         return True
     if name not in AFFINE_STEPS:
@@ -29,7 +36,7 @@ def step_affine(step, d: int) -> tuple[np.ndarray, np.ndarray]:
     """``(A, c)`` with ``step.transform(X) == X @ A.T + c`` for a fitted affine step on ``d`` inputs."""
     if step is None or (isinstance(step, str) and step == "passthrough"):
         return np.eye(d), np.zeros(d)
-    name = type(step).__name__
+    name = _class_name(step)
     if name == "StandardScaler":
         mean = step.mean_ if getattr(step, "with_mean", True) and step.mean_ is not None else np.zeros(d)
         scale = step.scale_ if getattr(step, "with_std", True) and step.scale_ is not None else np.ones(d)

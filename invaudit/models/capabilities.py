@@ -51,7 +51,7 @@ def capabilities(form) -> list:
             "trees": "nearest leaf box (single trees, exact); MILP where affordable, else bounds (ensembles)",
             "black-box": "verified boundary search (upper bound)",
         }[k]))
-    from invaudit.influence import supports
+    supports = _influence_support
 
     if k == "neighbors":
         caps.append(Capability("influence", "yes", "yes",
@@ -94,13 +94,64 @@ def capabilities(form) -> list:
         caps.append(Capability("influence", "no", "-", _tree_refusal(form) if k == "trees" else
                                "needs a twice-differentiable loss (LogisticRegression, MLPClassifier), an SVM, a "
                                "tree model, k-nearest neighbours, GaussianNB or QDA"))
-        caps.append(Capability("mislabel", "yes", "-", "out-of-sample confidence (default), loss; combined, knn, reference (no twice-differentiable loss)"))
+        caps.append(Capability("mislabel", "yes", "-", "out-of-sample confidence (default), loss; combined, knn, reference (no twice-differentiable loss)"
+                               if form.has_proba else  # e.g. LinearSVC, RidgeClassifier: cli/mislabel.py falls back
+                               "knn (default: no predict_proba, so no out-of-sample confidence; model-free), reference, "
+                               "combined (without a model source)"))
     caps.append(Capability("explain", "yes", "no", "causal responsibility and multiple sufficient explanations (MultiReX); sufficiency verified"))
+    if k == "black-box" and _predict_only(form):
+        caps = _predict_only_capabilities(caps, prefix=not getattr(form, "composite", None))
     if getattr(form, "composite", None):  # Voting, Stacking, Bagging, AdaBoost, CalibratedClassifierCV
         from invaudit.models.composite import composite_capabilities
 
         caps = composite_capabilities(form, caps, Capability)
     return caps
+
+
+def _predict_only(form) -> bool:
+    from invaudit.models.blackbox import is_predict_only
+
+    return is_predict_only(form)
+
+
+def _predict_only_capabilities(caps: list, prefix: bool = True) -> list:
+    """A black box with only ``predict`` (hard voting over non-tree members, OutputCodeClassifier,
+    NearestCentroid with a non-Euclidean metric): one-hot scores, so what needs a score, a
+    probability or a loss is out, and what needs only the predicted class runs."""
+    from invaudit.models.blackbox import PREDICT_ONLY
+
+    po = f"{PREDICT_ONLY}: " if prefix else ""  # a composite's note already says it
+    rows = {
+        "counterfactual": Capability("counterfactual", "yes", "no",
+                                     f"{po}segment search toward --train rows of the target class, "
+                                     "bisection on the predicted class and local search, verified with predict "
+                                     "(no --confidence: no probabilities)"),
+        "margin": Capability("margin", "yes", "no",
+                             f"{po}bisection toward rows and random points predicted otherwise "
+                             "(verified upper bound only; no lower bound from queries)"),
+        "influence": Capability("influence", "no", "-",
+                                f"{PREDICT_ONLY}: the model exposes no scores, probabilities or loss to attribute "
+                                "to training rows"),
+        "mislabel": Capability("mislabel", "yes", "-",
+                               f"{po}knn (default: labels of the nearest rows outside each row's fold, "
+                               "model-free), reference, combined (without a model source); loss and confidence need "
+                               "predict_proba"),
+        "explain": Capability("explain", "yes", "no",
+                              "MultiReX on the predicted class (no --confidence: no probabilities); sufficiency "
+                              "verified with predict"),
+    }
+    return [rows.get(c.command, c) for c in caps]
+
+
+def _influence_support(form):
+    """``invaudit.influence.supports(form)``; a light-loaded linear form answers from its saved
+    state, so ``info`` neither unpickles the estimator nor imports the influence code (issue 16)."""
+    light = getattr(form, "influence_support", None)
+    if light is not None:
+        return light()
+    from invaudit.influence import supports
+
+    return supports(form)
 
 
 def _tree_influence(form):

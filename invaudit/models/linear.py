@@ -37,35 +37,49 @@ accepted here (the scores are still exactly linear in the input) and recorded in
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse as sp
-from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
-from sklearn.linear_model import (
-    LogisticRegression,
-    LogisticRegressionCV,
-    Perceptron,
-    RidgeClassifier,
-    RidgeClassifierCV,
-    SGDClassifier,
-)
-from sklearn.multiclass import OneVsRestClassifier
-from sklearn.pipeline import Pipeline
-from sklearn.svm import LinearSVC
 
 from .affine import AFFINE_STEPS, fold_affine
 from .base import LinearForm
 
 __all__ = ["from_estimator", "linear_parts", "split_pipeline", "step_name"]
 
-try:  # deprecated in scikit-learn 1.8, removed in 1.10
-    from sklearn.linear_model import PassiveAggressiveClassifier as _PA
-except ImportError:  # pragma: no cover - depends on the installed scikit-learn
-    _PA = None
+# Exact classes, by (module, qualname): a user subclass may override predict_proba /
+# decision_function. Compared by path so that this module imports no scikit-learn (start-up,
+# issue 16) and reads a light-loaded state (invaudit.io._light) exactly as the real estimator;
+# tests/io/test_light_load.py checks every path names the installed scikit-learn's class.
+_LR = ("sklearn.linear_model._logistic", "LogisticRegression")
+_LR_CV = ("sklearn.linear_model._logistic", "LogisticRegressionCV")
+_LDA = ("sklearn.discriminant_analysis", "LinearDiscriminantAnalysis")
+_SGD = ("sklearn.linear_model._stochastic_gradient", "SGDClassifier")
+_OVR = ("sklearn.multiclass", "OneVsRestClassifier")
+_PIPELINE = ("sklearn.pipeline", "Pipeline")
+_PROBA_LINK_TYPES = frozenset({_LR, _LR_CV, _LDA})
+# PassiveAggressiveClassifier: deprecated in scikit-learn 1.8, removed in 1.10
+_NO_LINK_TYPES = frozenset({
+    ("sklearn.svm._classes", "LinearSVC"),
+    ("sklearn.linear_model._ridge", "RidgeClassifier"),
+    ("sklearn.linear_model._ridge", "RidgeClassifierCV"),
+    ("sklearn.linear_model._perceptron", "Perceptron"),
+    ("sklearn.linear_model._passive_aggressive", "PassiveAggressiveClassifier"),
+})
 
-# Exact types only: a user subclass may override predict_proba / decision_function.
-_PROBA_LINK_TYPES = (LogisticRegression, LogisticRegressionCV, LinearDiscriminantAnalysis)
-_NO_LINK_TYPES = tuple(
-    t for t in (LinearSVC, RidgeClassifier, RidgeClassifierCV, Perceptron, _PA) if t is not None
-)
+
+def _class_path(obj) -> tuple:
+    """``(module, qualname)`` of ``obj``'s class (a light object's recorded class)."""
+    from invaudit.io._light import class_path
+
+    return class_path(obj)
+
+
+def _class_name(obj) -> str:
+    """``type(obj).__name__`` (a light object's recorded class name)."""
+    from invaudit.io._light import class_name
+
+    return class_name(obj)
+
+
+def _is_pipeline(obj) -> bool:
+    return _class_path(obj) == _PIPELINE
 
 
 def from_estimator(est) -> LinearForm | None:
@@ -128,12 +142,12 @@ def linear_parts(est) -> tuple[np.ndarray, np.ndarray, str] | None:
     K = len(classes)
     if K < 2:
         return None
-    kind = type(est)
-    if kind is OneVsRestClassifier:
+    kind = _class_path(est)
+    if kind == _OVR:
         return _ovr_parts(est, K)
     if kind in _PROBA_LINK_TYPES:
         link = "sigmoid" if K == 2 else "softmax"
-    elif kind is SGDClassifier:
+    elif kind == _SGD:
         if est.loss == "log_loss":
             link = "sigmoid" if K == 2 else "ovr"
         else:
@@ -154,7 +168,7 @@ def linear_parts(est) -> tuple[np.ndarray, np.ndarray, str] | None:
 def split_pipeline(est):
     """``(pre_steps, final)`` of a Pipeline (nested ones flattened, passthrough dropped), or
     ``([], est)`` for a plain estimator; ``None`` when the last step is not an estimator."""
-    if not isinstance(est, Pipeline):
+    if not _is_pipeline(est):
         return [], est
     steps = _flatten(est)
     if not steps:
@@ -167,7 +181,7 @@ def split_pipeline(est):
 
 def step_name(step) -> str:
     """Human-readable name of a preprocessing step for ``LinearForm.preprocessing``."""
-    name = type(step).__name__
+    name = _class_name(step)
     if name == "PCA":
         comp = step.components_
         details = []
@@ -186,8 +200,11 @@ def _coef(est) -> tuple[np.ndarray | None, np.ndarray | None]:
     intercept = getattr(est, "intercept_", None)
     if coef is None or intercept is None:
         return None, None
-    if sp.issparse(coef):  # after .sparsify()
-        coef = coef.toarray()
+    if not isinstance(coef, np.ndarray):
+        import scipy.sparse as sp
+
+        if sp.issparse(coef):  # after .sparsify()
+            coef = coef.toarray()
     W = np.atleast_2d(np.asarray(coef, dtype=np.float64)).copy()
     b = np.broadcast_to(np.asarray(intercept, dtype=np.float64).ravel(), (W.shape[0],)).copy()
     if not (np.all(np.isfinite(W)) and np.all(np.isfinite(b))):
@@ -225,7 +242,7 @@ def _ovr_parts(est, K: int):
 def _flatten(pipe) -> list:
     out = []
     for _, step in pipe.steps:
-        if isinstance(step, Pipeline):
+        if _is_pipeline(step):
             out.extend(_flatten(step))
         else:
             out.append(step)
@@ -238,7 +255,7 @@ def _is_passthrough(step) -> bool:
 
 def _is_identity_function(step) -> bool:
     return (
-        type(step).__name__ == "FunctionTransformer"
+        _class_name(step) == "FunctionTransformer"
         and step.func is None
         and not step.kw_args
     )
@@ -249,7 +266,7 @@ def _is_linear_affine(step) -> bool:
     without ``clip`` (clipping is piecewise, not affine), an identity FunctionTransformer."""
     if _is_identity_function(step):
         return True
-    name = type(step).__name__
+    name = _class_name(step)
     if name not in AFFINE_STEPS:
         return False
     if name == "MinMaxScaler" and getattr(step, "clip", False):
@@ -259,7 +276,7 @@ def _is_linear_affine(step) -> bool:
 
 def _feature_names(est) -> list | None:
     candidates = [est]
-    if isinstance(est, Pipeline):
+    if _is_pipeline(est):
         candidates += _flatten(est)[:1]
     for obj in candidates:
         try:

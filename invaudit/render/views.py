@@ -29,9 +29,9 @@ def fmt_num(v: Any, digits: int = 4) -> str:
 def fmt_list(v: Any, limit: int = 6) -> str:
     if v is None:
         return "-"
-    items = [str(x) for x in v]
+    items = v if isinstance(v, (list, tuple)) else list(v)
     more = f" +{len(items) - limit}" if len(items) > limit else ""
-    return ", ".join(items[:limit]) + more if items else "none"
+    return ", ".join(str(x) for x in items[:limit]) + more if items else "none"
 
 
 @dataclass(frozen=True)
@@ -53,9 +53,12 @@ class View:
     rows: Callable[[dict], list] = _all_rows
     max_rows: Optional[int] = 200
     extras: list = field(default_factory=list)  # callables report -> list of (heading, text) blocks
-    # (report, limit) -> (rows to show, how many rows there are): what a table prints, without
-    # turning every result into a dict (results held as columns stay columns)
-    select: Optional[Callable[[dict, Optional[int]], tuple]] = None
+    # (report, limit, fields) -> (rows to show, how many rows there are): what a table prints,
+    # without turning every result into a dict (results held as columns stay columns)
+    select: Optional[Callable[..., tuple]] = None
+    # the result fields the columns read (None: every field): rows held as columns become dicts
+    # of these alone, never of a row's long vectors
+    fields: Optional[frozenset] = None
 
     def shown(self, report: dict) -> tuple:
         """``(rows, total)``: the rows a table or Markdown shows (at most ``max_rows``), and how
@@ -64,10 +67,10 @@ class View:
 
         results = report.get("results", [])
         if self.select is not None:
-            shown, total = self.select(report, self.max_rows)
+            shown, total = self.select(report, self.max_rows, self.fields)
         elif isinstance(results, Columns) and self.rows is _all_rows:
             k = len(results) if self.max_rows is None else min(len(results), self.max_rows)
-            shown, total = results.rows(range(k)), len(results)
+            shown, total = results.rows(range(k), self.fields), len(results)
         else:
             rows = self.rows(report)
             shown, total = (rows if self.max_rows is None else rows[: self.max_rows]), len(rows)
@@ -152,6 +155,8 @@ COUNTERFACTUAL = View(
     title=lambda r: f"counterfactuals: {_model_line(r)}, target {r['params'].get('target')}"
     + (f", p >= {r['params']['confidence']}" if r["params"].get("confidence") is not None else ""),
     summary=_summary_items,
+    fields=frozenset({"row", "row_id", "original_class", "target_class", "status", "distance",
+                      "target_probability", "exact", "changes", "changed_features"}),
     columns=[
         Column("row", _row),
         Column("from", lambda x: x["original_class"]),
@@ -165,7 +170,7 @@ COUNTERFACTUAL = View(
     ],
 )
 
-def _smallest_margins(report: dict, limit: Optional[int]) -> tuple:
+def _smallest_margins(report: dict, limit: Optional[int], fields=None) -> tuple:
     """The rows with the smallest margins first (no margin: last); from columns, only the rows
     shown become dicts."""
     from invaudit.io.report import Columns
@@ -182,7 +187,7 @@ def _smallest_margins(report: dict, limit: Optional[int]) -> tuple:
         order = part[np.lexsort((part, key[part]))]
     else:
         order = np.lexsort((np.arange(len(key)), key))
-    return results.rows(order.tolist()), len(results)
+    return results.rows(order.tolist(), fields), len(results)
 
 
 MARGIN = View(
@@ -191,6 +196,8 @@ MARGIN = View(
     rows=lambda r: _smallest_margins(r, None)[0],
     select=_smallest_margins,
     max_rows=20,
+    fields=frozenset({"row", "row_id", "label", "predicted_class", "margin", "lower_bound", "nearest_class",
+                      "exact"}),
     columns=[
         Column("row", _row),
         Column("label", lambda x: x.get("label")),

@@ -1,8 +1,8 @@
 """Start-up (issue 16): a command imports only what it needs.
 
-- ``info`` on a linear model imports no tree, ensemble, neighbours or network code of
-  scikit-learn (the model file's checks look for those classes only once the pickle itself has
-  imported them), and its report is the one the full in-process run gives.
+- ``info`` on a linear model (or a pipeline of scalers and PCA before one) imports no
+  scikit-learn at all (the light load, invaudit.io._light), and its report is the one the full
+  load gives.
 - Crafted trees are still refused in a fresh process, where only the pickle imports the tree code.
 - ``--version`` imports neither Typer nor numpy; the top-level ``--help`` lists the commands
   without importing them, and lists exactly what the fully built app lists.
@@ -66,21 +66,45 @@ def _linear_model(tmp_path: Path) -> Path:
     return path
 
 
-def test_info_on_a_linear_model_imports_no_tree_or_network_code(tmp_path, invaudit):
-    model = _linear_model(tmp_path)
-    code, out, err, modules = _fresh(["info", model, "--format", "json"])
-    assert code == 0, err
-    for package in ("sklearn.ensemble", "sklearn.tree", "sklearn.neighbors", "sklearn.neural_network",
-                    "invaudit.counterfactual", "invaudit.margins", "invaudit.explain", "invaudit.audit"):
-        assert not _imported(modules, package), f"info imported {package}"
-    assert _imported(modules, "sklearn.linear_model")  # the pickle's own module: the floor
-    # the same report as the in-process run, where every module is already imported
-    same = invaudit("info", model, "--format", "json")
-    assert same.code == 0, same.err
-    fresh, full = json.loads(out), same.json()
-    fresh.pop("elapsed_s"), full.pop("elapsed_s")
-    assert fresh == full
-    assert fresh["model"]["form"] == "linear" and fresh["model"]["classes"] == ["approve", "reject"]
+def _full_load_only(monkeypatch):
+    """The in-process run as it was before the light load: the real estimator, adapted."""
+    from invaudit.models import _light_linear
+
+    monkeypatch.setattr(_light_linear, "light_form", lambda loaded: None)
+
+
+def _scaled_pca_pipeline(tmp_path: Path) -> Path:
+    import pandas as pd
+    from sklearn.decomposition import PCA
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(4)
+    X = pd.DataFrame(rng.normal(size=(150, 4)) * [1e-5, 1.0, 1e5, 3.0], columns=["age", "income", "debt", "tenure"])
+    y = np.array(["a", "b", "c"])[np.digitize(X["age"] / 1e-5 + X["debt"] / 1e5, [-0.5, 0.5])]
+    path = tmp_path / "pipe.pkl"
+    joblib.dump(make_pipeline(StandardScaler(), PCA(3, whiten=True), LogisticRegression(max_iter=5000)).fit(X, y),
+                path, compress=3)
+    return path
+
+
+def test_info_on_a_linear_model_imports_no_scikit_learn(tmp_path, invaudit, monkeypatch):
+    """The light load (issue 16): no scikit-learn, joblib or scipy; the report is the full load's."""
+    for model in (_linear_model(tmp_path), _scaled_pca_pipeline(tmp_path)):
+        code, out, err, modules = _fresh(["info", model, "--format", "json"])
+        assert code == 0, err
+        for package in ("sklearn", "joblib", "scipy", "pandas", "invaudit.counterfactual", "invaudit.margins",
+                        "invaudit.influence", "invaudit.explain", "invaudit.audit"):
+            assert not _imported(modules, package), f"info imported {package}"
+        with monkeypatch.context() as m:
+            _full_load_only(m)
+            same = invaudit("info", model, "--format", "json")
+        assert same.code == 0, same.err
+        fresh, full = json.loads(out), same.json()
+        fresh.pop("elapsed_s"), full.pop("elapsed_s")
+        assert fresh == full
+        assert fresh["model"]["form"] == "linear"
+    assert fresh["model"]["classes"] == ["a", "b", "c"] and fresh["model"]["preprocessing"][-1].startswith("PCA")
 
 
 def _crafted_tree(path: Path) -> None:
