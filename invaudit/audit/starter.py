@@ -88,7 +88,9 @@ def starter_suite(model_path, *, trust: bool = False) -> str:
     # Without a convex objective the methods are in-sample loss and k-fold refits (confidence):
     # the starter takes the one that does not refit the model.
     mislabel_method = [] if tm is not None or "pruned-loo-loss" in available_methods(form) else [
-        "    method: loss              # in-sample loss; 'confidence' is sharper but refits the model 5 times"]
+        "    method: loss              # in-sample loss; 'confidence' is sharper but refits the model 5 times"
+        if getattr(form, "has_proba", True) else
+        "    method: knn               # no predict_proba: the nearest training rows' labels"]
     test_labels = bool(test and test[2])
     train_labels = bool(train and train[2])
     # Typed rows: numeric columns in their own units (income next to age) make one epsilon

@@ -80,11 +80,11 @@ def adapt(estimator) -> ModelForm:
         if form is not None:
             return form
     kind = type(estimator).__name__
-    queryable = hasattr(estimator, "predict_proba") or hasattr(estimator, "decision_function")
+    queryable = any(hasattr(estimator, m) for m in ("predict_proba", "decision_function", "predict"))
     if queryable and getattr(estimator, "classes_", None) is None:
         raise UnsupportedModelError(
             f"{kind} is not a fitted classifier (it has no classes_); invaudit cannot query it"
         )
     raise UnsupportedModelError(
-        f"{kind} has neither predict_proba nor decision_function; invaudit cannot query it"
+        f"{kind} has neither predict_proba, decision_function nor predict; invaudit cannot query it"
     )

@@ -35,9 +35,9 @@ forms (linear models, MLPs, binary SVC                       verified answers, n
 decision functions, nested composites)                       margins carry no certified lower bound
 anything else (isotonic calibration,     black-box           with the reason, in ``describe()``
 a ``stack_method="predict"`` member, a                       (``composite``) and so in ``info``; hard
-member invaudit cannot read)                                 voting over other members has neither
-                                                             ``predict_proba`` nor a decision function
-                                                             and is refused with that reason
+member invaudit cannot read, hard voting                     voting over other members has only
+over members that are not all trees)                         ``predict``: its scores are the one-hot
+                                                             rows of ``predict`` (``blackbox``)
 =======================================  ==================  ==========================================
 
 The differentiable composite form (:class:`CompositeForm`) has the interface the non-linear
@@ -905,17 +905,13 @@ def _calibrated_linear(est):
             return None
         # p1 = expit(-(a s + b)) with s = w x + c: the sigmoid link of -a w x - (a c + b)
         return -a[0] * lf.W, -(a[0] * lf.b + b[0]), "sigmoid"
-    try:
-        pos = class_indices(classes, np.asarray(base.classes_))
-    except KeyError:
-        return None
-    if lf.W.shape[0] != K or len(a) != K or not np.array_equal(np.sort(pos), np.arange(K)):
-        return None
-    W = np.zeros_like(lf.W)
-    bb = np.zeros(K)
-    W[pos] = -a[:, None] * lf.W
-    bb[pos] = -(a * lf.b + b)
-    return W, bb, "ovr"
+    # K > 2: p_k = expit(-(a_k s_k + b_k)) normalised, and predict is the argmax of those
+    # probabilities. Mathematically that is the argmax of the calibrated scores, but expit is
+    # exactly 1.0 above ~36.7, so far from the data two classes tie and predict picks the first:
+    # a linear argmax would then disagree with the estimator (an unearned `exact`, found by
+    # tests/exactness/test_exact_calibrated_saturation.py). The composed smooth form is used
+    # instead (answers verified by the estimator, exact: false).
+    return None
 
 
 # --- entry point ---------------------------------------------------------------------------------
@@ -953,12 +949,13 @@ def from_estimator(est: Any) -> Optional[ModelForm]:
         form, why = None, form
     if form is not None:
         return form
-    if not (hasattr(est, "predict_proba") or hasattr(est, "decision_function")):
-        from invaudit.errors import UnsupportedModelError
+    from invaudit.models.blackbox import PREDICT_ONLY, is_predict_only
 
-        raise UnsupportedModelError(
-            f"{type(final).__name__} has neither predict_proba nor decision_function, and invaudit reads it "
-            f"only when it is one form ({why}); hard voting is read when every member is a decision tree")
+    if is_predict_only(est):  # hard voting over members that are not all decision trees
+        return CompositeBlackBoxForm(estimator=est, classes=np.asarray(final.classes_), n_features=d,
+                                     feature_names=_names(est),
+                                     composite=f"queried as a black box: {why}; {PREDICT_ONLY} (hard voting is "
+                                               "read as trees when every member is a decision tree)")
     return CompositeBlackBoxForm(estimator=est, classes=np.asarray(final.classes_), n_features=d,
                                  feature_names=_names(est), composite=f"queried as a black box: {why}")
 
@@ -1034,8 +1031,9 @@ def composite_capabilities(form, caps: list, Capability) -> list:
                                   "(folds, bootstrap samples, a calibrator on held-out scores), so no single "
                                   "twice-differentiable objective stands behind the model"))
         elif c.command == "mislabel" and not form.has_proba:  # hard voting
-            out.append(Capability("mislabel", "yes", "-", "--method knn or reference only (the default, out-of-sample "
-                                  "confidence, needs predict_proba, which hard voting lacks)"))
+            out.append(Capability("mislabel", "yes", "-", "knn (default: model-free; out-of-sample confidence needs "
+                                  "predict_proba, which hard voting lacks), reference, combined (without a model "
+                                  "source)"))
         else:
             out.append(c)
     return out

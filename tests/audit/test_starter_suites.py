@@ -31,7 +31,7 @@ def _write_csv(path, X, y):
 
 
 def _models():
-    from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
+    from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier, VotingClassifier
     from sklearn.linear_model import LogisticRegression, RidgeClassifier
     from sklearn.naive_bayes import GaussianNB
     from sklearn.neural_network import MLPClassifier
@@ -50,6 +50,8 @@ def _models():
         "naive-bayes": lambda: GaussianNB(),
         "svc": lambda: SVC(random_state=0),
         "polynomial-ridge": lambda: make_pipeline(PolynomialFeatures(2), RidgeClassifier()),
+        # predict only (one-hot scores): the starter's mislabel check must not ask for probabilities
+        "hard-vote": lambda: VotingClassifier([("lr", LogisticRegression()), ("nb", GaussianNB())]),
     }
 
 
@@ -91,6 +93,7 @@ def test_starter_suite_first_run_is_a_verdict_for_every_form(invaudit, tmp_path,
     assert kinds == {k for k, cls in REGISTRY.items() if cls.unsupported(f) is None}
     assert all(not str(x["details"].get("reason", "")).startswith(("time limit", "not run")) for x in rep["results"])
     assert all(x["passed"] is not None for x in rep["results"])
+    assert all("error" not in str(x["details"].get("reason", "")).lower() for x in rep["results"])
     if "influence" not in kinds:
         assert "# not included: influence is not available" in text
 

@@ -10,7 +10,7 @@ from sklearn.svm import SVC
 
 from invaudit.errors import InputError
 from invaudit.models.base import BlackBoxForm
-from invaudit.models.blackbox import class_scores, from_estimator
+from invaudit.models.blackbox import PredictOnlyForm, class_scores, from_estimator
 
 
 class OnlyDecision(ClassifierMixin, BaseEstimator):
@@ -68,7 +68,7 @@ def test_decision_function_only_classifier_works(k):
 
 def test_neither_method_gives_none():
     X, y = _data()
-    assert from_estimator(Neither().fit(X, y)) is None
+    assert isinstance(from_estimator(Neither().fit(X, y)), PredictOnlyForm)  # one-hot scores of predict
     assert from_estimator(OnlyDecision()) is None  # not fitted: no classes_
 
 
