@@ -20,7 +20,7 @@ too slow for a benchmark and the 10,000-row model is used (the report then notes
 not at its optimum on these rows).
 
     OMP_NUM_THREADS=2 PYTHONPATH=. python benchmarks/many_classes.py [--ks 2,10,50] \\
-        [--tasks counterfactual,margin,influence,mislabel] [--no-cli] [--no-inprocess]
+        [--tasks counterfactual,margin,influence,mislabel] [--no-cli] [--no-inprocess] [--no-trace]
 """
 
 from __future__ import annotations
@@ -122,8 +122,10 @@ def run_cli(task, K, data_dir, timeout):
             "ok" if code == 0 else f"exit {code}: {err[-1] if err else ''}")
 
 
-def run_inprocess(task, K, data_dir, timeout):
-    """``(wall s, CPU s, peak traced MiB, status)`` of the library call the command makes."""
+def run_inprocess(task, K, data_dir, timeout, trace=True):
+    """``(wall s, CPU s, peak traced MiB, status)`` of the library call the command makes
+    (``trace=False``: without ``tracemalloc``, whose bookkeeping of every allocation adds to
+    the time; the peak is then not measured)."""
     import joblib
 
     from invaudit.models import adapt
@@ -157,7 +159,8 @@ def run_inprocess(task, K, data_dir, timeout):
 
     old = signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(int(timeout))
-    tracemalloc.start()
+    if trace:
+        tracemalloc.start()
     t0, c0 = time.perf_counter(), time.process_time()
     status = "ok"
     try:
@@ -168,8 +171,10 @@ def run_inprocess(task, K, data_dir, timeout):
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    peak = tracemalloc.get_traced_memory()[1] / 2 ** 20
-    tracemalloc.stop()
+    peak = float("nan")
+    if trace:
+        peak = tracemalloc.get_traced_memory()[1] / 2 ** 20
+        tracemalloc.stop()
     return wall, cpu, peak, status
 
 
@@ -185,6 +190,8 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per run")
     ap.add_argument("--no-cli", action="store_true")
     ap.add_argument("--no-inprocess", action="store_true")
+    ap.add_argument("--no-trace", action="store_true",
+                    help="in-process runs without tracemalloc (times without its overhead, no peak)")
     args = ap.parse_args(argv)
     ks = [int(k) for k in args.ks.split(",") if k]
     if 2 not in ks:
@@ -210,7 +217,7 @@ def main(argv=None) -> int:
                 cw, cc, cr, s = run_cli(task, K, data_dir, args.timeout)
                 st.append(f"cli {s}")
             if not args.no_inprocess:
-                lw, lc, lp, s = run_inprocess(task, K, data_dir, args.timeout)
+                lw, lc, lp, s = run_inprocess(task, K, data_dir, args.timeout, trace=not args.no_trace)
                 st.append(f"lib {s}")
             if K == 2:
                 base = {"cw": cw, "cr": cr, "lw": lw, "lp": lp}

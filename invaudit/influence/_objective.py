@@ -371,7 +371,9 @@ class LogisticObjective(Objective):
     thread_safe = True
 
     def __init__(self, form, X_train, y_train, *, max_direct_params=MAX_DIRECT_PARAMS,
-                 cg_tol=1e-10, cg_max_iter=None, final=None, max_factor_params=MAX_FACTOR_PARAMS):
+                 cg_tol=1e-10, cg_max_iter=None, final=None, max_factor_params=MAX_FACTOR_PARAMS,
+                 _features=None):
+        # ``_features``: ``(Z, Zt)`` of ``X_train`` already computed (:meth:`refitted`)
         self.form = form
         est = form.estimator
         final_, pre = _final_and_pre(est)
@@ -415,11 +417,11 @@ class LogisticObjective(Objective):
         self.Rcol = R
         self.s, self.balanced = _row_weights(final, y, K, self.classes)
 
-        self.Z = self.features(X)
+        self.Z = self.features(X) if _features is None else _features[0]
         if self.Z.shape[1] != self.D:
             raise InputError(f"the preprocessing gives {self.Z.shape[1]} features but the "
                              f"classifier expects {self.D}.")
-        self.Zt = self._aug(self.Z)
+        self.Zt = self._aug(self.Z) if _features is None else _features[1]
         self._zero_columns = np.flatnonzero(~np.any(self.Zt != 0.0, axis=0))
         self.eta = self.Zt @ self.Theta.T
         # A_i (n x M x M) is formed only where a path needs it (leverage, feature gradients):
@@ -475,6 +477,7 @@ class LogisticObjective(Objective):
                          "on scikit-learn's tol scale); influence assumes it is")
         self.notes = tuple(notes)
         self._Q = None
+        self._Qu = None
         self._class_shift = None
         self._steps = None
         self._shift_ops = {}
@@ -499,7 +502,9 @@ class LogisticObjective(Objective):
             r = (p1 - (y == 1))[:, None]
             A = (p1 * (1.0 - p1))[:, None, None]
         else:
-            p = np.exp(log_softmax(eta, axis=1))
+            p = eta - eta.max(axis=1, keepdims=True)
+            np.exp(p, out=p)
+            p /= p.sum(axis=1, keepdims=True)
             r = p.copy()
             r[np.arange(n), y] -= 1.0
             A = self._softmax_hessians(p) if hessians else None
@@ -623,32 +628,40 @@ class LogisticObjective(Objective):
 
     def _pair_hessian(self, s, augment: bool = True, Zt=None, p=None) -> np.ndarray:
         """The softmax ``H`` (``H_hat`` with ``augment``) at the training rows with row weights
-        ``s``: the ``M (M + 1) / 2`` class-pair blocks on the
-        ``D1 (D1 + 1) / 2`` feature pairs in one product per chunk of rows,
-        ``sum_i s_i A_i[k, l] zt_ia zt_ib``, with ``A_i[k, l] = p_ik (delta_kl - p_il)`` from
-        the probabilities (no ``(n, M, M)`` array): the symmetry of both the class block and the
-        feature block halves the work of a Gram matrix of ``[p_i (x) zt_i]``
-        (:func:`_class_feature_blocks`)."""
+        ``s`` (:meth:`_raw_pair_hessian`) plus the penalty."""
         return self._penalise(self._raw_pair_hessian(s, Zt, p), augment)
 
     def _raw_pair_hessian(self, s, Zt=None, p=None) -> np.ndarray:
-        """``sum_i s_i A_i (x) zt_i zt_i^T`` (softmax, no penalty, not augmented) as
-        :meth:`_pair_hessian` forms it."""
+        """``sum_i s_i A_i (x) zt_i zt_i^T`` (softmax, no penalty, not augmented) with
+        ``A_i[k, l] = p_ik (delta_kl - p_il)`` from the probabilities (no ``(n, M, M)`` array).
+
+        Every row of ``A_i`` sums to zero (``sum_l p_il = 1``), so the blocks of the last
+        class follow from the others: ``H[k, M-1] = -sum_{l < M-1} H[k, l]`` and
+        ``H[M-1, M-1] = -sum_{k < M-1} H[k, M-1]``. Only the ``(M - 1) M / 2`` class pairs
+        ``k <= l < M - 1`` are summed over the rows, on the ``D1 (D1 + 1) / 2`` feature pairs,
+        in one product per chunk of rows (:func:`_class_feature_blocks`): the symmetry of the
+        class block and of the feature block, and the zero row sums, leave a fifth of the work
+        of a Gram matrix of ``[p_i (x) zt_i]``."""
         M, D1, P = self.M, self.D1, self.n_params
         Zt = self.Zt if Zt is None else Zt
         p = self.p if p is None else p
-        ku, lu = np.triu_indices(M)
+        L = M - 1
+        ku, lu = np.triu_indices(L)
         ia, ib = np.triu_indices(D1)
         acc = _class_feature_blocks(Zt, s, p, ku, lu, ia, ib)  # (feature pairs, class pairs)
         H = np.empty((M, D1, M, D1))
         # H[k, a, l, b] = acc[(a, b), (k, l)], symmetric in (a, b) and in (k, l)
         for q in range(ku.size):  # a loop over class pairs (each a D1 x D1 block)
-            blk = np.empty((D1, D1))
+            blk = H[ku[q], :, lu[q], :]
             blk[ia, ib] = acc[:, q]
             blk[ib, ia] = acc[:, q]
-            H[ku[q], :, lu[q], :] = blk
             if ku[q] != lu[q]:
                 H[lu[q], :, ku[q], :] = blk
+        last = H[:L, :, L, :]  # (L, D1, D1): the blocks (k, M - 1), each symmetric
+        np.sum(H[:L, :, :L, :], axis=2, out=last)
+        np.negative(last, out=last)
+        H[L, :, :L, :] = last.transpose(1, 0, 2)
+        H[L, :, L, :] = -last.sum(axis=0)
         return H.reshape(P, P)
 
     def _hvp(self, v):
@@ -719,6 +732,67 @@ class LogisticObjective(Objective):
             self._Q = np.take(q, pair.ravel(), axis=1).reshape(self.n_rows, M, M)
         return self._Q
 
+    def relative_leverage_blocks(self, rows=None) -> np.ndarray:
+        """Softmax: ``Qu_i = U^T Q_i U`` for the training rows ``rows`` (default: every row),
+        ``(m, M - 1, M - 1)``, with
+        ``U = [I; -1^T]`` (``M x (M - 1)``, columns ``e_k - e_{M-1}``): the leverage on the
+        score differences to the last class, the only part of ``Q_i`` the softmax sees.
+        ``Qu_i[k, l] = zt_i^T B_kl zt_i`` with
+        ``B_kl = Hinv_kl - Hinv_k,M-1 - Hinv_M-1,l + Hinv_M-1,M-1`` (``H_hat^-1``'s ``D1 x D1``
+        blocks): ``(M - 1) M / 2`` quadratic forms per row instead of ``M (M + 1) / 2``
+        (:func:`_quadratic_forms`; features that are zero in every training row left out),
+        kept packed (``(n, pairs)``) and unpacked for the rows asked for."""
+        if self._Qu is None:
+            if self.Hinv is None:
+                raise SolverError("the leverage correction needs the factorised Hessian.")
+            M, D1, L = self.M, self.D1, self.M - 1
+            used = np.setdiff1d(np.arange(D1), self._zero_columns)  # zero features add 0
+            H4 = self.Hinv.reshape(M, D1, M, D1)[:, used][:, :, :, used]
+            R = H4[:L] - H4[L:]
+            R = R[:, :, :L] - R[:, :, L:]  # (L, u, L, u)
+            ku, lu = np.triu_indices(L)
+            q = _quadratic_forms(self.Zt[:, used], R[ku, :, lu, :])  # (n, pairs)
+            pair = np.empty((L, L), dtype=np.intp)  # entry (k, l) is pair (min, max)
+            pair[ku, lu] = np.arange(ku.size)
+            pair[lu, ku] = np.arange(ku.size)
+            self._Qu = (q, pair.ravel())
+        q, pair = self._Qu
+        L = self.M - 1
+        if rows is not None:
+            q = q[rows]
+        return np.take(q, pair, axis=1).reshape(q.shape[0], L, L)
+
+    def _relative_correction(self, e, s, alpha, yv, rows, Qu=None):
+        """The softmax's leverage-corrected ``e`` (:meth:`removal_terms`) from its first-order
+        ``e = alpha r``. ``r``, ``e`` and the range of ``M_i = s_i A_i`` lie in the sum-zero
+        subspace, ``v = U S v`` there (``S v``: the first ``M - 1`` entries) and
+        ``M_i v = M_i S^T U^T v`` for every ``v`` (``A_i 1 = 0``), so with
+        ``Mu_i = S M_i S^T = s_i (diag(pu_i) - pu_i pu_i^T)`` (``pu_i``: the first ``M - 1``
+        probabilities) the ``M x M`` system of the Woodbury step is the ``(M - 1)`` system
+
+            (I - Mu Qu) x = Mu (alpha Qu S r - U^T Z^T Y[cls]),   e += U x
+
+        (:meth:`relative_leverage_blocks`). Returns ``e`` ``(m, M)``."""
+        L = self.M - 1
+        Qu = self.relative_leverage_blocks(rows) if Qu is None else Qu
+        pu = self.p[rows, :L]
+        sp = s[:, None] * pu
+        # rhs = Qu (alpha S r) - U^T yv, then Mu rhs = s (pu * rhs - pu (pu . rhs))
+        rhs = np.einsum("ikl,il->ik", Qu, e[:, :L])  # e[:, :L] = alpha S r
+        if yv is not None:
+            rhs -= yv[:, :L] - yv[:, L:]
+        rhs -= np.einsum("ik,ik->i", pu, rhs)[:, None]
+        rhs *= sp
+        # I - Mu Qu, with Mu Qu = s pu[k] (Qu[k, :] - pu^T Qu), elementwise
+        I_MQ = Qu - np.einsum("ik,ikl->il", pu, Qu)[:, None, :]
+        I_MQ *= -sp[:, :, None]
+        I_MQ[:, np.arange(L), np.arange(L)] += 1.0
+        x = np.linalg.solve(I_MQ, rhs[:, :, None])[:, :, 0]
+        e = e.copy()
+        e[:, :L] += x
+        e[:, L] -= x.sum(axis=1)
+        return e
+
     def _balance_shift(self):
         """For ``class_weight='balanced'``: removing a row of class ``c`` changes every class
         weight by ``delta[c, k]``; the objective's gradient at the fitted parameters then moves
@@ -747,8 +821,9 @@ class LogisticObjective(Objective):
         WR = (weights[:, :, None] * self.r[:, None, :]).reshape(n, K * self.M)
         return (WR.T @ self.Zt).reshape(K, -1)
 
-    def removal_terms(self, estimate: str, rows=None):
-        """What removing each training row does, in score space.
+    def removal_terms(self, estimate: str, rows=None, _qu=None):
+        """What removing each training row does, in score space (``_qu``: the rows'
+        :meth:`relative_leverage_blocks`, when the caller has them).
 
         Returns ``(e, cls)`` with ``e`` ``(m, M)``: removing row ``i`` moves the parameters by
         ``delta_theta_i = H_hat^-1 Z_i e_i - Y[cls_i]`` (``Y`` from the balanced-weight shift,
@@ -760,7 +835,9 @@ class LogisticObjective(Objective):
             (H - Z M Z^T)^-1 = H^-1 + H^-1 Z (I - M Q)^-1 M Z^T H^-1,   M = s_i A_i, Q = Q_i
             e_i = alpha_i r_i + (I - M Q)^-1 M (alpha_i Q r_i - Z_i^T Y[cls_i])
 
-        with ``alpha_i = s_i`` (plus the row's own balanced-weight change).
+        with ``alpha_i = s_i`` (plus the row's own balanced-weight change). For the softmax
+        the correction is solved in the ``M - 1`` score differences
+        (:meth:`_relative_correction`).
         """
         rows = np.arange(self.n_rows) if rows is None else np.asarray(rows, dtype=np.intp)
         s, r = self.s[rows], self.r[rows]
@@ -774,6 +851,8 @@ class LogisticObjective(Objective):
             cls = None
             yv = None
         e = alpha[:, None] * r
+        if estimate == "leverage-corrected" and self.M > 1:
+            return self._relative_correction(e, s, alpha, yv, rows, _qu), cls
         if estimate == "leverage-corrected":
             Q = self.leverage_blocks()[rows]
             # the rows' own score Hessians (not the cached (n, M, M) array, unless it exists)
@@ -944,11 +1023,21 @@ class LogisticObjective(Objective):
     @dense
     def score_shifts(self, estimate: str) -> np.ndarray:
         """``(n, M)``: each training row's own score change if it were removed,
-        ``Z_i^T delta_theta_i`` (approximate leave-one-out scores: ``eta_i + shift_i``)."""
+        ``Z_i^T delta_theta_i`` (approximate leave-one-out scores: ``eta_i + shift_i``). For the
+        softmax, which sees score differences only, the change relative to the last class
+        (the last column is zero): from the leverage on the score differences
+        (:meth:`relative_leverage_blocks`), ``U^T Q_i e_i = Qu_i S e_i``."""
         if estimate in self._shifts:
             return self._shifts[estimate]
         n, M, D1 = self.n_rows, self.M, self.D1
-        Q = self.leverage_blocks() if self.Hinv is not None else None
+        rel = M > 1
+        if self.Hinv is None:
+            Q = None
+        elif rel:
+            self.relative_leverage_blocks(slice(0, 0))  # formed once, before the blocks
+            Q = self.relative_leverage_blocks
+        else:
+            Q = self.leverage_blocks()
         Y = self._balance_shift()[2] if self.balanced else None
         # chunks of rows (their M x M blocks, or their (rows x P) gradients, stay small), side
         # by side; never an (n, P) array
@@ -958,14 +1047,20 @@ class LogisticObjective(Objective):
 
         def block(j):
             a, b = ranges[j]
-            e, cls = self.removal_terms(estimate, np.arange(a, b))
-            if Q is not None:
+            Qu = Q(slice(a, b)) if Q is not None and rel else None
+            e, cls = self.removal_terms(estimate, np.arange(a, b), _qu=Qu)
+            if Qu is not None:
+                sh = np.zeros((b - a, M))
+                sh[:, :-1] = np.einsum("ikl,il->ik", Qu, e[:, :-1])
+            elif Q is not None:
                 sh = np.matmul(Q[a:b], e[:, :, None])[:, :, 0]
             else:
                 E = self.solve(self._outer(e, self.Zt[a:b]))
                 sh = np.einsum("imd,id->im", E.reshape(-1, M, D1), self.Zt[a:b])
             if cls is not None:
                 sh -= np.einsum("imd,id->im", Y[cls].reshape(-1, M, D1), self.Zt[a:b])
+            if rel:
+                sh -= sh[:, -1:]
             shift[a:b] = sh
 
         run_blocks(block, len(ranges))
@@ -1030,7 +1125,9 @@ class LogisticObjective(Objective):
         fitted = self._refit_by_chord(keep)
         if fitted is None:
             fitted = self.refit_without(rows, tol=tol)
-        return LogisticObjective(self.form, self.X[keep], self.y[keep], final=fitted)
+        Zt = self.Zt[keep]  # the kept rows' features as this objective has them
+        Z = Zt[:, :self.D] if self.fit_intercept else Zt
+        return LogisticObjective(self.form, self.X[keep], self.y[keep], final=fitted, _features=(Z, Zt))
 
     def _refit_by_chord(self, keep, *, gtol: float = 1e-12, max_iter: int = 150,
                         max_refresh: int = 8):
@@ -1222,10 +1319,16 @@ class LogisticObjective(Objective):
         return out.ravel()
 
 
+#: Rows per piece of :class:`_ChordGradient`'s blocks (their features stay in cache between
+#: the scores and the gradient).
+_GRADIENT_ROWS = 2048
+
+
 class _ChordGradient:
     """``grad F_keep(Theta)`` of :meth:`LogisticObjective._refit_by_chord` (``(M, D1)``): the
-    rows in (at most two) fixed blocks side by side, each block's scores, probabilities and
-    gradient in one pass while they are in cache; the blocks' sums added in a fixed order."""
+    rows in (at most two) fixed blocks side by side, each block piece by piece
+    (``_GRADIENT_ROWS``), a piece's scores, probabilities and gradient while its rows are in
+    cache; the sums added in a fixed order."""
 
     def __init__(self, obj, Zt, y, s):
         self.obj, self.Zt, self.y, self.s = obj, Zt, y, s
@@ -1248,22 +1351,33 @@ class _ChordGradient:
         parts = [None] * len(self.ranges)
 
         def block(j):
-            a, b = self.ranges[j]
-            p = self._block_proba(a, b, Theta)
-            y = self.y[a:b]
-            if self.obj.M == 1:
-                r = (p[:, 1] - (y == 1))[:, None]
-            else:
-                r = p
-                r[np.arange(b - a), y] -= 1.0
-            r *= self.s[a:b, None]
-            parts[j] = self.Zt[a:b].T @ r  # (D1, M)
+            a0, b0 = self.ranges[j]
+            G = 0.0
+            for a in range(a0, b0, _GRADIENT_ROWS):  # pieces of the block, in order
+                b = min(b0, a + _GRADIENT_ROWS)
+                y = self.y[a:b]
+                if self.obj.M == 1:
+                    p = self._block_proba(a, b, Theta)
+                    r = (p[:, 1] - (y == 1))[:, None]
+                    r *= self.s[a:b, None]
+                    G = G + (self.Zt[a:b].T @ r).T  # (M, D1)
+                    continue
+                # softmax with the classes along the first axis: the per-row max and sum
+                # are elementwise over M rows of scores, not M-long reductions per row
+                rT = Theta @ self.Zt[a:b].T  # (M, rows)
+                rT -= rT.max(axis=0)
+                np.exp(rT, out=rT)
+                rT /= rT.sum(axis=0)
+                rT[y, np.arange(b - a)] -= 1.0
+                rT *= self.s[a:b]
+                G = G + rT @ self.Zt[a:b]  # (M, D1)
+            parts[j] = G
 
         run_blocks(block, len(self.ranges))
         G = parts[0]
         for other in parts[1:]:
             G = G + other
-        return G.T + self.obj.lam * Theta * self.obj.Rcol
+        return G + self.obj.lam * Theta * self.obj.Rcol
 
 
 def _anderson(hist_x: list, hist_f: list, x: np.ndarray, f: np.ndarray, memory: int = 6) -> np.ndarray:
@@ -1584,10 +1698,12 @@ def _pair_offsets(D1: int) -> np.ndarray:
 
 
 #: Rows per chunk of the cache-blocked pair-product kernels, and feature pairs per group: a
-#: group's pair products (rows x pairs) stay in the core's own cache between being formed and
-#: being multiplied, instead of a chunk's whole pair-product matrix going out to memory and back.
-_KERNEL_ROWS = 256
-_GROUP_PAIRS = 512
+#: group's pair products (pairs x rows, 1 MB) stay in the core's own cache between being formed
+#: and being multiplied, instead of a chunk's whole pair-product matrix going out to memory and
+#: back; 512 rows per chunk halve the accumulator updates of 256 (measured: 256 x 512, 512 x 256,
+#: 1024 x 256 and 1024 x 128 within 10% of each other on a loaded machine, 512 x 256 as fast as any).
+_KERNEL_ROWS = 512
+_GROUP_PAIRS = 256
 
 
 def _feature_groups(D1: int, target: int = _GROUP_PAIRS) -> list:
@@ -1604,59 +1720,69 @@ def _feature_groups(D1: int, target: int = _GROUP_PAIRS) -> list:
     return groups
 
 
-def _group_products(Zc: np.ndarray, f0: int, f1: int, out: np.ndarray) -> np.ndarray:
-    """The pair products of features ``f0..f1-1`` with every later feature, for the rows
-    ``Zc`` (``(c, D1)``), into the first columns of ``out`` (``(c, >= pairs)``)."""
-    D1 = Zc.shape[1]
+def _pair_products_t(ZT: np.ndarray, c: int, f0: int, f1: int, out: np.ndarray) -> np.ndarray:
+    """The pair products of features ``f0..f1-1`` with every later feature, for the ``c``
+    rows held transposed in ``ZT[:, :c]`` (``(D1, >= c)``), into the first rows of ``out``
+    (``(>= pairs, >= c)``): pair by row, each pair's products one contiguous run."""
+    D1 = ZT.shape[0]
     o = 0
     for f in range(f0, f1):  # a loop over the group's features (a few), all rows at once
         w = D1 - f
-        np.multiply(Zc[:, f:f + 1], Zc[:, f:], out=out[:, o:o + w])
+        np.multiply(ZT[f, :c], ZT[f:, :c], out=out[o:o + w, :c])
         o += w
-    return out[:, :o]
+    return out[:o, :c]
+
+
+def _accumulator_blocks(n: int, acc_doubles: int, min_rows: int) -> list:
+    """Row blocks for a kernel whose blocks each keep an accumulator of ``acc_doubles``:
+    up to eight (so a worker slowed down by other processes takes fewer of them), fewer when
+    the accumulators would pass ~64 MB. Depends on the sizes only, never on the number of
+    workers, so the blocks' sums (added in a fixed order) come out the same on any machine."""
+    cap = max(2, min(8, (8 << 20) // max(acc_doubles, 1)))
+    return row_ranges(n, min_rows=min_rows, max_blocks=cap)
 
 
 def _class_feature_blocks(Zt, s, p, ku, lu, ia, ib) -> np.ndarray:
     """``acc[f, q] = sum_i s_i A_i[ku_q, lu_q] zt_i[ia_f] zt_i[ib_f]`` with
-    ``A_i = diag(p_i) - p_i p_i^T``: for each chunk of rows and each group of feature pairs
+    ``A_i = diag(p_i) - p_i p_i^T`` (``ku``, ``lu``: any class pairs; ``ia, ib`` the
+    upper-triangle feature pairs): for each chunk of rows and each group of feature pairs
     (:func:`_feature_groups`), one ``(class pairs x rows) @ (rows x feature pairs)`` product
-    while the group's pair products are in cache; the chunks split between the workers
+    while the group's pair products, formed pair by pair in contiguous runs
+    (:func:`_pair_products_t`), are in cache; blocks of rows run on the workers
     (:mod:`._parallel`), each summing into its own accumulator."""
     n, D1 = Zt.shape
     nf, nq = ia.size, ku.size
     step = _KERNEL_ROWS
-    ranges = row_ranges(n, min_rows=step, max_blocks=2)
+    ranges = _accumulator_blocks(n, nq * nf, step)
     parts = [None] * len(ranges)
-    diag = np.flatnonzero(ku == lu)
+    same = ku == lu
     off = _pair_offsets(D1)
     groups = _feature_groups(D1)
     width = max(off[b] - off[a] for a, b in groups)
 
-    def block(j):
+    def block(j, work):
+        ZT, WT, buf, tmp = work
         a0, b0 = ranges[j]
         acc = np.zeros((nq, nf))
-        tmp = np.empty((nq, width))
-        buf = np.empty((step, width))
-        Wc = np.empty((step, nq))
-        WT = np.empty((nq, step))
         for a in range(a0, b0, step):  # chunks of rows, not single rows
             b = min(b0, a + step)
             c = b - a
-            pc = p[a:b]
-            np.multiply(pc[:, ku], pc[:, lu], out=Wc[:c])
-            np.negative(Wc[:c], out=Wc[:c])
-            Wc[:c, diag] += pc
-            Wc[:c] *= s[a:b, None]
-            WT[:, :c] = Wc[:c].T
-            Zc = Zt[a:b]
+            pT = p[a:b].T
+            W = WT[:, :c]
+            np.multiply(pT[ku], pT[lu], out=W)  # A_i[k, l] = p_k (delta_kl - p_l), transposed
+            np.negative(W, out=W)
+            W[same] += pT[ku[same]]
+            W *= s[a:b]
+            ZT[:, :c] = Zt[a:b].T
             for f0, f1 in groups:  # groups of feature pairs (a few dozen)
-                Zp = _group_products(Zc, f0, f1, buf[:c])
-                w = Zp.shape[1]
-                np.matmul(WT[:, :c], Zp, out=tmp[:, :w])
+                Zp = _pair_products_t(ZT, c, f0, f1, buf)
+                w = Zp.shape[0]
+                np.matmul(W, Zp.T, out=tmp[:, :w])
                 acc[:, off[f0]:off[f1]] += tmp[:, :w]
         parts[j] = acc
 
-    run_blocks(block, len(ranges))
+    run_blocks(block, len(ranges), scratch=lambda: (np.empty((D1, step)), np.empty((nq, step)),
+                                                    np.empty((width, step)), np.empty((nq, width))))
     out = parts[0] if parts else np.zeros((nq, nf))
     for other in parts[1:]:
         out += other
@@ -1741,7 +1867,9 @@ def _quadratic_forms(Zt: np.ndarray, B: np.ndarray) -> np.ndarray:
 
     One matrix: ``rowsum((Zt @ B) * Zt)``. Several: the symmetric parts of the ``B[p]`` on
     their upper triangles (off-diagonal entries counted twice) against the rows' pair products,
-    half the work of forming ``Zt @ B[p]`` for each ``p``."""
+    half the work of forming ``Zt @ B[p]`` for each ``p``: per chunk of rows and group of
+    feature pairs, one ``(matrices x pairs) @ (pairs x rows)`` product while the group's pair
+    products (:func:`_pair_products_t`) are in cache."""
     n, D1 = Zt.shape
     nb = B.shape[0]
     out = np.empty((n, nb))
@@ -1760,27 +1888,29 @@ def _quadratic_forms(Zt: np.ndarray, B: np.ndarray) -> np.ndarray:
     Bs[:, ia == ib] *= 0.5  # (nb, pairs of features)
     off = _pair_offsets(D1)
     groups = _feature_groups(D1)
-    # each group's rows of Bs^T, contiguous: (pairs in the group, nb)
-    BT = [np.ascontiguousarray(Bs[:, off[f0]:off[f1]].T) for f0, f1 in groups]
-    width = max(t.shape[0] for t in BT)
-    step = 4 * _KERNEL_ROWS
+    # each group's columns of Bs, contiguous: (nb, pairs in the group)
+    BG = [np.ascontiguousarray(Bs[:, off[f0]:off[f1]]) for f0, f1 in groups]
+    width = max(g.shape[1] for g in BG)
+    step = _KERNEL_ROWS
+    span = 4 * step
 
     def block(j, work):  # chunks of rows; per group, its pair products while they are in cache
-        buf, tmp = work
-        a, b = j * step, min(n, (j + 1) * step)
-        c = b - a
-        Zc = Zt[a:b]
-        acc = out[a:b]
-        acc[:] = 0.0
-        for (f0, f1), Bg in zip(groups, BT):  # groups of feature pairs (a few dozen)
-            for r in range(0, c, _KERNEL_ROWS):  # sub-chunks small enough for the cache
-                r1 = min(c, r + _KERNEL_ROWS)
-                Zp = _group_products(Zc[r:r1], f0, f1, buf[:r1 - r])
-                np.matmul(Zp, Bg, out=tmp[:r1 - r])
-                acc[r:r1] += tmp[:r1 - r]
+        ZT, buf, acc, tmp = work
+        a0, b0 = j * span, min(n, (j + 1) * span)
+        for a in range(a0, b0, step):  # sub-chunks small enough for the cache
+            b = min(b0, a + step)
+            c = b - a
+            ZT[:, :c] = Zt[a:b].T
+            acc[:, :c] = 0.0
+            for (f0, f1), Bg in zip(groups, BG):  # groups of feature pairs (a few dozen)
+                Zp = _pair_products_t(ZT, c, f0, f1, buf)
+                np.matmul(Bg, Zp, out=tmp[:, :c])
+                acc[:, :c] += tmp[:, :c]
+            out[a:b] = acc[:, :c].T
 
-    run_blocks(block, -(-n // step),
-               scratch=lambda: (np.empty((_KERNEL_ROWS, width)), np.empty((_KERNEL_ROWS, nb))))
+    run_blocks(block, -(-n // span),
+               scratch=lambda: (np.empty((D1, step)), np.empty((width, step)),
+                                np.empty((nb, step)), np.empty((nb, step))))
     return out
 
 

@@ -77,7 +77,10 @@ def test_chunked_score_shifts_are_per_row_newton_steps(monkeypatch, kwargs):
         H_i = H - obj.s[i] * Zi @ A @ Zi.T
         r = p[i] - np.eye(obj.M)[y[i]]
         step = np.linalg.pinv(H_i, rcond=1e-12) @ (obj.s[i] * Zi @ r)
-        np.testing.assert_allclose(shifts[i], Zi.T @ step, rtol=1e-7, atol=1e-10)
+        want = Zi.T @ step
+        # the softmax sees score differences only: the shifts are relative to the last class
+        assert shifts[i, -1] == 0.0
+        np.testing.assert_allclose(shifts[i], want - want[-1], rtol=1e-7, atol=1e-10)
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"class_weight": "balanced", "C": 0.5}], ids=["plain", "balanced"])
@@ -101,3 +104,68 @@ def test_first_order_influence_without_the_gradient_matrix(monkeypatch, kwargs):
     # self-influence through the factor, in chunks of rows
     np.testing.assert_allclose(fac.self_influence(), direct.self_influence("first-order"),
                                rtol=1e-8, atol=1e-12)
+
+
+def _scaled_objective(k, kwargs=None, zero_column=False, n=300):
+    """An objective on rows at scales 1e-5..1e5 (a column that is zero in every row if asked)."""
+    X, y = data(n=n, d=6, k=k, seed=k + 20)
+    X = X * np.logspace(-5, 5, 6)
+    if zero_column:
+        X[:, 2] = 0.0
+    est = LogisticRegression(tol=1e-12, max_iter=10000, **(kwargs or {}))
+    _, form = fit(make_pipeline(StandardScaler(), est), X, y)  # a zero column stays zero
+    return build_objective(form, X, y)
+
+
+@pytest.mark.parametrize("k", [3, 5, 8])
+def test_last_class_blocks_of_the_hessian_follow_from_the_others(k):
+    # only the class pairs k <= l < M - 1 are summed over the rows; the last class's blocks
+    # come from the zero row sums of A_i. Checked against the row-by-row definition, at the
+    # fitted probabilities and at arbitrary ones (a refit's, or the kept rows' with weights)
+    obj = _scaled_objective(k)
+    H, _ = _naive_hessian(obj)
+    got = obj._pair_hessian(obj.s, augment=False)
+    scale = np.abs(H).max()
+    np.testing.assert_allclose(got, H, rtol=0, atol=1e-12 * scale)
+    assert np.array_equal(got, got.T)
+    rng = np.random.default_rng(k)
+    rows = rng.choice(obj.n_rows, 77, replace=False)
+    p = rng.dirichlet(np.full(k, 0.3), size=rows.size)
+    s = rng.uniform(0.1, 4.0, size=rows.size)
+    Zt = obj.Zt[rows]
+    A = np.einsum("ik,kl->ikl", p, np.eye(k)) - np.einsum("ik,il->ikl", p, p)
+    want = np.einsum("i,ikl,ia,ib->kalb", s, A, Zt, Zt).reshape(obj.n_params, obj.n_params)
+    got = obj._raw_pair_hessian(s, Zt, p)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("kwargs,zero", [({}, False), ({"class_weight": "balanced", "C": 0.3}, False),
+                                         ({"fit_intercept": False}, True)],
+                         ids=["plain", "balanced", "zero column, no intercept"])
+def test_leverage_on_score_differences_is_the_full_leverage_projected(kwargs, zero):
+    # Qu_i = U^T Q_i U with Q_i = Z_i^T H_hat^-1 Z_i formed here from the explicit inverse, and
+    # the leverage-corrected removal terms equal the M x M Woodbury step written out in full
+    obj = _scaled_objective(5, kwargs, zero_column=zero)
+    assert obj._zero_columns.size == int(zero)
+    M, D1 = obj.M, obj.D1
+    H4 = obj.Hinv.reshape(M, D1, M, D1)
+    Q = np.einsum("ia,kalb,ib->ikl", obj.Zt, H4, obj.Zt)
+    U = np.vstack([np.eye(M - 1), -np.ones((1, M - 1))])
+    want = U.T @ Q @ U
+    got = obj.relative_leverage_blocks()
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12 * np.abs(want).max())
+    rows = np.array([0, 3, 10, 150, obj.n_rows - 1])
+    np.testing.assert_array_equal(obj.relative_leverage_blocks(rows), got[rows])
+    e, cls = obj.removal_terms("leverage-corrected", rows)
+    s, r, p = obj.s[rows], obj.r[rows], obj.p[rows]
+    alpha = s.copy()
+    yv = np.zeros((rows.size, M))
+    if obj.balanced:
+        delta, _, Y = obj._balance_shift()
+        alpha += delta[obj.y[rows], obj.y[rows]]
+        yv = np.einsum("imd,id->im", Y[obj.y[rows]].reshape(-1, M, D1), obj.Zt[rows])
+    for j, i in enumerate(rows):
+        Mi = s[j] * (np.diag(p[j]) - np.outer(p[j], p[j]))
+        x = np.linalg.solve(np.eye(M) - Mi @ Q[i], Mi @ (alpha[j] * Q[i] @ r[j] - yv[j]))
+        np.testing.assert_allclose(e[j], alpha[j] * r[j] + x, rtol=1e-8,
+                                   atol=1e-10 * np.abs(alpha[j] * r[j] + x).max())
