@@ -17,14 +17,15 @@ top 10% of each ranking:
 Peers: cleanlab's ``find_label_issues`` (ranked by self-confidence, padded with the remaining
 rows in self-confidence order) on 5-fold out-of-fold probabilities of the audited model's class
 and on the probabilities of the same reference invaudit uses (the default: out-of-bag
-probabilities of a 200-tree random forest, each tree on half the rows), in-sample loss, and the
-current default ``pruned-loo-loss``. invaudit's columns: ``combined`` (opt-in: the three sources
-calibrated by one temperature each, mixed by likelihood, rows scored by the posterior that the
-given label is right under a class-conditional noise model), ``knn`` and ``reference`` alone. ``ok`` says whether ``combined`` is at least the best peer within one
-flipped row (the issue's bar for making it the default). Then the cost of the whole ranking on
-10,000 rows x 50 features x 10 classes for the default and for ``combined`` (wall time, CPU
-time, peak traced memory, peak RSS, the machine's load average), and ``--method confidence``
-with ``--jobs 1`` and ``--jobs 2`` on the same rows (issue 16; ``--jobs-only``).
+probabilities of a 100-tree random forest, each tree on half the rows), in-sample loss, and the
+current default ``pruned-loo-loss``. invaudit's columns: ``combined`` (opt-in: the five sources
+-- model, knn, reference, extra-trees, kernel -- calibrated by one temperature each, mixed by
+likelihood, rows scored by the posterior that the given label is right under a class-conditional
+noise model), and ``knn``, ``reference``, ``extra-trees`` alone. ``ok`` says whether ``combined``
+is at least the best peer within one flipped row (the issue's bar for making it the default).
+Then the cost of the whole ranking on 10,000 rows x 50 features x 10 classes for the default and
+for ``combined`` (wall time, CPU time, peak RSS, the machine's load average), and ``--method
+confidence`` with ``--jobs 1`` and ``--jobs 2`` on the same rows (issue 16; ``--jobs-only``).
 
 cleanlab is a peer, never a dependency: ``pip install -e '.[bench]'``, or ``--peer-python`` an
 interpreter that has it::
@@ -41,7 +42,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import tracemalloc
 import warnings
 from pathlib import Path
 
@@ -62,7 +62,7 @@ from invaudit.triage import (DEFAULT_METHOD, default_reference, fold_splits, ran
 DATASETS = ("breast_cancer", "wine", "digits", "clustered", "quantiles", "imbalanced", "asymmetric")
 FRACTION = 0.10
 PEERS = ("cleanlab-model", "cleanlab-reference", "loss", "pruned-loo-loss")
-OURS = ("combined", "knn", "reference")
+OURS = ("combined", "knn", "reference", "extra-trees")
 
 _PEER = r"""
 import json, sys
@@ -148,8 +148,12 @@ def order_of(score):
     return np.lexsort((np.arange(score.size), -score))
 
 
-def cost(n=10_000, d=50, k=10, methods=("auto", "combined")):
-    """The whole ranking of ``n`` rows: wall and CPU seconds, peak traced and RSS memory."""
+def cost(n=10_000, d=50, k=10, methods=(("auto", None), ("combined", 1), ("combined", None))):
+    """The whole ranking of ``n`` rows: wall and CPU seconds, peak RSS.
+    ``combined`` twice: ``jobs=1`` (every source in turn in this process, so its CPU seconds are
+    the whole work, comparable on a loaded machine) and the default (the forests on threads
+    beside the other sources, kernel folds possibly in a worker process whose CPU is not
+    counted here: read its wall time on a quiet machine)."""
     import os
 
     X, y = make_classification(n_samples=n, n_features=d, n_informative=20, n_classes=k,
@@ -157,17 +161,16 @@ def cost(n=10_000, d=50, k=10, methods=("auto", "combined")):
     rng = np.random.default_rng(0)
     noisy, _ = flip(y, k, rng)
     form = adapt(make_model().fit(X, noisy))
-    for method in methods:
-        tracemalloc.start()
+    for method, jobs in methods:
+        # no tracemalloc while timing: it costs this workload ~50% more CPU (the trees allocate
+        # per node); peak memory is the process's peak RSS so far (it only grows)
         t, c = time.perf_counter(), time.process_time()
-        r = rank_mislabels(form, X, noisy, method=method, seed=0)
+        r = rank_mislabels(form, X, noisy, method=method, seed=0, jobs=jobs)
         wall, cpu = time.perf_counter() - t, time.process_time() - c
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-        print(f"cost: {r.method} on {n:,} rows x {d} features x {k} classes: {wall:.1f} s wall, "
-              f"{cpu:.1f} s CPU, peak traced memory {peak / 2**20:.0f} MiB, peak RSS {rss:.0f} MiB "
+        print(f"cost: {r.method} (jobs {jobs or 'default'}) on {n:,} rows x {d} features x {k} classes: "
+              f"{wall:.1f} s wall, {cpu:.1f} s CPU in this process, peak RSS so far {rss:.0f} MiB "
               f"(target <= 10 s on 2 cores; load average {load} on {os.cpu_count()} cores)", flush=True)
 
 
@@ -238,7 +241,7 @@ def main(argv=None) -> int:
             comb = rank_mislabels(form, X, noisy, method="combined", objective=objective, seed=seed)
             add(name, "combined", comb.order, wrong)
             # the sources alone (same folds and seed as `--method knn` / `--method reference`)
-            for src in ("knn", "reference"):
+            for src in ("knn", "reference", "extra-trees"):
                 p = comb.source_proba[src]
                 add(name, src, order_of(-np.log(np.clip(p[np.arange(y.size), noisy], 1e-300, 1))), wrong)
             splits = fold_splits(noisy, K, 5, seed)
@@ -260,7 +263,8 @@ def main(argv=None) -> int:
     columns = list(OURS) + peers
     print(f"recall of flipped labels within the top {FRACTION:.0%} (mean over seeds "
           f"{', '.join(map(str, seeds))}; audited model StandardScaler + LogisticRegression; "
-          f"reference: out-of-bag {type(default_reference(100)).__name__}, 200 trees on half the rows)")
+          f"reference: out-of-bag {type(default_reference(100)).__name__}, "
+          f"{default_reference(100).n_estimators} trees on half the rows)")
     print(f"{'data set':14s}" + "".join(f"{c:>19s}" for c in columns)
           + f"{'best peer':>11s}{'ahead':>8s}{'flips':>7s}{'ok':>5s}")
     means = {c: [] for c in columns + ["best", "ahead"]}

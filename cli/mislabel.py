@@ -130,8 +130,8 @@ def curve_plot(curve: np.ndarray, width: int = 50, height: int = 10) -> str:
 def mislabel(
     model: ModelArg,
     train: Annotated[Path, typer.Argument(metavar="TRAIN", help="The training data with its (possibly wrong) labels.", show_default=False)],
-    method: Annotated[str, typer.Option("--method", help="auto (= pruned-loo-loss, or confidence without a twice-differentiable loss), combined (model + nearest neighbours + a reference model, calibrated, mixed, and read through an estimated class-to-class noise model), knn, reference, pruned-loo-loss, loo-loss, self-influence, loss, confidence.")] = "auto",
-    reference: Annotated[Optional[Path], typer.Option("--reference", metavar="MODEL.joblib", help="The reference model of --method reference/combined (fitted or not; refitted out of fold; loaded like MODEL, --trust applies). Default: the out-of-bag probabilities of a 200-tree RandomForest (one fit).")] = None,
+    method: Annotated[str, typer.Option("--method", help="auto (= pruned-loo-loss, or confidence without a twice-differentiable loss), combined (model + nearest neighbours + a reference model + extra trees + an RBF-kernel model, calibrated, mixed, and read through an estimated class-to-class noise model), knn, reference, pruned-loo-loss, loo-loss, self-influence, loss, confidence.")] = "auto",
+    reference: Annotated[Optional[Path], typer.Option("--reference", metavar="MODEL.joblib", help="The reference model of --method reference/combined (fitted or not; refitted out of fold; loaded like MODEL, --trust applies). Default: the out-of-bag probabilities of a 100-tree RandomForest (one fit).")] = None,
     neighbours: Annotated[int, typer.Option("--neighbours", min=1, help="Neighbours of --method knn/combined.")] = 15,
     top: Annotated[str, typer.Option("--top", metavar="N|all", help="How many suspects to list.")] = "20",
     truth: Annotated[Optional[Path], typer.Option("--truth", metavar="FILE", help="Rows known to be wrong (NPY, or one index per line): report how many the ranking finds.")] = None,
@@ -183,6 +183,12 @@ def mislabel(
         note("this SVM was fitted without probability=True (no predict_proba): ranking with --method knn "
              "(model-free); refit it with probability=True for out-of-sample confidence")
         method = "knn"
+    elif method == "auto" and not form.has_proba and _falls_back_to_confidence(form):
+        # no predict_proba and no loss (a hard VotingClassifier, OutputCodeClassifier, ...): the
+        # default (out-of-sample confidence) has nothing to read, so the model-free ranking runs
+        note(f"{run.model_info['estimator']} has no predict_proba: ranking with --method knn (model-free); "
+             "--method reference or combined also run")
+        method = "knn"
     if getattr(form, "kind", None) == "neighbors" and method in ("auto", "loo-loss"):
         # a KNN's own out-of-sample vote for each row is an exact leave-one-out (influence/_neighbors.py)
         from invaudit.influence._neighbors import loo_mislabel_ranking
@@ -222,6 +228,17 @@ def _is_svm(form) -> bool:
     from invaudit.influence import supports
 
     return supports(form) == "kernel"
+
+
+def _falls_back_to_confidence(form) -> bool:
+    """True when ``--method auto`` means out-of-sample confidence for ``form`` (no exact
+    leave-one-out of its own and no convex loss)."""
+    from invaudit.triage._rank import DEFAULT_METHOD, available_methods
+
+    kind = getattr(form, "kind", None)
+    if kind == "neighbors" or (kind == "quadratic" and _closed_form_loo(form)):
+        return False
+    return DEFAULT_METHOD not in available_methods(form)
 
 
 def _encoded_rows(run, ds):

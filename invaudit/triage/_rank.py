@@ -44,14 +44,17 @@ Methods
 ``combined`` (opt-in; see the README for why it is not the default)
     A model can only find the wrong labels its assumptions let it see (issue 18: on classes
     that are unions of clusters, a linear model's ranking is barely better than its in-sample
-    loss). ``combined`` asks three sources that fail in different ways: the model (``pruned-
+    loss). ``combined`` asks five sources that fail in different ways: the model (``pruned-
     loo-loss`` where the model has a convex loss, else its ``confidence`` refits), the
-    neighbours (``knn``), a flexible model (``reference``) and a smooth non-linear one
+    neighbours (``knn``), a flexible model (``reference``), extremely randomised trees
+    (``extra-trees``: out of bag, :func:`~._sources.extra_trees`; random cut points make
+    smoother probabilities and errors unlike the forest's) and a smooth non-linear model
     (``kernel``: logistic regression on Nystroem RBF features, out of fold,
     :func:`~._sources.kernel_model`; it draws the curved boundaries, such as concentric
     shells, that trees and neighbours follow only in steps). Each gives out-of-sample class
-    probabilities ``P_s``. Three steps, none tuned on the benchmark (every constant comes from
-    the data in hand):
+    probabilities ``P_s``. The two default forests are fitted on threads of their own while
+    the other sources are computed (``jobs=1``: all in turn; the answer is the same). Three
+    steps, none tuned on the benchmark (every constant comes from the data in hand):
 
     1. *Calibration.* Each ``P_s`` gets one temperature (``softmax(log P_s / tau_s)``,
        :func:`~._sources.temperature`) maximising the likelihood of the given labels: the
@@ -222,7 +225,7 @@ def rank_mislabels(form: ModelForm, X, y, *, method: str = "auto", objective=Non
         stratified folds, shuffled with ``seed``; the default reference model is seeded too).
     reference : the reference model of ``reference`` and ``combined``: any scikit-learn
         classifier with ``predict_proba``, fitted or not (it is cloned and refitted on every
-        fold); default :func:`~._sources.default_reference` (HistGradientBoosting).
+        fold); default :func:`~._sources.default_reference` (a random forest, out of bag).
     k : neighbours of ``knn``.
     progress : ``progress(done, total)`` after each refit.
     jobs, scheduler : where the out-of-fold refits run (``confidence``, a ``--reference``'s
@@ -230,7 +233,8 @@ def rank_mislabels(form: ModelForm, X, y, *, method: str = "auto", objective=Non
         on this machine (None: all cores once the first fold shows the rest would take over
         half a second; 1: serial) or a Dask scheduler (:func:`invaudit.parallel.map_items`).
         The answer is the same bit for bit whatever runs the folds. ``jobs`` also sets the
-        default forest's threads.
+        default forest's threads; ``combined`` (unless ``jobs=1`` or a ``scheduler``) fits its
+        two default forests on threads of their own, one thread each, beside the other sources.
 
     Raises
     ------
@@ -252,6 +256,11 @@ def rank_mislabels(form: ModelForm, X, y, *, method: str = "auto", objective=Non
     notes = []
     if method == "auto":
         method = DEFAULT_METHOD if DEFAULT_METHOD in avail else FALLBACK_METHOD
+        if method == FALLBACK_METHOD and not getattr(form, "has_proba", True):
+            # no predict_proba (hard votes, SVC without probability=True, LinearSVC): the
+            # model-free neighbours' vote is the one ranking that needs no probabilities
+            method = "knn"
+            notes.append("the model has no predict_proba: ranked by its nearest neighbours' labels (knn)")
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}.")
     if method not in avail:
@@ -343,49 +352,47 @@ def _rank_with_sources(form, X, y, method, *, objective, n_folds, seed, referenc
     n, K = X.shape[0], len(form.classes)
     classes = np.asarray(form.classes)
     splits = _sources.fold_splits(y, K, n_folds, seed)
-    ref = reference if reference is not None else _sources.default_reference(n, seed, n_jobs=_threads(jobs))
-    ref_name = type(ref).__name__
+    # ``combined`` fits its forests on threads of their own beside the other sources (their tree
+    # building releases the GIL), each forest on one thread; ``--jobs 1``: all in turn here.
+    # Each source is the same computation wherever it runs, so the answer is too.
+    beside = method == "combined" and scheduler is None and _threads(jobs) != 1
+    forest_jobs = 1 if beside else _threads(jobs)
+    ref = reference if reference is not None else _sources.default_reference(n, seed, n_jobs=forest_jobs)
     oob = reference is None  # the default forest: out-of-bag, one fit
     use_model = method == "combined"
     refits = 0 if method == "knn" else (1 if oob else len(splits))
     done = [0]
     total = refits + (n_folds if use_model and "pruned-loo-loss" not in available_methods(form)
-                      and form.has_proba else 0) + (len(splits) if use_model else 0)
+                      and form.has_proba else 0) + (len(splits) + 1 if use_model else 0)
 
     def tick(*_):
         done[0] += 1
         if progress is not None:
             progress(min(done[0], max(total, 1)), max(total, 1))
 
-    probas: dict = {}
-    if use_model:
-        pm = _model_evidence(form, X, y, objective=objective, n_folds=n_folds, seed=seed,
-                             progress=tick, notes=notes, jobs=jobs, scheduler=scheduler)
-        if pm is not None:
-            probas["model"] = pm
-    if method in ("combined", "knn"):
-        Z, space = _sources.model_space(form, X)
-        probas["knn"] = _sources.knn_proba(Z, y, K, splits, k=k)
-        notes.append(f"knn source: labels of the {k} nearest rows outside each row's fold "
-                     f"({n_folds} folds, seed {seed}), on {space}")
-    if method in ("combined", "reference"):
-        if oob:
-            probas["reference"] = _sources.oob_proba(ref, _sources.forest_rows(form, X), y, classes)
-            tick()
-            notes.append(f"reference source: out-of-bag probabilities of a {ref_name} "
-                         f"({ref.n_estimators} trees, each on half the rows; seed {seed}; the default "
-                         "reference)")
-        else:
-            probas["reference"] = _sources.reference_proba(ref, X, y, classes, splits, progress=tick,
-                                                           jobs=jobs, scheduler=scheduler)
-            notes.append(f"reference source: out-of-fold probabilities of {n_folds} refits of "
-                         f"{ref_name}")
+    forests: dict = {}  # name -> estimator whose out-of-bag probabilities are a source
+    if method in ("combined", "reference") and oob:
+        forests["reference"] = ref
     if method == "combined":
-        probas["kernel"] = _sources.kernel_proba(Z, y, K, splits, seed=seed, progress=tick, jobs=jobs,
-                                                 scheduler=scheduler)
-        notes.append(f"kernel source: out-of-fold probabilities of a logistic regression on "
-                     f"{_sources.kernel_model(n, seed).named_steps['rbf'].n_components} Nystroem RBF "
-                     f"features of the standardised rows ({n_folds} folds, seed {seed})")
+        forests["extra-trees"] = _sources.extra_trees(n, seed, n_jobs=forest_jobs)
+    pool = None
+    pending: dict = {}
+    if forests:
+        Xf = _sources.forest_rows(form, X)
+        if beside:
+            from concurrent.futures import ThreadPoolExecutor
+
+            pool = ThreadPoolExecutor(max_workers=len(forests), thread_name_prefix="invaudit-forest")
+            pending = {name: pool.submit(_forest_source, est, Xf, y, classes)
+                       for name, est in forests.items()}
+    try:
+        probas = _gather_sources(form, X, y, method, objective=objective, n_folds=n_folds, seed=seed,
+                                 ref=ref, oob=oob, k=k, splits=splits, forests=forests,
+                                 pending=pending, Xf=Xf if forests else None, tick=tick, notes=notes,
+                                 jobs=jobs, scheduler=scheduler)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
     weights: dict = {}
     temperatures: dict = {}
     transition = None
@@ -418,6 +425,75 @@ def _rank_with_sources(form, X, y, method, *, objective, n_folds, seed, referenc
                            exact=exact, classes=classes, notes=tuple(notes), sources=sources,
                            weights=weights, source_proba=dict(probas), temperatures=temperatures,
                            transition=transition)
+
+
+def _forest_source(est, Xf, y, classes):
+    """Out-of-bag probabilities of one default forest, or the error that stopped it (a forest
+    that cannot read blanks on an older scikit-learn): ``(proba or None, message)``."""
+    try:
+        return _sources.oob_proba(est, Xf, y, classes), ""
+    except ValueError as exc:
+        return None, str(exc).split("\n")[0]
+
+
+def _gather_sources(form, X, y, method, *, objective, n_folds, seed, ref, oob, k, splits, forests,
+                    pending, Xf, tick, notes, jobs, scheduler) -> dict:
+    """Each source's out-of-sample probabilities, in a fixed order (model, knn, reference,
+    extra-trees, kernel); the forests come from ``pending`` (futures of threads started by the
+    caller) or are fitted here."""
+    n, K = X.shape[0], len(form.classes)
+    classes = np.asarray(form.classes)
+
+    def forest(name):
+        if name in pending:
+            res, why = pending[name].result()
+        else:
+            res, why = _forest_source(forests[name], Xf, y, classes)
+        tick()
+        if res is None and name == "reference":
+            raise InputError(f"the default reference forest cannot read these rows: {why}")
+        return res, why
+
+    probas: dict = {}
+    if method == "combined":
+        pm = _model_evidence(form, X, y, objective=objective, n_folds=n_folds, seed=seed,
+                             progress=tick, notes=notes, jobs=jobs, scheduler=scheduler)
+        if pm is not None:
+            probas["model"] = pm
+    if method in ("combined", "knn"):
+        Z, space = _sources.model_space(form, X)
+        probas["knn"] = _sources.knn_proba(Z, y, K, splits, k=k)
+        notes.append(f"knn source: labels of the {k} nearest rows outside each row's fold "
+                     f"({n_folds} folds, seed {seed}), on {space}")
+    kernel = None
+    if method == "combined":  # computed before waiting for the forests (they run beside it)
+        kernel = _sources.kernel_proba(Z, y, K, splits, seed=seed, progress=tick, jobs=jobs,
+                                       scheduler=scheduler)
+    if method in ("combined", "reference"):
+        if oob:
+            probas["reference"], _ = forest("reference")
+            notes.append(f"reference source: out-of-bag probabilities of a {type(ref).__name__} "
+                         f"({ref.n_estimators} trees, each on half the rows; seed {seed}; the default "
+                         "reference)")
+        else:
+            probas["reference"] = _sources.reference_proba(ref, X, y, classes, splits, progress=tick,
+                                                           jobs=jobs, scheduler=scheduler)
+            notes.append(f"reference source: out-of-fold probabilities of {n_folds} refits of "
+                         f"{type(ref).__name__}")
+    if method == "combined":
+        et, why = forest("extra-trees")
+        if et is not None:
+            probas["extra-trees"] = et
+            notes.append(f"extra-trees source: out-of-bag probabilities of an ExtraTreesClassifier "
+                         f"({forests['extra-trees'].n_estimators} trees, each on half the rows; "
+                         f"seed {seed})")
+        else:
+            notes.append(f"extra-trees source skipped: {why}")
+        probas["kernel"] = kernel
+        notes.append(f"kernel source: out-of-fold probabilities of a logistic regression on "
+                     f"{_sources.kernel_model(n, seed).named_steps['rbf'].n_components} Nystroem RBF "
+                     f"features of the standardised rows ({n_folds} folds, seed {seed})")
+    return probas
 
 
 def _flip_rate(P, y, K) -> float:

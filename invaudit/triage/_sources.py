@@ -37,7 +37,7 @@ __all__ = ["Evidence", "mixture_weights", "fold_splits", "knn_proba", "reference
            "oob_proba", "is_oob_reference", "forest_rows", "model_space", "combine", "DEFAULT_K",
            "FrameRefit", "coded_rows", "frame_form", "frame_refit", "temperature", "tempered",
            "confident_joint", "noise_transition", "flip_posterior", "kernel_model", "kernel_proba",
-           "KERNEL_COMPONENTS"]
+           "KERNEL_COMPONENTS", "extra_trees", "TREES"]
 
 #: Neighbours in ``knn`` (the issue asks for 10-20; 15 is the middle and what the README reports).
 DEFAULT_K = 15
@@ -127,24 +127,58 @@ def knn_proba(Z: np.ndarray, y: np.ndarray, K: int, splits, *, k: int = DEFAULT_
     return (counts + prior / K) / (counts.sum(axis=1, keepdims=True) + prior)
 
 
+#: Trees of each default forest (the ``reference`` random forest and ``combined``'s extra trees).
+TREES = {"reference": 100, "extra-trees": 200}
+
+
 def default_reference(n_rows: int, seed: int = 0, n_jobs: int = -1):
     """The default reference model: a random forest whose out-of-bag probabilities are the
-    ``reference`` evidence (:func:`oob_proba`: one fit, no refits). 200 fully grown trees, each
-    on a bootstrap sample of half the rows: every row is out of bag for about 120 of them
-    (``200 * exp(-1/2)``), so its probabilities are averages over many trees that never saw it,
-    at the cost of about 100 trees on all rows. Fully grown trees follow clusters and curved
-    boundaries a linear model cannot; a flipped label moves only the leaves it lands in.
-    Category-index columns are read one-hot (:func:`forest_rows`). Chosen over gradient
-    boosting refitted on 5 folds, the first default: on every development set (not the
-    benchmark's) it found more flipped labels, at a fraction of the cost (README, issue 18)."""
+    ``reference`` evidence (:func:`oob_proba`: one fit, no refits). ``TREES["reference"]`` (100)
+    fully grown trees, each on a bootstrap sample of half the rows: every row is out of bag for
+    about 60 of them (``100 * exp(-1/2)``), so its probabilities are averages over many trees
+    that never saw it, at the cost of about 50 trees on all rows. Fully grown trees follow
+    clusters and curved boundaries a linear model cannot; a flipped label moves only the leaves
+    it lands in. Category-index columns are read one-hot (:func:`forest_rows`). Chosen over
+    gradient boosting refitted on 5 folds, the first default: on every development set (not the
+    benchmark's) it found more flipped labels, at a fraction of the cost (README, issue 18).
+    It had 200 trees until ``combined`` gained :func:`extra_trees`: half the trees cost about
+    0.01 recall alone and half the time (10,000 x 50 rows, 10 classes: ~10 CPU-s for 200)."""
     from sklearn.ensemble import RandomForestClassifier
 
-    return RandomForestClassifier(n_estimators=200, max_samples=0.5 if n_rows >= 20 else None,
+    return RandomForestClassifier(n_estimators=TREES["reference"],
+                                  max_samples=0.5 if n_rows >= 20 else None,
                                   bootstrap=True, oob_score=True, n_jobs=n_jobs, random_state=seed)
 
 
-#: Landmark rows of the ``kernel`` source's Nystroem feature map (at most half the rows).
-KERNEL_COMPONENTS = 300
+def extra_trees(n_rows: int, seed: int = 0, n_jobs: int = -1):
+    """The ``extra-trees`` source of ``combined``: out-of-bag probabilities (:func:`oob_proba`)
+    of ``TREES["extra-trees"]`` (200) fully grown extremely randomised trees (Geurts, Ernst &
+    Wehenkel 2006), each on a bootstrap sample of half the rows, on the same rows as the
+    reference forest (:func:`forest_rows`).
+
+    Why a second forest: a random forest cuts each feature at the best threshold, so its trees
+    agree with each other and with the noisy labels near a boundary; extremely randomised trees
+    cut at a random threshold, which averages into smoother probabilities and makes errors unlike
+    the forest's. The mixture weighs the two by how well each predicts the given labels. Why it
+    is cheap: a random threshold needs no sort, so at 10,000 x 50 rows and 10 classes a tree
+    costs about a third of a random-forest tree (200 trees ~4 CPU-s). On the development sets
+    (the benchmark's synthetic sets with other ``random_state``s, iris, two moons; 3 seeds)
+    ``combined``'s mean recall in the top 10% was .749 with a 200-tree forest and 300 kernel
+    landmarks, .744 with 100 trees and 200 landmarks (half the cost), .754 with those and the
+    extra trees (clustered classes .472 -> .492, one-way noise .867 -> .887; no set lower by as
+    much as one flipped row per seed). Every setting is scikit-learn's default or a size, none
+    tuned."""
+    from sklearn.ensemble import ExtraTreesClassifier
+
+    return ExtraTreesClassifier(n_estimators=TREES["extra-trees"],
+                                max_samples=0.5 if n_rows >= 20 else None,
+                                bootstrap=True, oob_score=True, n_jobs=n_jobs, random_state=seed)
+
+
+#: Landmark rows of the ``kernel`` source's Nystroem feature map (at most half the rows). Was 300:
+#: 200 costs half as much (10,000 x 50 rows, 10 classes: ~2.8 instead of ~5.3 CPU-s for the five
+#: folds) and changed ``combined``'s recall by less than one flipped row on every development set.
+KERNEL_COMPONENTS = 200
 
 
 def kernel_model(n_rows: int, seed: int = 0):

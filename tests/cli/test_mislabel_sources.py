@@ -56,9 +56,9 @@ def test_sources_in_the_json_report(invaudit, validate, noisy_set, method, ref):
     assert rep["summary"]["found_after_checking"]["0.1"] >= 0.4
     if method == "combined":
         for x in rep["results"]:
-            assert set(x["sources"]) == {"model", "knn", "reference", "kernel"}
+            assert set(x["sources"]) == {"model", "knn", "reference", "extra-trees", "kernel"}
             assert all(np.isfinite(v) and v >= 0 for v in x["sources"].values())
-        assert set(rep["summary"]["source_weights"]) == {"model", "knn", "reference", "kernel"}
+        assert set(rep["summary"]["source_weights"]) == {"model", "knn", "reference", "extra-trees", "kernel"}
     else:
         assert all("sources" not in x for x in rep["results"])
     again = invaudit(*args)
@@ -155,7 +155,7 @@ def test_mislabel_on_a_from_dtype_categorical_hgb(invaudit, validate, tmp_path):
     assert c.code == 0, c.err
     rep = validate(c.json())
     assert rep["summary"]["found_after_checking"]["0.1"] >= 0.5
-    assert all(set(x["sources"]) == {"model", "knn", "reference", "kernel"} for x in rep["results"])
+    assert all(set(x["sources"]) == {"model", "knn", "reference", "extra-trees", "kernel"} for x in rep["results"])
     import pandas as pd
 
     fixed = pd.read_csv(tmp_path / "fixed.csv", keep_default_na=False)

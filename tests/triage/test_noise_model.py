@@ -156,7 +156,7 @@ def test_combined_uses_the_direction_of_one_way_noise():
         s = r.summary()
         T = np.array(s["noise_transition"])
         assert T.shape == (4, 4) and np.allclose(T.sum(axis=1), 1.0)
-        assert set(s["source_temperatures"]) == {"model", "knn", "reference", "kernel"}
+        assert set(s["source_temperatures"]) == {"model", "knn", "reference", "extra-trees", "kernel"}
         # the estimated noise runs c -> c + 1
         assert all(T[c, (c + 1) % 4] > 2 * T[c, (c + 2) % 4] for c in range(4))
         # the same calibrated mixture without the noise model: -log p(given)
