@@ -109,6 +109,12 @@ class LoadedModel:
     def __setattr__(self, name, value):  # frozen, as it always was
         raise AttributeError(f"LoadedModel is read-only (cannot set {name})")
 
+    def __reduce__(self):
+        # to a worker process (Dask, loky): the loaded estimator itself (the lazy loader is a
+        # closure and the slots are read-only, so the default protocol cannot rebuild it)
+        return (_rebuilt_loaded_model,
+                (self.estimator, self.path, self.sha256, self.trusted, self.warnings, self.light))
+
     @property
     def estimator(self):
         if self._estimator is _UNSET:
@@ -120,6 +126,10 @@ class LoadedModel:
     def is_loaded(self) -> bool:
         """Whether the real estimator has been unpickled (always, unless light)."""
         return self._estimator is not _UNSET
+
+
+def _rebuilt_loaded_model(estimator, path, sha256, trusted, warnings, light):
+    return LoadedModel(estimator, path, sha256, trusted, warnings, light=light)
 
 
 def file_sha256(path) -> str:
