@@ -59,10 +59,12 @@ SM = ROOT / "sample_models"
 INVAUDIT = [sys.executable, "-m", "invaudit.cli.app"]
 
 # rows per case: about 20 s of serial CPU each on this 2-core machine, so that a command's
-# start-up (~1.5-2.5 s: Python, scikit-learn, the model, the data), which no number of processes
+# start-up (~3 s: Python, scikit-learn, the model, the data), which no number of processes
 # shortens, is small beside the work: with start-up S and serial work W, a command's ratio is at
-# most (S + W) / (S + W / 2)
-FULL = {"margin": 6144, "counterfactual": 160, "explain": 4096}
+# most (S + W) / (S + W / 2), printed as "ceiling" (S measured as the command on one row).
+# MLP margins: 8,192 rows since their guided chunk plan (invaudit.parallel.plan) made them ~25%
+# cheaper (6,144 rows, the earlier size, is now ~16 s serial: --margin-rows 6144).
+FULL = {"margin": 8192, "counterfactual": 160, "explain": 4096}
 QUICK = {"margin": 512, "counterfactual": 24, "explain": 384}
 
 
@@ -318,6 +320,10 @@ def main() -> None:
                 data = tmp / f"{short}.npy"
                 np.save(data, X)
                 cli = {}
+                # the command's fixed cost S (start-up, model, data, report) on one row
+                one_row = cli_args[:1] + [cli_args[1], str(data)] + cli_args[2:] + ["--rows", "0", "--jobs", "1"]
+                s_wall, s_cpu = run_cli(one_row, tmp / f"{short}-S.json", env)[:2]
+                print(f"  command on one row (S)    {s_wall:7.2f} s wall {s_cpu:7.2f} s CPU")
                 for label, extra in (("1", ["--jobs", "1"]), ("2", ["--jobs", "2"]),
                                      ("dask", None if cluster is None else ["--scheduler", cluster.address])):
                     if extra is None:
@@ -333,8 +339,11 @@ def main() -> None:
                     print(f"  command --{flag:<9}      {wall:7.2f} s wall "
                           f"{cpu:7.2f} s CPU{more}, peak {rss:.0f} MB")
                 same_cli = all(cli[k][3] == cli["1"][3] for k in cli)
+                work = max(cli["1"][0] - s_wall, 1e-9)  # the serial command's work beyond S
+                # on idle cores: S's CPU, then the chunks as they ran in process (serial / busiest)
                 row.update(cli_t1=cli["1"][0], cli_t2=cli["2"][0], cli_ratio=cli["1"][0] / cli["2"][0],
-                           same=row["same"] and same_cli)
+                           same=row["same"] and same_cli, ceiling=(s_wall + work) / (s_wall + work / 2),
+                           cli_cpu_ratio=(s_cpu + s1) / (s_cpu + busiest))
                 if "dask" in cli:
                     row.update(cli_dask_ratio=cli["dask"][0] / cli["2"][0])
                 print(f"  commands give the same results: {same_cli}")
@@ -349,23 +358,26 @@ def main() -> None:
 
     print(f"\nSummary ({cores} cores; load average at the end {_load():.1f}; '*': the load average exceeded "
           f"{cores / 2:g} during the case, so its wall ratios say little, see the docstring)")
-    print(f"{'case':<15}{'rows':>6}{'jobs1 s':>9}{'CPU s':>8}  {'jobs1/jobs2':>22}  {'command jobs1/jobs2':>20}"
+    print(f"{'case':<15}{'rows':>6}{'jobs1 s':>9}{'CPU s':>8}  {'jobs1/jobs2':>22}  {'command jobs1/jobs2':>32}"
           f"  {'cluster/jobs2':>22}  {'same':>5}")
     for r in table:
         star = "*" if r["load"] > cores / 2 else " "
         inproc = f"{r['wall_ratio']:.2f}{star} wall {r['cpu_ratio']:.2f} CPU"
-        cli = f"{r['cli_ratio']:.2f}{star} wall" if "cli_ratio" in r else "-"
+        cli = (f"{r['cli_ratio']:.2f}{star} {r['cli_cpu_ratio']:.2f} CPU (ceil. {r['ceiling']:.2f})"
+               if "cli_ratio" in r else "-")
         if "dask_ratio" in r:
             dask = f"{r['dask_ratio']:.2f}{star} wall {r['dask_cpu_ratio']:.2f} CPU"
             if "cli_dask_ratio" in r:
                 dask += f" ({r['cli_dask_ratio']:.2f} cmd)"
         else:
             dask = "-"
-        print(f"{r['case']:<15}{r['rows']:>6}{r['t1']:>9.2f}{r['c1']:>8.2f}  {inproc:>22}  {cli:>20}  {dask:>22}  "
+        print(f"{r['case']:<15}{r['rows']:>6}{r['t1']:>9.2f}{r['c1']:>8.2f}  {inproc:>22}  {cli:>32}  {dask:>22}  "
               f"{str(r['same']):>5}")
     print("targets: jobs1/jobs2 >= 1.7 (in process and command); cluster/jobs2 <= 1.3. CPU ratios, from the chunks' "
           "CPU: serial over the busiest process (jobs); the busiest cluster worker over the busiest process of "
-          "jobs=2 (cluster).")
+          "jobs=2 (cluster); a command's: (S CPU + serial chunks' CPU) / (S CPU + busiest process's chunks' CPU), S "
+          "the command on one row. A command's ceiling: (S + W) / (S + W / 2), S its wall time on one row, W the "
+          "rest of its serial wall time (what two perfectly balanced processes would give).")
     if not all(r["same"] for r in table):
         raise SystemExit("a parallel run gave other answers than the serial one")
 

@@ -33,7 +33,7 @@ def _check_scheduler(value: Optional[str]) -> Optional[str]:
 Jobs = Annotated[Optional[int], typer.Option(
     "--jobs", "-j", metavar="N", callback=_check_jobs, show_default=False,
     help=("Processes for the rows, on this machine; results are identical whatever N. Default: all cores, "
-          f"but only once the first chunk shows the rest would take over {AUTO_PARALLEL_S:g} s serially "
+          f"but only once one chunk, timed alone, shows the rest would take over {AUTO_PARALLEL_S:g} s serially "
           f"({AUTO_PARALLEL_SPAWN_S:g} s off Linux, where a worker takes ~0.5-1 s to start), so small runs stay "
           "serial. 1: serial; -1: all cores, always."))]
 
