@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.optimize import linprog, minimize
+from threadpoolctl import ThreadpoolController
 
 from invaudit.models.base import LinearForm
+
+_THREADS = ThreadpoolController()
 
 
 class Box:
@@ -95,8 +98,9 @@ def region_distance(Wf, bf, x, j, norm, w=None, lo=None, hi=None, starts=4, seed
         return np.inf
     x0s = [start_lp.x] + [np.clip(rng.normal(size=D), lo_f, hi_f) for _ in range(starts - 1)]
     for x0 in x0s:
-        res = minimize(lambda d: np.sum((w * d) ** 2), x0, jac=lambda d: 2 * w * w * d, method="SLSQP",
-                       constraints=cons, bounds=bounds_d, options={"ftol": 1e-14, "maxiter": 500})
+        with _THREADS.limit(limits=1, user_api="blas"):  # BLAS threads only slow SLSQP's small steps
+            res = minimize(lambda d: np.sum((w * d) ** 2), x0, jac=lambda d: 2 * w * w * d, method="SLSQP",
+                           constraints=cons, bounds=bounds_d, options={"ftol": 1e-14, "maxiter": 500})
         d = res.x
         if np.all(A @ d <= rhs + 1e-9) and np.all(d >= lo - 1e-9) and np.all(d <= hi + 1e-9):
             best = min(best, float(np.sqrt(np.sum((w * d) ** 2))))
