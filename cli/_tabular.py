@@ -26,15 +26,18 @@ def column_list(spec: Optional[str], tm, what: str) -> tuple:
     return _column_list(spec, tm, what)
 
 
-def integer_columns(spec: Optional[str], tm, train_ds) -> tuple:
+def integer_columns(spec: Optional[str], tm, train_ds, ds=None) -> tuple:
     """``--integer`` columns, plus the numeric columns whose every value in ``--train`` is a whole
-    number (said on stderr, so a user who meant otherwise knows)."""
+    number, or without ``--train`` in every row read from DATA (said on stderr, so a user who
+    meant otherwise knows). Answers are rows of the input's schema: a column of whole numbers
+    (an age, a count) gets whole numbers back, never 48.99999999979225."""
     declared = column_list(spec, tm, "--integer")
-    if train_ds is None:
+    src, where = (train_ds, "--train row") if train_ds is not None else (ds, "row of DATA")
+    if src is None:
         return declared
-    inferred = whole_number_columns(tm, train_ds.frame, exclude=declared)
+    inferred = whole_number_columns(tm, src.frame, exclude=declared)
     if inferred:
-        note(f"whole numbers in every --train row, so kept whole: {', '.join(inferred)} (--integer)")
+        note(f"whole numbers in every {where}, so kept whole: {', '.join(inferred)} (--integer)")
     return declared + tuple(inferred)
 
 
@@ -68,13 +71,13 @@ def write_points(path: Path, points, ids, id_name: Optional[str], rows, keep, in
 
 
 def _options(tm, train_ds, *, scale, bounds, immutable, increase_only, decrease_only, integer, categorical_cost,
-             seed) -> dict:
+             seed, ds=None) -> dict:
     """The constraint flags as the typed solvers' keyword arguments (one place for both commands)."""
     rng, spread = numeric_constraints(tm, train_ds, scale=scale, bounds=bounds)
     return dict(immutable=column_list(immutable, tm, "--immutable"),
                 increase_only=column_list(increase_only, tm, "--increase-only"),
                 decrease_only=column_list(decrease_only, tm, "--decrease-only"),
-                integer=integer_columns(integer, tm, train_ds), bounds=rng, scale=spread,
+                integer=integer_columns(integer, tm, train_ds, ds), bounds=rng, scale=spread,
                 categorical_cost=categorical_cost, seed=seed)
 
 
@@ -87,7 +90,8 @@ def run_counterfactual(run, ds, train_ds, *, rows, target, confidence, norm, sca
 
     tm = run.tabular
     opts = _options(tm, train_ds, scale=scale, bounds=bounds, immutable=immutable, increase_only=increase_only,
-                    decrease_only=decrease_only, integer=integer, categorical_cost=categorical_cost, seed=seed)
+                    decrease_only=decrease_only, integer=integer, categorical_cost=categorical_cost, seed=seed,
+                    ds=ds)
     frame = ds.frame.iloc[rows].reset_index(drop=True)
     res = tabular_counterfactuals(tm, frame, target=target, confidence=confidence, norm=norm, progress=update,
                                   jobs=jobs, scheduler=scheduler, **opts)
@@ -107,7 +111,8 @@ def run_margin(run, ds, train_ds, *, rows, norm, scale, bounds, immutable, incre
 
     tm = run.tabular
     opts = _options(tm, train_ds, scale=scale, bounds=bounds, immutable=immutable, increase_only=increase_only,
-                    decrease_only=decrease_only, integer=integer, categorical_cost=categorical_cost, seed=seed)
+                    decrease_only=decrease_only, integer=integer, categorical_cost=categorical_cost, seed=seed,
+                    ds=ds)
     frame = ds.frame.iloc[rows].reset_index(drop=True)
     y_index = None if ds.y_index is None else ds.y_index[rows]
     res = tabular_margins(tm, frame, norm=norm, labels_index=y_index, progress=update, jobs=jobs,

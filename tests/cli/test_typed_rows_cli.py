@@ -104,6 +104,32 @@ def test_counterfactuals_in_the_users_columns(invaudit, validate, credit):
     assert table.code == 0 and "c1-0000" in table.out
 
 
+def test_whole_number_columns_of_data_stay_whole_without_train(invaudit, validate, credit):
+    """DESIGN.md: answers are rows of the input's schema, integers stay integers. Without
+    --train or --integer, age and n_loans (whole numbers in every row of DATA) were moved to
+    values such as 48.99999999979225 and called exact; now they are kept whole, said on stderr,
+    and an answer that rounding made is not claimed exact."""
+    d, test = credit
+    out = d / "cf_whole.csv"
+    r = invaudit("counterfactual", d / "logreg.joblib", d / "test.csv", "--trust", "--label-column", "approved",
+                 "--id-column", "customer", "--format", "json", "--out", out)
+    assert r.code == 0, r.err
+    assert "kept whole: age, n_loans" in r.err
+    rep = validate(r.json())
+    found = [x for x in rep["results"] if x["status"] == "found"]
+    assert found
+    names = rep["model"]["feature_names"]
+    for x in found:
+        row = dict(zip(names, x["counterfactual"]))
+        for c in ("age", "n_loans"):
+            assert row[c] is None or row[c] == round(row[c]), (c, row[c])
+    pts = pd.read_csv(out)
+    for c in ("age", "n_loans"):
+        v = pts[c].dropna().to_numpy()
+        assert np.all(v == np.round(v))
+    _check_points(joblib.load(d / "logreg.joblib"), out, test, rep["results"])
+
+
 @pytest.mark.parametrize("name", ["logreg", "forest"])
 def test_margins_in_the_users_columns(invaudit, validate, credit, name):
     d, test = credit
