@@ -292,6 +292,12 @@ def build_objective(form: ModelForm, X_train, y_train, *, damping: float = 0.01,
                                  cg_tol=cg_tol, cg_max_iter=cg_max_iter,
                                  max_factor_params=max_factor_params)
     name = type(final).__name__ if final is not None else type(form).__name__
+    from invaudit.models.capabilities import capabilities
+
+    row = next((c for c in capabilities(form) if c.command == "influence"), None)
+    if row is not None and row.available == "no" and row.method:
+        # the reason `info` gives (composites, predict-only models, ...), word for word
+        raise UnsupportedModelError(f"influence is not available for this {name}: {row.method.rstrip('.')}.")
     smooth = form.kind not in ("trees",) and hasattr(final, "predict_proba")
     reason = "is not one of them" if smooth else "has no twice-differentiable loss"
     raise UnsupportedModelError(f"{SUPPORTED_MESSAGE}; {name} {reason}.")
