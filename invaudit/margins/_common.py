@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from invaudit.errors import InputError
+from invaudit.models.base import as_rows
 
 NORMS = ("l2", "l1", "linf")
 
@@ -61,11 +62,7 @@ def subproblem(prob: Problem, rows: np.ndarray) -> Problem:
 
 
 def check_rows(X, n_features: int) -> np.ndarray:
-    X = np.asarray(X, dtype=np.float64)
-    if X.ndim == 1:
-        X = X[None, :]
-    if X.ndim != 2 or X.shape[1] != n_features:
-        raise InputError(f"expected rows of {n_features} features, got an array of shape {X.shape}.")
+    X = as_rows(X, n_features)
     if not np.all(np.isfinite(X)):
         raise InputError("the data holds NaN or infinite values; margins need finite rows.")
     return X

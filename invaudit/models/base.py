@@ -24,6 +24,8 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from invaudit.errors import InputError
+
 FORM_KINDS = ("linear", "invertible-linear", "differentiable", "kernel", "quadratic", "neighbors", "trees",
               "black-box")
 LINKS = ("sigmoid", "softmax", "ovr", "none")
@@ -267,6 +269,17 @@ class BlackBoxForm(ModelForm):
 
 
 # --- helpers shared by forms and solvers ----------------------------------------------------
+
+def as_rows(X, d: int) -> np.ndarray:
+    """``X`` as a float64 ``(n, d)`` array (one row may come as a vector); any other shape is a
+    one-sentence :class:`~invaudit.errors.InputError`."""
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim == 1:
+        X = X[None, :]
+    if X.ndim != 2 or X.shape[1] != d:
+        raise InputError(f"expected rows of {d} features, got an array of shape {X.shape}.")
+    return X
+
 
 def apply_folded(X, A: Optional[np.ndarray], c: Optional[np.ndarray]) -> np.ndarray:
     """Rows through a form's folded affine preprocessing: ``X @ A.T + c`` (``X`` itself when

@@ -68,6 +68,7 @@ from invaudit.models.base import (
     TreeBoxes,
     TreesForm,
     _softmax,
+    as_rows,
     class_indices,
 )
 
@@ -784,15 +785,6 @@ def _scores_from_proba(proba_jac, K):
     return scores
 
 
-def _rows(X, d):
-    X = np.asarray(X, dtype=np.float64)
-    if X.ndim == 1:
-        X = X[None, :]
-    if X.ndim != 2 or X.shape[1] != d:
-        raise InputError(f"expected rows of {d} features, got an array of shape {X.shape}.")
-    return X
-
-
 def _class_vector(k, n, K):
     k = np.asarray(k)
     if k.ndim == 0:
@@ -809,11 +801,11 @@ def _make_smooth_form(est, scores, link, proba_jac, K, d, A, c, note, preprocess
     Jacobians are computed once per distinct row: the solvers ask for one class's gradient at
     a time on rows repeated once per class (``ScoreModel.scores_jac``)."""
     def on_input(X):
-        X = _rows(X, d)
+        X = as_rows(X, d)
         return X if A is None else X @ A.T + c
 
     def sj(X):
-        X = _rows(X, d)
+        X = as_rows(X, d)
         U, inv = np.unique(X, axis=0, return_inverse=True)
         inv = inv.reshape(-1)
         S, J = scores(on_input(U), True)

@@ -48,7 +48,7 @@ from scipy.special import expit, log_softmax, softmax
 
 from invaudit.errors import InputError
 from invaudit.models.affine import fold_affine, is_affine_step
-from invaudit.models.base import DifferentiableForm
+from invaudit.models.base import DifferentiableForm, as_rows
 
 __all__ = ["from_estimator", "flatten_params", "unflatten_params", "penalised_mask"]
 
@@ -160,14 +160,7 @@ class _Network:
 
     # -- input checks ------------------------------------------------------------------------
     def rows(self, X) -> np.ndarray:
-        X = np.asarray(X, dtype=np.float64)
-        if X.ndim == 1:
-            X = X[None, :]
-        if X.ndim != 2 or X.shape[1] != self.n_features:
-            raise InputError(
-                f"expected rows of {self.n_features} features, got an array of shape {X.shape}."
-            )
-        return X
+        return as_rows(X, self.n_features)
 
     def class_vector(self, k, n: int, what: str) -> np.ndarray:
         k_arr = np.asarray(k)

@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 
 from invaudit.errors import InputError
-from invaudit.models.base import TreeBoxes, TreesForm, _sigmoid, _softmax
+from invaudit.models.base import TreeBoxes, TreesForm, _sigmoid, _softmax, as_rows
 
 __all__ = ["from_estimator", "float32_split_point", "boxes_from_arrays"]
 
@@ -145,15 +145,6 @@ def _class_fractions(tree, leaf_nodes: np.ndarray) -> np.ndarray:
 
 
 # --- leaf lookup ------------------------------------------------------------------------------
-
-def _rows(X, d: int) -> np.ndarray:
-    X = np.asarray(X, dtype=np.float64)
-    if X.ndim == 1:
-        X = X[None, :]
-    if X.ndim != 2 or X.shape[1] != d:
-        raise InputError(f"expected rows of {d} features, got an array of shape {X.shape}.")
-    return X
-
 
 def _quiet_apply(est, X: np.ndarray) -> np.ndarray:
     # The estimator may have been fitted on a DataFrame; invaudit passes plain arrays whose
@@ -264,7 +255,7 @@ class _Trees:
         self.node_to_leaf = np.concatenate(node_to_leaf)
 
     def leaf_index(self, X) -> np.ndarray:
-        X = _rows(X, self.n_features)
+        X = as_rows(X, self.n_features)
         nodes = np.asarray(self.node_ids(X), dtype=np.intp).reshape(X.shape[0], -1)
         return self.node_to_leaf[nodes + self.node_offsets]
 
@@ -489,7 +480,7 @@ def _from_scaled_pipeline(est, d: int) -> TreesForm | None:
     boxes = [TreeBoxes(lower=back(t.lower), upper=back(t.upper), value=t.value) for t in inner.trees]
 
     def leaf_index(X):
-        X = _rows(X, d)
+        X = as_rows(X, d)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="X does not have valid feature names")
             return inner.leaf_index(front.transform(X))
