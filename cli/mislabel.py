@@ -183,12 +183,6 @@ def mislabel(
         note("this SVM was fitted without probability=True (no predict_proba): ranking with --method knn "
              "(model-free); refit it with probability=True for out-of-sample confidence")
         method = "knn"
-    elif method == "auto" and not form.has_proba and _falls_back_to_confidence(form):
-        # no predict_proba and no loss (a hard VotingClassifier, OutputCodeClassifier, ...): the
-        # default (out-of-sample confidence) has nothing to read, so the model-free ranking runs
-        note(f"{run.model_info['estimator']} has no predict_proba: ranking with --method knn (model-free); "
-             "--method reference or combined also run")
-        method = "knn"
     if getattr(form, "kind", None) == "neighbors" and method in ("auto", "loo-loss"):
         # a KNN's own out-of-sample vote for each row is an exact leave-one-out (influence/_neighbors.py)
         from invaudit.influence._neighbors import loo_mislabel_ranking
@@ -228,17 +222,6 @@ def _is_svm(form) -> bool:
     from invaudit.influence import supports
 
     return supports(form) == "kernel"
-
-
-def _falls_back_to_confidence(form) -> bool:
-    """True when ``--method auto`` means out-of-sample confidence for ``form`` (no exact
-    leave-one-out of its own and no convex loss)."""
-    from invaudit.triage._rank import DEFAULT_METHOD, available_methods
-
-    kind = getattr(form, "kind", None)
-    if kind == "neighbors" or (kind == "quadratic" and _closed_form_loo(form)):
-        return False
-    return DEFAULT_METHOD not in available_methods(form)
 
 
 def _encoded_rows(run, ds):

@@ -260,7 +260,8 @@ def rank_mislabels(form: ModelForm, X, y, *, method: str = "auto", objective=Non
             # no predict_proba (hard votes, SVC without probability=True, LinearSVC): the
             # model-free neighbours' vote is the one ranking that needs no probabilities
             method = "knn"
-            notes.append("the model has no predict_proba: ranked by its nearest neighbours' labels (knn)")
+            notes.append("the model has no predict_proba: ranked by its nearest neighbours' labels (--method "
+                         "knn, model-free); --method reference or combined also run")
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}.")
     if method not in avail:
