@@ -4,6 +4,7 @@ Run by hand (not by pytest), from the repository root, with the bench extra inst
 (``pip install -e '.[bench]'``; dice-ml is only imported here, never by the package):
 
     python benchmarks/tabular_counterfactual.py [--n 30] [--n-dice 20] [--n-forest 20]
+    python benchmarks/tabular_counterfactual.py --speed [--n-speed 8]   # typed search: before/after
 
 Three models, each a ``Pipeline(ColumnTransformer([SimpleImputer + StandardScaler on the numeric
 columns; SimpleImputer + OneHotEncoder on the categorical ones]), classifier)``:
@@ -26,6 +27,18 @@ For the first N test rows the model predicts 0:
   ``total_CFs=1``, ``desired_class=1``, ``posthoc_sparsity_algorithm="binary"`` (genetic's
   default; with the "linear" default random and kdtree step income by 0.01 up to 10,000 times
   per feature: over 9 minutes for 3 credit rows), timed including ``Data``/``Model``/``Dice`` set-up.
+
+``--speed`` runs only the typed-row search timing (no DiCE needed): counterfactuals (target 1 /
+the second class, L1, ``--scale mad``, ``--bounds data``, whole-number columns) and margins of the
+first ``--n-speed`` rows for random forest (100 trees, depth 8), HistGradientBoosting (100 rounds),
+MLP (16 units) and SVC (``probability=True``) final estimators behind the same ColumnTransformer, on
+the credit sample and the real palmerpenguins table (when the ``palmerpenguins`` package is
+installed; else the synthetic table below). *before*: every search call asks the whole pipeline
+about a DataFrame (``invaudit.counterfactual.tabular.BATCHED = False``); *after*: the pipeline split
+at its ColumnTransformer, the final estimator asked about encoded arrays (the default). Each run
+is a worker process of its own: CPU seconds per row (``time.process_time``, all threads; read
+these on a shared machine), peak MB (``ru_maxrss``), and whether the answers (status, distance,
+exact, method, the rows) are identical.
 
 Both tools get the same problem: the L1 metric (each numeric column ``|dx| / scale`` with scale
 = 1.4826 * MAD on the training rows, the CLI's ``--scale mad``; +1 per changed categorical
@@ -513,6 +526,152 @@ def report(c: dict, results: dict) -> None:
             print(f"   ratio vs {m}: {p}")
 
 
+# ------------------------------------------------------------------------------------------------
+# --speed: the typed-row search on the whole pipeline (before) and on encoded arrays (after)
+# ------------------------------------------------------------------------------------------------
+
+def _real_penguins():
+    """The palmerpenguins table as (train, test) halves, or None without the package."""
+    try:
+        from importlib.resources import files
+
+        import pandas as pd
+
+        text = (files("palmerpenguins") / "data" / "penguins.csv").read_text()
+    except (ImportError, FileNotFoundError, ModuleNotFoundError):
+        return None
+    import io
+
+    raw = pd.read_csv(io.StringIO(text))
+    raw = raw.sample(frac=1.0, random_state=0).reset_index(drop=True)
+    raw["species"] = raw["species"].map({"Adelie": 0, "Chinstrap": 1, "Gentoo": 2})
+    return raw.iloc[:240].reset_index(drop=True), raw.iloc[240:].reset_index(drop=True)
+
+
+def speed_cases(n: int, only=None) -> list:
+    from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.svm import SVC
+
+    finals = {
+        "forest": lambda: RandomForestClassifier(n_estimators=100, max_depth=8, random_state=0, n_jobs=1),
+        "hgb": lambda: HistGradientBoostingClassifier(max_iter=100, random_state=0),
+        "mlp": lambda: MLPClassifier((16,), max_iter=2000, random_state=0),
+        "svc": lambda: SVC(probability=True, random_state=0),
+    }
+    import pandas as pd
+
+    data = [("credit", pd.read_csv(SAMPLES / "credit_train.csv"), pd.read_csv(SAMPLES / "credit_test.csv"),
+             "approved", ["income", "age", "n_loans"], ["employment", "housing"], 1)]
+    peng = _real_penguins()
+    pname = "penguins"
+    if peng is None:
+        peng, pname = _penguins(seed=0), "penguins-synthetic"
+    data.append((pname, peng[0], peng[1], "species", ["bill_length_mm", "bill_depth_mm", "flipper_length_mm",
+                                                     "body_mass_g"], ["island", "sex"], 1))
+    cases = []
+    for dname, train, test, label, num, cat, target in data:
+        cols = num + cat
+        train = train.astype({c: object for c in cat})
+        test = test.astype({c: object for c in cat})
+        for fname, make in finals.items():
+            if only and f"{dname}-{fname}" not in only:
+                continue
+            model = _pipeline(num, cat, make())
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model.fit(train[cols], train[label])
+            pred = model.predict(test[cols])
+            rows = np.flatnonzero(pred != target)[:n]
+            scale, bounds, integer = {}, {}, []
+            for col in num:
+                v = train[col].to_numpy(dtype=np.float64)
+                v = v[np.isfinite(v)]
+                sd = MAD_C * float(np.median(np.abs(v - np.median(v))))
+                scale[col] = sd if sd > 0 and np.isfinite(sd) else 1.0
+                bounds[col] = (float(v.min()), float(v.max()))
+                if np.all(v == np.round(v)):
+                    integer.append(col)
+            frame = test[cols].iloc[rows].reset_index(drop=True)
+            for col in cat:
+                frame[col] = frame[col].where(frame[col].notna(), np.nan)
+            cases.append(dict(name=f"{dname}-{fname}", model=model, frame=frame, target=target, scale=scale,
+                              bounds=bounds, integer=integer))
+    return cases
+
+
+def speed_worker(payload_path: str, mode: str, out_path: str) -> None:
+    """One typed counterfactual + margin run, ``mode`` "before" (whole pipeline per call) or "after"."""
+    with open(payload_path, "rb") as fh:
+        c = pickle.load(fh)
+    from threadpoolctl import threadpool_limits
+
+    import invaudit.counterfactual.tabular as typed_cf
+    from invaudit.margins._tabular import tabular_margins
+    from invaudit.models.tabular import split_tabular
+
+    typed_cf.BATCHED = mode == "after"
+    tm = split_tabular(c["model"], integer_columns=c["integer"])
+    tgt = int(np.flatnonzero(np.asarray(tm.classes) == c["target"])[0])
+    kw = dict(norm="l1", bounds=c["bounds"], scale=c["scale"], seed=0)
+
+    def key(r):
+        return (r.status.tolist(), np.nan_to_num(r.distance, nan=-1.0).tolist(), r.exact.tolist(),
+                r.method.tolist(), r.points.astype(str).values.tolist())
+
+    base = _rss_mb()
+    with threadpool_limits(limits=1):   # one core per worker: CPU seconds comparable on a loaded machine
+        c0, w0 = time.process_time(), time.perf_counter()
+        cf = typed_cf.tabular_counterfactuals(tm, c["frame"], target=tgt, **kw)
+        c1, w1 = time.process_time(), time.perf_counter()
+        mg = tabular_margins(tm, c["frame"], **kw)
+        c2, w2 = time.process_time(), time.perf_counter()
+    out = {"cf_cpu": c1 - c0, "cf_wall": w1 - w0, "mg_cpu": c2 - c1, "mg_wall": w2 - w1,
+           "key": (key(cf), key(mg.counterfactuals)), "found": int((cf.status == "found").sum()),
+           "margins": int(np.isfinite(mg.margin).sum()), "n": len(c["frame"]),
+           "peak_mb": _maxrss_mb(), "plus_mb": max(0.0, _maxrss_mb() - base)}
+    with open(out_path, "wb") as fh:
+        pickle.dump(out, fh)
+
+
+def run_speed(n: int, only=None) -> None:
+    import sklearn
+
+    print(f"typed-row searches, before (whole pipeline per call) / after (encoded arrays): scikit-learn "
+          f"{sklearn.__version__}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start")
+    print("per row: counterfactual (target 1, L1, scale mad, bounds data, whole numbers) and margin (any other "
+          "class); CPU seconds in a worker process with BLAS/OpenMP on one thread; peak MB = ru_maxrss")
+    head = (f"{'case':<22}{'rows':>5}{'cf CPU s/row':>17}{'x':>6}{'margin CPU s/row':>19}{'x':>6}"
+            f"{'peak MB':>13}{'identical':>11}{'found':>7}")
+    print(head)
+    print("-" * len(head))
+    with tempfile.TemporaryDirectory(prefix="invaudit-speed-") as td:
+        tmp = Path(td)
+        for c in speed_cases(n, only):
+            payload = tmp / f"{c['name']}.pkl"
+            with open(payload, "wb") as fh:
+                pickle.dump(c, fh)
+            res = {}
+            for mode in ("before", "after"):
+                out = tmp / f"{c['name']}.{mode}.out"
+                proc = subprocess.run([sys.executable, __file__, "--speed-worker", str(payload), mode, str(out)],
+                                      capture_output=True, cwd=str(ROOT))
+                if proc.returncode != 0:
+                    res[mode] = {"error": proc.stderr.decode(errors="replace").strip().splitlines()[-1:]}
+                    continue
+                with open(out, "rb") as fh:
+                    res[mode] = pickle.load(fh)
+            b, a = res["before"], res["after"]
+            if "error" in b or "error" in a:
+                print(f"{c['name']:<22} failed: {b.get('error') or a.get('error')}")
+                continue
+            k = max(a["n"], 1)
+            print(f"{c['name']:<22}{a['n']:>5}{b['cf_cpu'] / k:>8.3f} ->{a['cf_cpu'] / k:>6.3f}"
+                  f"{b['cf_cpu'] / max(a['cf_cpu'], 1e-9):>6.1f}{b['mg_cpu'] / k:>9.3f} ->{a['mg_cpu'] / k:>7.3f}"
+                  f"{b['mg_cpu'] / max(a['mg_cpu'], 1e-9):>6.1f}{b['peak_mb']:>7.0f} ->{a['peak_mb']:>4.0f}"
+                  f"{'yes' if a['key'] == b['key'] else 'NO':>11}{a['found']:>4}/{a['n']}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=30, help="test rows predicted 0 per linear data set")
@@ -521,9 +680,19 @@ def main() -> None:
     ap.add_argument("--methods", default="invaudit,invaudit CLI,dice-random,dice-genetic,dice-kdtree")
     ap.add_argument("--cases", default="credit-logreg,credit-forest,penguins-logreg")
     ap.add_argument("--worker", nargs=3, metavar=("PAYLOAD", "METHOD", "OUT"), help=argparse.SUPPRESS)
+    ap.add_argument("--speed", action="store_true", help="only the typed-row search timing, before/after")
+    ap.add_argument("--n-speed", type=int, default=8, help="rows per --speed case")
+    ap.add_argument("--speed-cases", default="", help="--speed: only these cases (e.g. credit-forest,penguins-mlp)")
+    ap.add_argument("--speed-worker", nargs=3, metavar=("PAYLOAD", "MODE", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         worker(*args.worker)
+        return
+    if args.speed_worker:
+        speed_worker(*args.speed_worker)
+        return
+    if args.speed:
+        run_speed(args.n_speed, {s.strip() for s in args.speed_cases.split(",") if s.strip()})
         return
     import dice_ml  # noqa: F401  (fail early when the bench extra is missing)
     import sklearn

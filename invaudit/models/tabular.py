@@ -278,10 +278,52 @@ class CodedRows:
         return pd.DataFrame(data, columns=self.feature_names)
 
     def predict(self, X):
-        return self.tm.predict(self.decode(X))
+        enc = self._encoded(X)
+        return self.tm.predict(self.decode(X)) if enc is None else self._fast.predict(enc)
 
     def predict_proba(self, X):
-        return self.tm.predict_proba(self.decode(X))
+        if not self.tm.has_proba:
+            return None
+        enc = self._encoded(X)
+        return self.tm.predict_proba(self.decode(X)) if enc is None else self._fast.predict_proba(enc)
+
+    def __getstate__(self):
+        # the split pipeline and its cache are rebuilt where the rows are (the cache holds a closure)
+        return {k: v for k, v in self.__dict__.items() if k not in ("_fast", "_cache", "_assign", "_rows")}
+
+    def _encoded(self, X):
+        """The ColumnTransformer's output for the coded rows ``X`` through the pipeline split at it
+        (:mod:`invaudit.models._typed_batch`, built and checked bit for bit on the first rows
+        asked about; categorical blocks cached per distinct category assignment), or None when
+        the whole pipeline answers."""
+        from ._typed_batch import CategoryCache, EncodedPipeline
+
+        X = np.asarray(X, dtype=np.float64)
+        if not hasattr(self, "_fast"):
+            self._fast = EncodedPipeline.build(self.tm, self.decode(X)) if len(X) else None
+            if self._fast is None:
+                return None
+            self._cat = np.flatnonzero(self.categorical)
+            self._num = np.flatnonzero(~self.categorical)
+            self._assign: dict = {}   # category codes of a row (NaN -> -1) -> cache key
+            self._rows: list = []
+            self._cache = CategoryCache(self._fast, lambda keys: self.decode(np.array(
+                [self._rows[k] for k in keys]))[self._fast.categorical_names])
+        if self._fast is None:
+            return None
+        C = np.nan_to_num(X[:, self._cat], nan=-1.0)
+        uniq, inv = np.unique(C, axis=0, return_inverse=True)
+        ids = np.empty(len(uniq), dtype=np.int64)
+        for u, row in enumerate(uniq):
+            key = tuple(row.tolist())
+            k = self._assign.get(key)
+            if k is None:
+                k = self._assign[key] = len(self._rows)
+                full = np.full(self.n_features, 0.0)
+                full[self._cat] = np.where(row < 0, np.nan, row)
+                self._rows.append(full)
+            ids[u] = k
+        return self._fast.encode(X[:, self._num], self._cache.rows(ids[inv.ravel()]))
 
     def describe(self) -> dict:
         return self.tm.describe()
