@@ -17,7 +17,9 @@ For each, in one run:
   one forked worker on Linux), the LocalCluster twice (the first run includes the workers'
   imports; a cluster that serves many runs is warm, so the second is the one compared);
 - through the command line, as a user runs it (a new process each time: start-up, reading the
-  model and the data, the report to stdout): ``--jobs 1``, ``--jobs 2``, ``--scheduler ADDRESS``.
+  model and the data, the report to stdout): ``--jobs 1``, ``--jobs 2``, ``--scheduler ADDRESS``;
+  and on one row (the fixed cost S), also with the light load of networks and trees switched off
+  (the start-up these models had when they imported scikit-learn).
 
 It prints wall seconds, CPU seconds (this process / the worker / the cluster's workers; for a
 command, the command and every process it started), peak memory, and the ratios of the targets:
@@ -57,11 +59,21 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 SM = ROOT / "sample_models"
 INVAUDIT = [sys.executable, "-m", "invaudit.cli.app"]
+# the same command with the light load of networks and trees switched off (the real estimator
+# unpickled and adapted, scikit-learn imported): the start-up these models had before it
+INVAUDIT_FULL_LOAD = [sys.executable, "-c",
+                      "import sys\n"
+                      "from invaudit.models import _light_nonlinear\n"
+                      "_light_nonlinear.light_form = lambda loaded: None\n"
+                      "from invaudit.cli.app import main\n"
+                      "main(sys.argv[1:])\n"]
 
 # rows per case: about 20 s of serial CPU each on this 2-core machine, so that a command's
-# start-up (~3 s: Python, scikit-learn, the model, the data), which no number of processes
-# shortens, is small beside the work: with start-up S and serial work W, a command's ratio is at
-# most (S + W) / (S + W / 2), printed as "ceiling" (S measured as the command on one row).
+# start-up, which no number of processes shortens, is small beside the work: with start-up S and
+# serial work W, a command's ratio is at most (S + W) / (S + W / 2), printed as "ceiling" (S
+# measured as the command on one row). S was ~3-4.5 s while these models imported scikit-learn;
+# the light load (invaudit.models._light_nonlinear) reads the MLP and the forest without it:
+# ~1 s CPU for the MLP's commands, ~2 s for the forest's (scipy.optimize, for HiGHS, is ~1 s).
 # MLP margins: 8,192 rows since their guided chunk plan (invaudit.parallel.plan) made them ~25%
 # cheaper (6,144 rows, the earlier size, is now ~16 s serial: --margin-rows 6144).
 FULL = {"margin": 8192, "counterfactual": 160, "explain": 4096}
@@ -200,7 +212,7 @@ def _hwm_mb(pid: int) -> float:
     return 0.0
 
 
-def run_cli(args: list, out: Path, env: dict):
+def run_cli(args: list, out: Path, env: dict, prog=INVAUDIT):
     """One command in a new process: (wall s, CPU s of it and every process it started, peak RSS
     MB of the largest, its JSON results). Peak memory is polled (VmHWM of the command and of its
     workers): ru_maxrss of a child would carry over this benchmark's own peak through exec."""
@@ -212,7 +224,7 @@ def run_cli(args: list, out: Path, env: dict):
         psutil = None
     with open(out, "wb") as fh, open(out.with_suffix(".err"), "wb") as err:
         t0 = time.perf_counter()
-        p = subprocess.Popen(INVAUDIT + args + ["--format", "json"], stdout=fh, stderr=err, env=env, cwd=ROOT)
+        p = subprocess.Popen(prog + args + ["--format", "json"], stdout=fh, stderr=err, env=env, cwd=ROOT)
         peak = [0.0]
         done = threading.Event()
 
@@ -322,8 +334,10 @@ def main() -> None:
                 cli = {}
                 # the command's fixed cost S (start-up, model, data, report) on one row
                 one_row = cli_args[:1] + [cli_args[1], str(data)] + cli_args[2:] + ["--rows", "0", "--jobs", "1"]
-                s_wall, s_cpu = run_cli(one_row, tmp / f"{short}-S.json", env)[:2]
-                print(f"  command on one row (S)    {s_wall:7.2f} s wall {s_cpu:7.2f} s CPU")
+                s_wall, s_cpu, s_rss = run_cli(one_row, tmp / f"{short}-S.json", env)[:3]
+                f_wall, f_cpu, f_rss = run_cli(one_row, tmp / f"{short}-S-full.json", env, INVAUDIT_FULL_LOAD)[:3]
+                print(f"  command on one row (S)    {s_wall:7.2f} s wall {s_cpu:7.2f} s CPU, peak {s_rss:.0f} MB "
+                      f"(full load, scikit-learn imported: {f_wall:.2f} s wall {f_cpu:.2f} s CPU, peak {f_rss:.0f} MB)")
                 for label, extra in (("1", ["--jobs", "1"]), ("2", ["--jobs", "2"]),
                                      ("dask", None if cluster is None else ["--scheduler", cluster.address])):
                     if extra is None:

@@ -682,7 +682,8 @@ def _is_smooth(model: ScoreModel) -> bool:
     closes the last gap there.)"""
     if model.kind != "differentiable":
         return True
-    est = model.form.estimator
+    light = getattr(model.form, "light", None)  # a light-loaded form's saved state (issue 16)
+    est = light if light is not None else model.form.estimator
     est = est.steps[-1][1] if hasattr(est, "steps") else est
     return getattr(est, "activation", "relu") not in ("relu", "identity")
 

@@ -3,15 +3,17 @@
 Importing scikit-learn takes 2.6-3.0 s of CPU (it imports scipy.stats); unpickling a model needs
 it only to build objects whose state the file already holds. For the classes in
 :data:`LIGHT_CLASSES` (linear classifiers and the affine steps the linear form folds in front of
-them) the restricted unpickler of :mod:`invaudit.io.model_file` is run with a different
-``find_class``: a scikit-learn class becomes a :class:`LightObject` (its class path and the dict
-its ``__setstate__`` would receive), numpy arrays are real arrays (checked exactly as in the
-full load), and joblib's array wrapper is read here, so neither scikit-learn nor joblib is
-imported.
+them) and :data:`NONLINEAR_CLASSES` (MLPClassifier; decision trees and random / extra-trees
+forests, whose compiled ``Tree`` becomes a :class:`LightTree`) the restricted unpickler of
+:mod:`invaudit.io.model_file` is run with a different ``find_class``: a scikit-learn class
+becomes a :class:`LightObject` (its class path and the dict its ``__setstate__`` would receive),
+numpy arrays are real arrays (checked exactly as in the full load), and joblib's array wrapper is
+read here, so neither scikit-learn nor joblib is imported.
 
 The light load *declines* (returns None) whenever it is not sure to describe the same object
 the full load would build: a class outside the list, a call it does not model, a state that is
-not a plain dict, or a ``_sklearn_version`` other than the installed scikit-learn's (read with
+not a plain dict, a Tree whose node records are not in this scikit-learn's layout, or a
+``_sklearn_version`` other than the installed scikit-learn's (read with
 :mod:`importlib.metadata`, no import). The caller then does the full load, unchanged. Nothing
 here ever calls scikit-learn code; the light objects are data.
 """
@@ -24,7 +26,8 @@ import pickle
 
 from ._allowlist import ALLOWED
 
-__all__ = ["LIGHT_CLASSES", "LightObject", "class_name", "class_path", "light_load", "light_eligible"]
+__all__ = ["LIGHT_CLASSES", "NONLINEAR_CLASSES", "LightObject", "LightTree", "class_name", "class_path",
+           "light_load", "light_eligible"]
 
 _PIPELINE = ("sklearn.pipeline", "Pipeline")
 
@@ -46,9 +49,25 @@ LIGHT_CLASSES = frozenset({
     ("sklearn.linear_model._perceptron", "Perceptron"),
 })
 
-#: Compiled loss objects an SGD model keeps (``_loss_function_``): carried as opaque light
-#: objects with their constructor arguments, never built.
-_OPAQUE_MODULES = ("sklearn.linear_model._sgd_fast", "sklearn._loss._loss")
+#: Networks and trees, read by :mod:`invaudit.models._light_nonlinear` (their fitted state is plain
+#: arrays; a Tree's is its node records and values, :class:`LightTree`).
+NONLINEAR_CLASSES = frozenset({
+    ("sklearn.neural_network._multilayer_perceptron", "MLPClassifier"),
+    ("sklearn.preprocessing._label", "LabelBinarizer"),
+    ("sklearn.tree._classes", "DecisionTreeClassifier"),
+    ("sklearn.tree._classes", "ExtraTreeClassifier"),
+    ("sklearn.ensemble._forest", "RandomForestClassifier"),
+    ("sklearn.ensemble._forest", "ExtraTreesClassifier"),
+    ("sklearn.tree._tree", "Tree"),
+})
+_TREE = ("sklearn.tree._tree", "Tree")
+_ALL_CLASSES = LIGHT_CLASSES | NONLINEAR_CLASSES
+
+#: Compiled loss objects an SGD model keeps (``_loss_function_``), an MLP's optimiser and random
+#: state: carried as opaque light objects with their constructor arguments, never built or read.
+_OPAQUE_MODULES = ("sklearn.linear_model._sgd_fast", "sklearn._loss._loss",
+                   "sklearn.neural_network._stochastic_optimizers", "numpy.random._pickle",
+                   "numpy.random._mt19937")
 
 # What else a light file may name: numpy's array, dtype and scalar reconstruction, joblib's
 # array wrapper, and the helpers protocols 0-2 use for plain objects and bytes. The restricted
@@ -71,7 +90,7 @@ def _is_opaque(pair) -> bool:
 
 def light_eligible(requested) -> bool:
     """Whether every global a scanned stream names can be read by the light load."""
-    return bool(requested) and all(p in LIGHT_CLASSES or p in _HELPERS or _is_opaque(p)
+    return bool(requested) and all(p in _ALL_CLASSES or p in _HELPERS or _is_opaque(p)
                                    for p in requested)
 
 
@@ -106,9 +125,89 @@ class LightObject:
         return f"<light {self.module}.{self.name}>"
 
 
+#: scikit-learn 1.9's Tree node record (``sklearn.tree._tree.NODE_DTYPE``); a light tree whose
+#: nodes have another layout is declined (tests/io/test_light_load_nonlinear.py compares it).
+TREE_NODE_DTYPE = {
+    "names": ["left_child", "right_child", "feature", "threshold", "impurity", "n_node_samples",
+              "weighted_n_node_samples", "missing_go_to_left"],
+    "formats": ["<i8", "<i8", "<i8", "<f8", "<f8", "<i8", "<f8", "u1"],
+    "offsets": [0, 8, 16, 24, 32, 40, 48, 56],
+    "itemsize": 64,
+}
+
+
+class LightTree(LightObject):
+    """A ``sklearn.tree._tree.Tree`` as data: the read-only attributes of the real one, as the same
+    arrays (views of the saved node records and values, cut to ``node_count``)."""
+
+    __slots__ = ()
+
+    @property
+    def n_features(self):
+        return self.args[0]
+
+    @property
+    def n_classes(self):
+        return self.args[1]
+
+    @property
+    def n_outputs(self):
+        return self.args[2]
+
+    @property
+    def max_n_classes(self):
+        return int(max(self.args[1]))
+
+    @property
+    def node_count(self):
+        return self.state["node_count"]
+
+    @property
+    def capacity(self):
+        return self.state["nodes"].shape[0]
+
+    @property
+    def max_depth(self):
+        return self.state["max_depth"]
+
+    def _field(self, name):
+        return self.state["nodes"][name][:self.node_count]
+
+    children_left = property(lambda self: self._field("left_child"))
+    children_right = property(lambda self: self._field("right_child"))
+    feature = property(lambda self: self._field("feature"))
+    threshold = property(lambda self: self._field("threshold"))
+    impurity = property(lambda self: self._field("impurity"))
+    n_node_samples = property(lambda self: self._field("n_node_samples"))
+    weighted_n_node_samples = property(lambda self: self._field("weighted_n_node_samples"))
+    missing_go_to_left = property(lambda self: self._field("missing_go_to_left"))
+
+    @property
+    def value(self):
+        return self.state["values"][:self.node_count]
+
+
+def _tree_state_ok(tree: LightTree) -> bool:
+    """Whether a light tree's saved state is one ``Tree.__setstate__`` takes as it is (the node
+    records in this scikit-learn's layout, values float64 of the declared shape)."""
+    import numpy as np
+
+    state = tree.state
+    if not isinstance(state, dict) or set(state) != {"max_depth", "node_count", "nodes", "values"}:
+        return False
+    nodes, values, count = state["nodes"], state["values"], state["node_count"]
+    if not (isinstance(nodes, np.ndarray) and nodes.ndim == 1 and nodes.dtype == np.dtype(TREE_NODE_DTYPE)
+            and nodes.flags.c_contiguous and isinstance(values, np.ndarray)
+            and values.dtype == np.float64 and values.flags.c_contiguous):
+        return False
+    if not (isinstance(count, int) and 1 <= count <= nodes.shape[0]):
+        return False
+    return values.shape == (nodes.shape[0], int(tree.n_outputs), tree.max_n_classes)
+
+
 def class_path(obj) -> tuple:
     """``(module, qualname)`` of an object's class; a light object's recorded class."""
-    if type(obj) is LightObject:
+    if isinstance(obj, LightObject):
         return obj.pair
     kind = type(obj)
     return (kind.__module__, kind.__qualname__)
@@ -116,7 +215,7 @@ def class_path(obj) -> tuple:
 
 def class_name(obj) -> str:
     """``type(obj).__name__``; a light object's recorded class name."""
-    return obj.name if type(obj) is LightObject else type(obj).__name__
+    return obj.name if isinstance(obj, LightObject) else type(obj).__name__
 
 
 class _Decline(Exception):
@@ -151,7 +250,7 @@ def _light_unpickler():
 
         def find_class(self, module, name):
             pair = (module, name)
-            if pair in LIGHT_CLASSES or _is_opaque(pair):
+            if pair in _ALL_CLASSES or _is_opaque(pair):
                 return _LightClass(pair)
             if pair == _WRAPPER:
                 return _Wrapper
@@ -163,7 +262,10 @@ def _light_unpickler():
             if isinstance(func, _LightClass):
                 if kwargs or not isinstance(args, tuple):
                     raise _Decline("a call with keyword arguments")
-                if new and not args:
+                if func.pair == _TREE and not new:  # Tree(n_features, n_classes, n_outputs)
+                    mf._check_tree_args(args)
+                    obj = LightTree(func.pair, args)
+                elif new and not args and func.pair != _TREE:
                     obj = LightObject(func.pair)
                 elif _is_opaque(func.pair) and not new:
                     obj = LightObject(func.pair, args)
@@ -239,6 +341,10 @@ def light_load(stream: bytes, shown: str, size: int):
         return None
     for obj in unpickler.objects:
         if _is_opaque(obj.pair):  # a compiled loss object: carried, never read
+            continue
+        if type(obj) is LightTree:  # no version in a Tree's state; its layout is checked instead
+            if not _tree_state_ok(obj):
+                return None
             continue
         state = obj.state
         if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):

@@ -39,7 +39,6 @@ None is tight for a non-linear network, so no row is ``exact``.
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import expit
 
 from invaudit.margins._common import (Problem, bisect_segments, dual_norm, finalize, halfspace_step, is_other,
                                       subproblem, weighted_norm)
@@ -63,7 +62,8 @@ def network_parts(form):
     """``(Ws, bs, activation)`` with any affine preprocessing folded into the first layer and
     the last layer written as ``K`` class scores (binary: scores ``(0, logit)``), or None when
     the estimator's layout is not recognised."""
-    est = form.estimator
+    light = getattr(form, "light", None)  # a light-loaded form's saved state (issue 16): the same
+    est = light if light is not None else form.estimator  # attributes, read without unpickling
     steps = getattr(est, "steps", None)
     mlp = steps[-1][1] if steps else est
     if not hasattr(mlp, "coefs_"):
@@ -90,6 +90,8 @@ def _act(name, h):
     if name == "tanh":
         return np.tanh(h)
     if name == "logistic":
+        from scipy.special import expit  # imported when used: start-up (issue 16)
+
         return expit(h)
     return h
 

@@ -117,6 +117,7 @@ import numpy as np
 from scipy import sparse
 from scipy.optimize import Bounds, LinearConstraint, milp
 
+from invaudit._native_stdout import native_stdout_silenced
 from invaudit.margins._common import Problem, finalize, weighted_norm
 from invaudit.margins.boxes import intersect_boxes, project_to_boxes
 
@@ -276,13 +277,22 @@ def leaf_exit_bounds(form, prob: Problem, Sc, s0, offsets):
 
 # --- the estimator's own routing, vectorised over (point, tree) pairs -------------------------------
 
+def _saved(form):
+    """The form's estimator; for a light-loaded form (issue 16) its saved state, which has the same
+    class names and tree attributes and is read without unpickling the estimator."""
+    light = getattr(form, "light", None)
+    return light if light is not None else getattr(form, "estimator", None)
+
+
 def _node_arrays(est):
     """Per tree ``(left, right, feature, split, is_leaf)`` with ``x <= split`` going left, as the
     estimator compares (float32 rounding made exact for scikit-learn trees), or None for an
     estimator whose trees this module does not read (then :class:`_Walker` asks ``leaf_index``)."""
     from invaudit.models.trees import float32_split_point
 
-    name = type(est).__name__
+    from invaudit.io._light import class_name
+
+    name = class_name(est)  # a light-loaded state's recorded class (issue 16)
     if name in ("DecisionTreeClassifier", "ExtraTreeClassifier"):
         trees = [est.tree_]
     elif name in ("RandomForestClassifier", "ExtraTreesClassifier"):
@@ -323,7 +333,7 @@ class _Walker:
         self.form = form
         self.leaf_offsets = leaf_offsets
         self.fast = False
-        arrays = _node_arrays(getattr(form, "estimator", None)) if form is not None else None
+        arrays = _node_arrays(_saved(form)) if form is not None else None
         if arrays is None or len(arrays) != len(form.trees):
             return
         sizes = np.array([len(a[0]) for a in arrays])
@@ -500,7 +510,9 @@ def score_scale(Sc, s0) -> float:
 def wins_ties(form, a: int, b: int) -> bool:
     """Whether class ``a`` is predicted over class ``b`` when their scores are equal: the lower
     index (``argmax``), except for binary GradientBoosting, which predicts class 1 at ``raw >= 0``."""
-    est = type(getattr(form, "estimator", None)).__name__
+    from invaudit.io._light import class_name
+
+    est = class_name(_saved(form))
     if form.aggregate == "boosting" and form.link == "sigmoid" and est == "GradientBoostingClassifier":
         return a == 1
     return a < b
@@ -569,10 +581,12 @@ class EnsembleMilp:
         self.form = form
         Sc, s0, _ = score_table(form)
         self.Sc, self.s0, self.sigma = Sc, s0, score_scale(Sc, s0)
-        mod = type(getattr(form, "estimator", None)).__module__ or ""
-        inner = getattr(getattr(form, "estimator", None), "steps", None)
+        from invaudit.io._light import class_path
+
+        mod = class_path(_saved(form))[0] or ""
+        inner = getattr(_saved(form), "steps", None)
         if inner:
-            mod = type(inner[-1][1]).__module__ or ""
+            mod = class_path(inner[-1][1])[0] or ""
         self.clear_tol = _CLEAR if mod.startswith("sklearn.") else _CLEAR_FLOAT32
         self._train = None  # (key, the estimator's classes of the training rows)
         self.T = len(trees)
@@ -1360,7 +1374,7 @@ def _solve(c, n_int, vub, A, rlo, rhi, time_limit, start=None, presolve=True):
     if h is None:
         integrality = np.zeros(nv)
         integrality[:n_int] = 1
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), native_stdout_silenced():
             warnings.simplefilter("ignore")  # options scipy passes to HiGHS verbatim
             return milp(c, integrality=integrality, bounds=Bounds(np.zeros(nv), vub),
                         constraints=LinearConstraint(A, rlo, rhi),
@@ -1393,7 +1407,9 @@ def _solve(c, n_int, vub, A, rlo, rhi, time_limit, start=None, presolve=True):
         sol.col_value = np.ascontiguousarray(start, dtype=np.float64)
         sol.value_valid = True
         highs.setSolution(sol)
-    if highs.run() == h.HighsStatus.kError:
+    with native_stdout_silenced():   # HiGHS printf()s debug lines whatever output_flag says
+        run_status = highs.run()
+    if run_status == h.HighsStatus.kError:
         return _Result(4, None, None)
     ms = highs.getModelStatus()
     info = highs.getInfo()

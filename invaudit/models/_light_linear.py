@@ -206,8 +206,12 @@ def light_form(loaded) -> Optional[LightLinearForm]:
 
 
 def is_light(form) -> bool:
-    """Whether ``form`` came from a light load (its estimator may not be unpickled yet)."""
-    return isinstance(form, LightLinearForm)
+    """Whether ``form`` came from a light load (its estimator may not be unpickled yet): a linear
+    form here, or a network or trees form of :mod:`invaudit.models._light_nonlinear`."""
+    if isinstance(form, LightLinearForm):
+        return True
+    light = sys.modules.get("invaudit.models._light_nonlinear")
+    return light is not None and isinstance(form, (light.LightDifferentiableForm, light.LightTreesForm))
 
 
 # --- scikit-learn's predict / predict_proba, mirrored operation for operation -------------------

@@ -44,7 +44,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.special import expit, log_softmax, softmax
 
 from invaudit.errors import InputError
 from invaudit.models.affine import fold_affine, is_affine_step
@@ -61,6 +60,8 @@ def _act(name: str, h: np.ndarray) -> np.ndarray:
     if name == "identity":
         return h
     if name == "logistic":
+        from scipy.special import expit  # imported when used: start-up (issue 16)
+
         return expit(h)
     if name == "tanh":
         return np.tanh(h)
@@ -201,6 +202,8 @@ class _Network:
         if self.link == "sigmoid":
             s = h[:, 0]
             return np.column_stack([-np.logaddexp(0.0, s), -np.logaddexp(0.0, -s)])
+        from scipy.special import log_softmax
+
         return log_softmax(h, axis=1)
 
     def log_proba(self, X) -> np.ndarray:
@@ -208,6 +211,8 @@ class _Network:
 
     def _out_proba(self, h: np.ndarray) -> np.ndarray:
         """``(n, M)``: sigmoid(logit) for binary, softmax(logits) otherwise."""
+        from scipy.special import expit, softmax
+
         return expit(h) if self.link == "sigmoid" else softmax(h, axis=1)
 
     def _onehot_out(self, k: np.ndarray, M: int) -> np.ndarray:
@@ -334,15 +339,36 @@ class _Network:
 
 # --- adapter --------------------------------------------------------------------------------
 
+_MLP = ("sklearn.neural_network._multilayer_perceptron", "MLPClassifier")
+_PIPELINE = ("sklearn.pipeline", "Pipeline")
+
+
 def _is_mlp_classifier(est) -> bool:
+    from invaudit.io._light import LightObject
+
+    if isinstance(est, LightObject):  # a light-loaded state (issue 16): its recorded class
+        return est.pair == _MLP
     from sklearn.neural_network import MLPClassifier
 
     return isinstance(est, MLPClassifier)
 
 
+def _delegated(est, name: str):
+    """``getattr(est, name, None)``; for a light-loaded Pipeline what scikit-learn's Pipeline
+    property gives: its first step's attribute (``n_features_in_``, ``feature_names_in_``)."""
+    from invaudit.io._light import LightObject
+
+    if isinstance(est, LightObject) and est.pair == _PIPELINE:
+        steps = getattr(est, "steps", None)
+        return _delegated(steps[0][1], name) if steps else None
+    return getattr(est, name, None)
+
+
 def _step_name(step) -> str:
     """``PCA(whiten)`` for a whitening PCA, the class name otherwise (as the linear form)."""
-    name = type(step).__name__
+    from invaudit.io._light import class_name
+
+    name = class_name(step)  # a light-loaded step's recorded class name (issue 16)
     return "PCA(whiten)" if name == "PCA" and getattr(step, "whiten", False) else name
 
 
@@ -381,7 +407,7 @@ def from_estimator(est: Any) -> DifferentiableForm | None:
     d_mlp = int(mlp.n_features_in_)
     preprocessing = [_step_name(s) for s in pre if not (s is None or isinstance(s, str))]
     if preprocessing:
-        d = int(getattr(est, "n_features_in_", None) or getattr(pre[0], "n_features_in_", d_mlp))
+        d = int(_delegated(est, "n_features_in_") or getattr(pre[0], "n_features_in_", d_mlp))
         A, c = fold_affine(pre, d)
         if A.shape[0] != d_mlp:
             return None
@@ -398,7 +424,7 @@ def from_estimator(est: Any) -> DifferentiableForm | None:
         c=c,
         n_features=d,
     )
-    names = getattr(est, "feature_names_in_", None)
+    names = _delegated(est, "feature_names_in_")
     return DifferentiableForm(
         estimator=est,
         logits=net.logits,

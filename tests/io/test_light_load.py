@@ -29,13 +29,13 @@ import pandas as pd
 import pytest
 from sklearn.decomposition import PCA
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+from sklearn.ensemble import GradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, Perceptron, RidgeClassifier, SGDClassifier
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import (FunctionTransformer, MaxAbsScaler, MinMaxScaler, PowerTransformer, RobustScaler,
                                    StandardScaler)
 from sklearn.svm import LinearSVC
-from sklearn.tree import DecisionTreeClassifier
 
 from invaudit.errors import InputError, RefusedModelError
 from invaudit.influence import supports
@@ -162,7 +162,8 @@ def _declined(est, tmp_path, name="m.joblib"):
 def test_other_classes_decline_and_load_fully(tmp_path):
     X, y = _data()
     others = [
-        DecisionTreeClassifier(max_depth=2).fit(X, y),
+        # (decision trees, forests and MLPs are light too: tests/io/test_light_load_nonlinear.py)
+        GradientBoostingClassifier(n_estimators=2, max_depth=2).fit(X, y),
         RidgeClassifier().fit(X, y),  # classes_ is a property of its label binarizer
         OneVsRestClassifier(LogisticRegression()).fit(X, y),
         make_pipeline(PowerTransformer(), LogisticRegression()).fit(X / SCALES, y),
