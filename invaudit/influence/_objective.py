@@ -93,6 +93,85 @@ def _final_and_pre(estimator):
     return estimator, None
 
 
+def _model_parts(form):
+    """``(final, pre)`` of ``form``'s estimator, as :func:`_final_and_pre` gives them; for a
+    light-loaded LogisticRegression (alone or after scalers whose transform is mirrored,
+    :func:`invaudit.models._light_linear.sklearn_plan`) whose estimator is not unpickled yet,
+    its saved state instead (a :class:`~invaudit.io._light.LightObject`, read through the same
+    attributes) and :class:`_LightPre`: building the objective then imports no scikit-learn."""
+    if getattr(form, "estimator_loaded", True) is False:
+        parts = _light_parts(form)
+        if parts is not None:
+            return parts
+    return _final_and_pre(getattr(form, "estimator", None))
+
+
+def _light_parts(form):
+    from invaudit.io._light import LightObject, class_path
+    from invaudit.models._light_linear import sklearn_plan
+
+    root = getattr(form, "light", None)
+    if type(root) is not LightObject:
+        return None
+    plan = sklearn_plan(root)
+    if plan is None:
+        return None
+    if class_path(root) == ("sklearn.linear_model._logistic", "LogisticRegression"):
+        return root, None
+    steps = getattr(root, "steps", None)
+    # a flat Pipeline (no nested one, no passthrough) of light objects: the plan's operations are
+    # then those of ``steps[:-1]``, what ``estimator[:-1]`` holds
+    if not (isinstance(steps, list) and len(steps) >= 2
+            and all(isinstance(t, tuple) and len(t) == 2 and type(t[1]) is LightObject
+                    and class_path(t[1]) != ("sklearn.pipeline", "Pipeline") for t in steps)):
+        return None
+    return steps[-1][1], _LightPre(form, steps[:-1], plan.steps)
+
+
+class _LightPre:
+    """The fixed preprocessing (scalers) of a light-loaded pipeline: ``transform`` replays
+    scikit-learn's own operations (a copy, then in place, step by step: the same bits,
+    tests/cli/test_mislabel_light.py) on finite float64 rows and hands anything else to the real
+    steps; ``steps`` are the light steps (names and classes, for notes)."""
+
+    def __init__(self, form, steps, ops):
+        self.form, self.steps, self._ops = form, list(steps), tuple(ops)
+
+    @property
+    def real(self):
+        """The real preprocessing (the estimator unpickled on first use)."""
+        return _final_and_pre(self.form.estimator)[1]
+
+    def transform(self, X):
+        X = np.asarray(X)
+        if X.dtype != np.float64 or X.ndim != 2 or not np.isfinite(X).all():
+            return self.real.transform(X)
+        Z = np.array(X, dtype=np.float64)  # each scaler's copy (order kept)
+        for op, a in self._ops:
+            if op == "sub":
+                Z -= a
+            elif op == "div":
+                Z /= a
+            elif op == "mul":
+                Z *= a
+            else:
+                Z += a
+        return Z
+
+
+def _real_parts(obj):
+    """``obj.estimator`` and ``obj.pre`` of an objective as real scikit-learn objects (the
+    estimator unpickled where the objective was built from a light state)."""
+    from invaudit.io._light import LightObject
+
+    final, pre = obj.estimator, obj.pre
+    if type(final) is LightObject or isinstance(pre, _LightPre):
+        real_final, real_pre = _final_and_pre(obj.form.estimator)
+        final = real_final if type(final) is LightObject else final
+        pre = real_pre if isinstance(pre, _LightPre) else pre
+    return final, pre
+
+
 def supports(form) -> str | None:
     """Which objective :func:`build_objective` would model for ``form``: ``"logistic"`` (convex,
     exact Hessian), ``"network"`` (damped, approximate), ``"kernel"`` (SVC / NuSVC: a smoothed-hinge
@@ -100,12 +179,14 @@ def supports(form) -> str | None:
     invaudit models). The one place ``info``, ``mislabel`` and ``influence`` decide support."""
     if isinstance(form, DifferentiableForm):
         return "network"
-    final, _pre = _final_and_pre(getattr(form, "estimator", None))
-    if type(final).__name__ in ("SVC", "NuSVC"):  # smoothed-hinge surrogate (influence/_kernel.py)
+    from invaudit.io._light import class_name
+
+    final, _pre = _model_parts(form)  # a light-loaded LogisticRegression: its saved state
+    if class_name(final) in ("SVC", "NuSVC"):  # smoothed-hinge surrogate (influence/_kernel.py)
         from ._kernel import is_svm
 
         return "kernel" if is_svm(form) else None
-    if type(final).__name__ != "LogisticRegression":
+    if class_name(final) != "LogisticRegression":
         return None
     try:
         _penalty(final)
@@ -274,20 +355,21 @@ def build_objective(form: ModelForm, X_train, y_train, *, damping: float = 0.01,
     InputError
         Shapes or labels that do not match the model.
     """
-    estimator = getattr(form, "estimator", None)
-    final, _pre = _final_and_pre(estimator)
+    from invaudit.io._light import class_name
+
+    final, _pre = _model_parts(form)
     if supports(form) == "kernel":
         from ._kernel import KernelObjective
 
         return KernelObjective(form, X_train, y_train)
-    if isinstance(form, DifferentiableForm) or type(final).__name__ == "MLPClassifier":
+    if isinstance(form, DifferentiableForm) or class_name(final) == "MLPClassifier":
         if not isinstance(form, DifferentiableForm):
             raise UnsupportedModelError(
                 f"{SUPPORTED_MESSAGE}; this MLPClassifier's preprocessing has no differentiable form."
             )
         return NetworkObjective(form, X_train, y_train, damping=damping, cg_tol=cg_tol,
                                 cg_max_iter=cg_max_iter)
-    if type(final).__name__ == "LogisticRegression":
+    if class_name(final) == "LogisticRegression":
         return LogisticObjective(form, X_train, y_train, max_direct_params=max_direct_params,
                                  cg_tol=cg_tol, cg_max_iter=cg_max_iter,
                                  max_factor_params=max_factor_params)
@@ -381,8 +463,9 @@ class LogisticObjective(Objective):
                  _features=None):
         # ``_features``: ``(Z, Zt)`` of ``X_train`` already computed (:meth:`refitted`)
         self.form = form
-        est = form.estimator
-        final_, pre = _final_and_pre(est)
+        # the real estimator's parts, or (light-loaded, not unpickled) its saved state: the same
+        # attributes, the same numbers
+        final_, pre = _model_parts(form)
         # ``final``: a refitted copy of the final estimator to use instead (same preprocessing)
         final = final_ if final is None else final
         self.estimator = final
@@ -436,7 +519,9 @@ class LogisticObjective(Objective):
 
         notes = []
         if pre is not None:
-            names = ", ".join(type(s).__name__ for _, s in pre.steps) or "none"
+            from invaudit.io._light import class_name
+
+            names = ", ".join(class_name(s) for _, s in pre.steps) or "none"
             notes.append(PRE_FIXED_NOTE.format(names))
         if self.balanced:
             notes.append("class_weight='balanced' is recomputed from the training labels, and a "
@@ -549,7 +634,7 @@ class LogisticObjective(Objective):
     def proba(self, X) -> np.ndarray:
         """``(T, K)`` probabilities at the fitted parameters."""
         eta = self._aug(self.features(X)) @ self.Theta.T
-        return self._terms(eta, np.zeros(eta.shape[0], dtype=np.intp))[0]
+        return self._terms(eta, np.zeros(eta.shape[0], dtype=np.intp), hessians=False)[0]
 
     @property
     def train_losses(self) -> np.ndarray:
@@ -731,12 +816,16 @@ class LogisticObjective(Objective):
             ku, lu = np.triu_indices(M)
             used = np.setdiff1d(np.arange(D1), self._zero_columns)  # zero features add 0
             blocks = self.Hinv.reshape(M, D1, M, D1)[ku, :, lu, :][:, used][:, :, used]
-            q = _quadratic_forms(self.Zt[:, used], blocks)  # (n, pairs)
+            q = _quadratic_forms(self._used_features(used), blocks)  # (n, pairs)
             pair = np.empty((M, M), dtype=np.intp)  # entry (k, l) is pair (min, max)
             pair[ku, lu] = np.arange(ku.size)
             pair[lu, ku] = np.arange(ku.size)
             self._Q = np.take(q, pair.ravel(), axis=1).reshape(self.n_rows, M, M)
         return self._Q
+
+    def _used_features(self, used) -> np.ndarray:
+        """``Zt[:, used]``; ``Zt`` itself (no copy) when every feature is used."""
+        return self.Zt if used.size == self.D1 else self.Zt[:, used]
 
     def relative_leverage_blocks(self, rows=None) -> np.ndarray:
         """Softmax: ``Qu_i = U^T Q_i U`` for the training rows ``rows`` (default: every row),
@@ -757,7 +846,7 @@ class LogisticObjective(Objective):
             R = H4[:L] - H4[L:]
             R = R[:, :, :L] - R[:, :, L:]  # (L, u, L, u)
             ku, lu = np.triu_indices(L)
-            q = _quadratic_forms(self.Zt[:, used], R[ku, :, lu, :])  # (n, pairs)
+            q = _quadratic_forms(self._used_features(used), R[ku, :, lu, :])  # (n, pairs)
             pair = np.empty((L, L), dtype=np.intp)  # entry (k, l) is pair (min, max)
             pair[ku, lu] = np.arange(ku.size)
             pair[lu, ku] = np.arange(ku.size)
@@ -1076,7 +1165,7 @@ class LogisticObjective(Objective):
     def loo_proba(self, estimate: str = "leverage-corrected") -> np.ndarray:
         """Approximate leave-one-out probabilities ``(n, K)`` of every training row."""
         eta = self.eta + self.score_shifts(estimate)
-        p, _, _ = self._terms(eta, self.y)
+        p, _, _ = self._terms(eta, self.y, hessians=False)  # no (n, M, M) blocks: unused here
         return p
 
     def loo_losses(self, estimate: str = "leverage-corrected") -> np.ndarray:
@@ -1095,7 +1184,7 @@ class LogisticObjective(Objective):
         preprocessing)."""
         if self.pre is None:
             return grad_z
-        steps = [s for _, s in self.pre.steps]
+        steps = [s for _, s in _real_parts(self)[1].steps]
         if all(is_affine_step(s) for s in steps):
             A, _ = fold_affine(steps, self.X.shape[1])
             return grad_z @ A
@@ -1151,8 +1240,6 @@ class LogisticObjective(Objective):
         (scikit-learn's ``tol`` scale) is below ``gtol``, far below the ``1e-8`` a refit asks
         for. None (the caller refits with scikit-learn) without a factorised Hessian, when a
         class disappears, or when the iteration does not converge."""
-        from sklearn.base import clone
-
         if self.Hinv is None and self._chol is None:
             return None
         y = self.y[keep]
@@ -1205,14 +1292,29 @@ class LogisticObjective(Objective):
             Theta = Theta + _anderson(hist_x, hist_f, Theta.ravel(), f).reshape(Theta.shape)
         else:
             return None
+        return self._refitted_estimator(Theta, n_iter=it)
+
+    def _refitted_estimator(self, Theta, n_iter: int):
+        """A copy of the final estimator holding the parameters ``Theta`` (classes as fitted):
+        scikit-learn's ``clone`` with the fitted attributes set, or, for an objective built from
+        a light state, a light copy of that state with them replaced (no scikit-learn import)."""
+        from invaudit.io._light import LightObject
+
+        fitted = {"coef_": Theta[:, :self.D].copy(),
+                  "intercept_": Theta[:, self.D].copy() if self.fit_intercept else np.zeros(self.M),
+                  "classes_": self.classes.copy(), "n_iter_": np.array([n_iter])}
+        if type(self.estimator) is LightObject:
+            est = LightObject(self.estimator.pair)
+            est.state = {**self.estimator.state, **fitted}
+            return est
+        from sklearn.base import clone
+
         est = clone(self.estimator)
-        est.coef_ = Theta[:, :self.D].copy()
-        est.intercept_ = Theta[:, self.D].copy() if self.fit_intercept else np.zeros(self.M)
-        est.classes_ = self.classes.copy()
+        for attr, value in fitted.items():
+            setattr(est, attr, value)
         for attr in ("n_features_in_", "feature_names_in_"):
             if hasattr(self.estimator, attr):
                 setattr(est, attr, getattr(self.estimator, attr))
-        est.n_iter_ = np.array([it])
         return est
 
     def _kept_hessian(self, keep):
@@ -1250,7 +1352,7 @@ class LogisticObjective(Objective):
         keep = np.ones(self.n_rows, dtype=bool)
         keep[np.asarray(rows, dtype=np.intp)] = False
         Z = self.Z if X_override is None else self.features(X_override)
-        est = clone(self.estimator)
+        est = clone(_real_parts(self)[0])  # a light state's real estimator: only its parameters matter
         params = {"tol": tol, "max_iter": max_iter or 1000}
         if est.get_params().get("solver") != "liblinear":
             params["solver"] = "newton-cholesky"
