@@ -492,8 +492,8 @@ def _gather_sources(form, X, y, method, *, objective, n_folds, seed, ref, oob, k
             notes.append(f"extra-trees source skipped: {why}")
         probas["kernel"] = kernel
         notes.append(f"kernel source: out-of-fold probabilities of a logistic regression on "
-                     f"{_sources.kernel_model(n, seed).named_steps['rbf'].n_components} Nystroem RBF "
-                     f"features of the standardised rows ({n_folds} folds, seed {seed})")
+                     f"{_sources.kernel_landmarks(n)} Nystroem RBF features of the standardised rows "
+                     f"(one map for all folds; {n_folds} folds, each warm-started from the last; seed {seed})")
     return probas
 
 

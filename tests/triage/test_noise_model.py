@@ -178,9 +178,10 @@ def test_combined_uses_the_direction_of_one_way_noise():
 
 
 def test_kernel_source_is_out_of_fold_refits_and_sees_curved_boundaries():
-    from sklearn.base import clone
     from sklearn.datasets import make_gaussian_quantiles
+    from sklearn.kernel_approximation import Nystroem
     from sklearn.model_selection import StratifiedKFold
+    from sklearn.preprocessing import StandardScaler
 
     X, y = make_gaussian_quantiles(n_samples=360, n_features=4, n_classes=3, random_state=7)
     rng = np.random.default_rng(7)
@@ -188,13 +189,23 @@ def test_kernel_source_is_out_of_fold_refits_and_sees_curved_boundaries():
     noisy = np.where(wrong, (y + rng.integers(1, 3, 360)) % 3, y)
     X = X * np.array([1e-5, 1.0, 1e5, 10.0])  # scales 1e-5..1e5: the source standardises
     splits = S.fold_splits(noisy, 3, 5, 2)
-    P = S.kernel_proba(X, noisy, 3, splits, seed=2, jobs=1)
-    # independent reference: scikit-learn's own shuffled stratified folds, refitted here
+    seen = []
+    P = S.kernel_proba(X, noisy, 3, splits, seed=2, jobs=1, progress=lambda d, t: seen.append((d, t)))
+    assert seen == [(i, 5) for i in range(1, 6)]
+    # the map reads no labels: fitted once on all rows, the same whatever the labels say
+    F = S.kernel_features(X, seed=2)
+    assert F.shape == (360, 180)  # at most half the rows as landmarks
+    # independent reference: scikit-learn's scaler + Nystroem on all rows, then cold fits on
+    # scikit-learn's own shuffled stratified folds, each converged far below the source's tolerance
+    Fr = Nystroem(n_components=180, random_state=2).fit_transform(StandardScaler().fit_transform(X))
+    np.testing.assert_allclose(F, Fr, rtol=1e-12, atol=1e-12)
     ref = np.full_like(P, np.nan)
     for tr, te in StratifiedKFold(5, shuffle=True, random_state=2).split(X, noisy):
-        est = clone(S.kernel_model(360, 2)).fit(X[tr], noisy[tr])
-        ref[te] = est.predict_proba(X[te])
-    np.testing.assert_allclose(P, ref, rtol=1e-6, atol=1e-9)
+        est = LogisticRegression(max_iter=20000, tol=1e-10).fit(Fr[tr], noisy[tr])
+        ref[te] = est.predict_proba(Fr[te])
+    # warm starts stop at scikit-learn's tolerance: close to each fold's optimum, not equal
+    assert np.abs(P - ref).max() < 0.01, np.abs(P - ref).max()
+    np.testing.assert_allclose(P.sum(axis=1), 1.0, atol=1e-12)
     # concentric shells: a linear model sees nothing, the kernel source most flipped labels
     score = -np.log(P[np.arange(360), noisy])
     found = recall_at(np.lexsort((np.arange(360), -score)), wrong, (0.1,))[0.1]

@@ -218,6 +218,27 @@ def test_default_reference_is_out_of_bag_of_one_forest():
     assert any("out-of-bag" in n for n in r.notes)
 
 
+def test_default_forests_grow_each_tree_on_a_bounded_sample():
+    """Half the rows up to 10,000 rows, then 5,000 rows a tree: a tree's cost stays flat as the
+    data grow, and every row is out of bag for more trees, not fewer."""
+    from invaudit.triage import default_reference
+    from invaudit.triage._sources import FOREST_ROWS, extra_trees
+
+    for make in (default_reference, extra_trees):
+        assert make(10).max_samples is None
+        assert make(20).max_samples == 0.5 and make(10_000).max_samples == 0.5
+        assert make(10_001).max_samples == FOREST_ROWS == 5_000
+        assert make(100_000).max_samples == 5_000
+    # the draws each tree is grown on (its root's weight: bootstrap counts are sample weights)
+    rng = np.random.default_rng(0)
+    for n, drawn in ((12_000, 5_000), (9_000, 4_500)):
+        X, y = rng.random((n, 1)), rng.integers(0, 2, n)
+        for make in (default_reference, extra_trees):
+            f = make(n, seed=1).set_params(n_estimators=2, n_jobs=1, oob_score=False, max_depth=1)
+            roots = [t.tree_.weighted_n_node_samples[0] for t in f.fit(X, y).estimators_]
+            assert roots == [drawn, drawn]
+
+
 def test_default_combined_finds_clustered_flips_the_model_misses():
     found = {"combined": [], "reference": [], "loss": []}
     for seed in (0, 1):
