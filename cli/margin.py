@@ -14,7 +14,7 @@ from invaudit.render import Format
 
 from ._common import (Bounds, ConstraintOpts, FormatOpt, JsonOut, CategoricalCost, IdColumn, IntegerCols, LabelColumn, Labels, OutPoints, ModelArg, Norm, ReportSchema, Rows, Run,
                       Scale, Seed, Sha256, Trust, build_constraints, check_out_path, note, progress,
-                      stream_margins, RunTimeLimit, TimeLimit)
+                      stream_margins, Quiet, RunTimeLimit, TimeLimit)
 from ._parallel_opts import Jobs, Scheduler
 
 
@@ -58,6 +58,7 @@ def margin(
     format: FormatOpt = Format.table,
     json: JsonOut = None,
     schema: ReportSchema = None,
+    quiet: Quiet = False,
 ) -> None:
     """Distance from each row to the nearest point the model puts in another class."""
     from invaudit.margins import margins, summarize
@@ -80,12 +81,15 @@ def margin(
     if run.tabular is not None:
         from ._tabular import run_margin
 
+        if run_time_limit is not None:
+            raise InputError("--run-time-limit applies to tree ensembles and black boxes; this model reads typed "
+                             "rows, whose search --time-limit bounds per row.")
         with progress("margins", len(row_ids)) as update:
             batch, results = run_margin(
                 run, ds, train_ds, rows=row_ids, norm=norm.value, scale=scale.value, bounds=bounds.value,
                 immutable=immutable, increase_only=increase_only, decrease_only=decrease_only, integer=integer,
                 categorical_cost=categorical_cost, seed=seed, out=out, id_column=id_column, update=update,
-                jobs=jobs, scheduler=scheduler)
+                jobs=jobs, scheduler=scheduler, time_limit=time_limit)
         y_index = None if ds.y_index is None else ds.y_index[row_ids]
         summary = summarize(batch, y_index, eps_list, classes=form.classes, row_ids=row_ids)
         params.update(eps=summary.get("eps"), integer=integer, categorical_cost=categorical_cost)
@@ -101,9 +105,23 @@ def margin(
 
     run_deadline = None if run_time_limit is None else _time.perf_counter() + run_time_limit
 
+    # Without a box (no --immutable/--increase-only/--decrease-only/--bounds) the constraints are
+    # the metric's weights alone: built and checked once, not as (rows x features) infinite
+    # bounds per chunk (the solvers read an infinite box as no box: the same answers). Forms
+    # whose solvers hand the constraints to a counterfactual search keep the per-row box.
+    shared = None
+    if (immutable is None and increase_only is None and decrease_only is None and bounds is Bounds.none
+            and form.kind not in ("invertible-linear", "kernel")):
+        weights = build_constraints(form, np.zeros((0, int(form.n_features))), train_ds, scale=scale,
+                                    immutable=None, increase_only=None, decrease_only=None, bounds=bounds).weights
+        shared = _Weights(weights) if scale is not Scale.none else _NO_BOX
+
     def solve(X, y_index, progress=None):  # one chunk of rows (see stream_margins)
-        cons = build_constraints(form, X, train_ds, scale=scale, immutable=immutable, increase_only=increase_only,
-                                 decrease_only=decrease_only, bounds=bounds)
+        if shared is not None:
+            cons = None if shared is _NO_BOX else shared
+        else:
+            cons = build_constraints(form, X, train_ds, scale=scale, immutable=immutable, increase_only=increase_only,
+                                     decrease_only=decrease_only, bounds=bounds)
         left = None if run_deadline is None else max(0.0, run_deadline - _time.perf_counter())
         return parallel.margins(form, X, y_index=y_index, norm=norm.value, constraints=cons, X_train=X_train,
                                 seed=seed, progress=progress, jobs=jobs, scheduler=scheduler,
@@ -113,6 +131,19 @@ def margin(
     params["eps"] = eps_list
     stream_margins(run, ds, row_ids, solve, eps=eps_list, params=params, fmt=format, json_path=json, out=out,
                    id_column=id_column, version=schema)
+
+
+class _Weights:
+    """Constraints that are only the metric's per-feature weights (no box on the answer)."""
+
+    lower = None
+    upper = None
+
+    def __init__(self, weights):
+        self.weights = np.asarray(weights, dtype=np.float64)
+
+
+_NO_BOX = _Weights(np.ones(0))  # no box and unit weights: the solvers get constraints=None
 
 
 def register(app) -> None:

@@ -14,7 +14,8 @@ counterfactual searches seed a generator from the row's values.
 Backends
 --------
 - serial: the chunks one after the other in this process (``jobs=1``, and any run whose
-  work is too small to pay for starting workers, see :data:`AUTO_PARALLEL_S`);
+  work is too small to pay for starting workers, see :data:`AUTO_PARALLEL_S`, or whose rows cost
+  less to solve than their results cost to send back, see :data:`SHIP_RATIO`);
 - processes (``jobs=N``), Linux: this process and ``N - 1`` forked workers, which inherit the
   model, the rows and every imported module (nothing is pickled on the way in; they start in
   milliseconds). Every process takes the next chunk from one shared counter as soon as it is
@@ -77,6 +78,14 @@ AUTO_PARALLEL_S = 0.5
 #: ... or this many where workers are spawned (joblib's loky: a cold worker spends 0.5-1 s or
 #: more importing), so that smaller runs stay serial and no slower.
 AUTO_PARALLEL_SPAWN_S = 2.0
+#: With the default ``--jobs``, workers start only when solving a chunk costs (CPU) more than this
+#: many times sending its result back to this process (:func:`_ship_seconds`). Measured on 10-class
+#: linear margins of 1,000,000 x 50 rows: ~4 us of solving per row against ~0.6 us to pickle and
+#: read back its 0.45 KB (a ratio of ~7); with the pipe and the pages a forked worker makes this
+#: process copy, the default ``--jobs`` cost 1.6-3.4 s more CPU than ``--jobs 1`` there and was
+#: slower. Networks, trees and explanations spend hundreds of times more per row than their
+#: results take to send (an MLP's margins: ~2,000 times).
+SHIP_RATIO = 20.0
 #: Seconds to wait for a Dask scheduler before giving up with exit code 3.
 CONNECT_TIMEOUT_S = 5.0
 #: Environment variable naming the Dask scheduler when ``--scheduler`` is not given.
@@ -781,19 +790,30 @@ def imap_chunks(fn: Callable, n: int, *, shared: Any = None, parts: Optional[dic
     else:
         jobs = resolve_jobs(jobs)
         if jobs is None:  # auto: time the smallest chunk here (the first of a plan of equal chunks), then decide
+            import sys
+
             size = [b - a for a, b in chunks]
-            probe = min(todo, key=lambda i: (size[i], i))  # what runs alone before any worker: as short as can be
-            started = time.perf_counter()
-            (_, first), = inline([probe])
-            took = time.perf_counter() - started
-            tick(probe)
-            todo = [i for i in todo if i != probe]
-            if probe == 0:
-                yield chunks[0], first
-            else:  # a later chunk (of a guided plan): given out in its turn
-                ready[probe] = first
-            remaining = took * (n - size[probe]) / max(size[probe], 1)
+            given = 0  # chunks before this one were given out
+            while True:
+                probe = min(todo, key=lambda i: (size[i], i))  # what runs alone before any worker: as short as can be
+                modules = len(sys.modules)
+                started, cpu0 = time.perf_counter(), time.thread_time()
+                (_, first), = inline([probe])
+                took, cpu = time.perf_counter() - started, time.thread_time() - cpu0
+                tick(probe)
+                todo = [i for i in todo if i != probe]
+                ready[probe] = first  # given out in row order (a guided plan's smallest chunk comes late)
+                while given in ready:
+                    yield chunks[given], ready.pop(given)
+                    given += 1
+                # a chunk that imported the solver's modules timed the imports too: time the next
+                if len(sys.modules) == modules or not todo:
+                    break
+            left = sum(size[i] for i in todo)
+            remaining = took * left / max(size[probe], 1)
             jobs = cores() if remaining > (AUTO_PARALLEL_S if _fork_now() else AUTO_PARALLEL_SPAWN_S) else 1
+            if jobs > 1 and cpu < SHIP_RATIO * _ship_seconds(first):  # cheaper to solve than to send back
+                jobs = 1
         workers = min(jobs, len(todo))
         source = inline(todo) if workers <= 1 else _run_processes(fn, shared, parts, chunks, todo, workers,
                                                                   inline_one, warm)
@@ -807,6 +827,42 @@ def imap_chunks(fn: Callable, n: int, *, shared: Any = None, parts: Optional[dic
     while nxt in ready:
         yield chunks[nxt], ready.pop(nxt)
         nxt += 1
+
+
+_SHIP_RATE: list = []  # seconds per byte to pickle and read back a result, measured once per process
+
+
+def _result_bytes(obj, depth: int = 0) -> int:
+    """The bytes of the numpy arrays a chunk's result holds (a dataclass, a dict, a list, ...)."""
+    if isinstance(obj, np.ndarray):
+        return int(obj.nbytes)
+    if depth > 2:
+        return 0
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return sum(_result_bytes(getattr(obj, f.name), depth + 1) for f in dataclasses.fields(obj))
+    if isinstance(obj, dict):
+        return sum(_result_bytes(v, depth + 1) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_result_bytes(v, depth + 1) for v in obj[:64]) * max(1, len(obj)) // max(1, min(len(obj), 64))
+    return 0
+
+
+def _ship_seconds(result) -> float:
+    """CPU seconds to send a chunk's ``result`` from a worker: pickle it and read it back, timed
+    once per process on the first result of at least 1 MB, then scaled by size."""
+    import pickle
+
+    size = _result_bytes(result)
+    if not _SHIP_RATE:
+        if size < (1 << 20):
+            return 0.0  # small results: too cheap to send to stop anything
+        c0 = time.thread_time()
+        try:
+            pickle.loads(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+        except Exception:  # a result a worker could not send either: the workers say so themselves
+            return 0.0
+        _SHIP_RATE.append((time.thread_time() - c0) / size)
+    return _SHIP_RATE[0] * size
 
 
 def map_chunks(fn: Callable, n: int, *, shared: Any = None, parts: Optional[dict] = None,
@@ -828,7 +884,9 @@ def map_chunks(fn: Callable, n: int, *, shared: Any = None, parts: Optional[dict
     jobs : None, or the processes to use (:func:`resolve_jobs`). None: the smallest chunk (the
         first of equal ones, one of the last of a guided plan) is solved here and timed; the
         pool (all cores) starts only when the rest would take longer than
-        :data:`AUTO_PARALLEL_S` serially (:data:`AUTO_PARALLEL_SPAWN_S` without fork).
+        :data:`AUTO_PARALLEL_S` serially (:data:`AUTO_PARALLEL_SPAWN_S` without fork) and a chunk
+        costs more than :data:`SHIP_RATIO` times sending its result back (a chunk that imported
+        modules is not a measure: the next one is timed too).
         1: serial. N > 1: a pool of N (at most one per chunk).
     scheduler : a Dask scheduler address (or a ``dask.distributed.Client``): every chunk runs on
         the cluster. Takes precedence over ``jobs``.

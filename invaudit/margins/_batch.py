@@ -138,9 +138,38 @@ class MarginBatch:
         cols.add("perturbation_norm", "num", np.asarray(self.perturbation_norm, dtype=np.float64))
         cols.add("exact", "bool", np.asarray(self.exact, dtype=bool))
         cols.add("lower_bound", "num", np.asarray(self.lower_bound, dtype=np.float64))
-        methods, codes = np.unique(np.asarray(self.method).astype(str), return_inverse=True)
-        cols.add("method", "cat", codes.reshape(-1), values=[str(m) for m in methods])
+        methods, codes = _categories(self.method)
+        cols.add("method", "cat", codes, values=methods)
         return cols
+
+
+def _categories(values) -> tuple:
+    """``(sorted distinct values as str, codes)`` of a per-row string array, as ``np.unique(
+    a.astype(str), return_inverse=True)`` gives them, in one comparison pass per distinct value: a
+    batch holds a few methods over many rows (the linear solver fills one object per row with the
+    same string), and sorting a million strings per chunk cost more than the solver's own
+    bookkeeping."""
+    a = np.asarray(values).reshape(-1)
+    if a.dtype != object:
+        a = a.astype(str)
+    n = a.shape[0]
+    codes = np.full(n, -1, dtype=np.intp)
+    found: list = []
+    left = np.arange(n)
+    while left.size and len(found) <= 64:
+        first = a[left[0]]
+        same = np.asarray((a if left.size == n else a[left]) == first, dtype=bool)
+        same[0] = True  # progress even for a value unequal to itself
+        codes[left[same]] = len(found)
+        found.append(str(first))
+        left = left[~same]
+    if left.size or len(set(found)) != len(found):  # many values, or values equal only as strings
+        uniq, inv = np.unique(a.astype(str), return_inverse=True)
+        return [str(m) for m in uniq], inv.reshape(-1)
+    order = sorted(range(len(found)), key=lambda k: found[k])
+    remap = np.empty(len(found), dtype=np.intp)
+    remap[order] = np.arange(len(found))
+    return [found[k] for k in order], remap[codes]
 
 
 def default_eps(margins: np.ndarray, count: int = 5) -> list[float]:
@@ -212,7 +241,9 @@ def summarize(batch: MarginBatch, y_index=None, eps=None, *, classes=None, row_i
     known = margin[~np.isnan(margin)]
     median = _num(np.median(known)) if known.size else None
     minimum = _num(np.min(known)) if known.size else None
-    order = np.argsort(np.where(np.isnan(margin), np.inf, margin), kind="stable")[:top]
+    from invaudit.io.report import smallest_first
+
+    order = smallest_first(np.where(np.isnan(margin), np.inf, margin), top)
     ids = np.arange(n) if row_ids is None else np.asarray(row_ids)
 
     def cls(k):

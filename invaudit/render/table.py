@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
+import re
 from typing import Optional
 
 from rich.cells import cell_len
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
-from rich.text import Text
 
 from .views import fmt_num, view_for
+
+# what Rich's emoji replacement could match (rich._emoji_replace: ":name:", ":name-emoji:"): text
+# without it prints the same with the replacement off, which spares loading Rich's emoji table
+_EMOJI_CODE = re.compile(r":\S*?:")
+
+
+def _emoji(text: str) -> Optional[bool]:
+    """``emoji=`` for ``console.print(text)``: the console's default where the text could hold an
+    emoji code, else off (the same output)."""
+    return None if _EMOJI_CODE.search(text) else False
 
 
 def render_table(report: dict, console: Console) -> None:
     view = view_for(report)
     # Values are data, never markup: "[lower 0.9, upper 0.95]" must print as it is.
-    console.print(f"[bold]{escape(view.title(report))}[/bold]", highlight=False)
+    title = f"[bold]{escape(view.title(report))}[/bold]"
+    console.print(title, highlight=False, emoji=_emoji(title))
     for key, value in view.summary(report):
-        console.print(f"  {key}: {value}", highlight=False, markup=False)
+        line = f"  {key}: {value}"
+        console.print(line, highlight=False, markup=False, emoji=_emoji(line))
     shown, total = view.shown(report)
     if shown:
         headers = [col.header for col in view.columns]
@@ -28,6 +39,9 @@ def render_table(report: dict, console: Console) -> None:
         if text is not None:
             console.print(text, highlight=False, markup=False, emoji=False, soft_wrap=True, end="")
         else:
+            from rich.table import Table
+            from rich.text import Text
+
             table = Table(show_edge=False, pad_edge=False)
             for head, just in zip(headers, justify):
                 table.add_column(head, justify=just, overflow="fold")
@@ -36,11 +50,13 @@ def render_table(report: dict, console: Console) -> None:
             console.print(table)
         if len(shown) < total:
             console.print(f"  ... {total - len(shown)} more rows in the JSON report (--format json or --json PATH)",
-                          highlight=False, markup=False)
+                          highlight=False, markup=False, emoji=False)
     for extra in view.extras:
         for heading, block in extra(report):
-            console.print(f"[bold]{escape(heading)}[/bold]", highlight=False)
-            console.print(block, highlight=False, markup=False)
+            heading = f"[bold]{escape(heading)}[/bold]"
+            console.print(heading, highlight=False, emoji=_emoji(heading))
+            console.print(block, highlight=False, markup=False,
+                          emoji=_emoji(block) if isinstance(block, str) else None)
 
 
 def plain_table(headers: list, justify: list, cells: list, console: Console) -> Optional[str]:

@@ -173,7 +173,7 @@ COUNTERFACTUAL = View(
 def _smallest_margins(report: dict, limit: Optional[int], fields=None) -> tuple:
     """The rows with the smallest margins first (no margin: last); from columns, only the rows
     shown become dicts."""
-    from invaudit.io.report import Columns
+    from invaudit.io.report import Columns, smallest_first
 
     results = report["results"]
     if not isinstance(results, Columns):
@@ -181,13 +181,7 @@ def _smallest_margins(report: dict, limit: Optional[int], fields=None) -> tuple:
         return (rows if limit is None else rows[:limit]), len(rows)
     m = np.asarray(results.column("margin"), dtype=np.float64)
     key = np.where(np.isfinite(m), m, np.inf)
-    k = len(results) if limit is None else min(limit, len(results))
-    if k < len(results):
-        part = np.argpartition(key, k - 1)[:k] if k else np.zeros(0, dtype=np.intp)
-        order = part[np.lexsort((part, key[part]))]
-    else:
-        order = np.lexsort((np.arange(len(key)), key))
-    return results.rows(order.tolist(), fields), len(results)
+    return results.rows(smallest_first(key, limit).tolist(), fields), len(results)
 
 
 MARGIN = View(

@@ -201,3 +201,133 @@ def test_rows_on_a_csv_read_only_up_to_the_last_row_named(invaudit, samples, tmp
     assert r.code == 3 and "line 5" in r.err and "\n" not in r.err.strip()
     r = invaudit("margin", model, ok, "--label-column", "target", "--rows", "7")
     assert r.code == 3 and "out of range" in r.err
+
+
+def test_margins_with_only_a_scale_equal_the_per_row_box_path(invaudit, linear_model, tmp_path):
+    """Without a box the constraints are the metric's weights alone (built once, not as infinite
+    per-row bounds per chunk): the answers are the ones the full per-row constraints give."""
+    from invaudit.counterfactual import Constraints
+    from invaudit.margins import margins
+    from invaudit.models import adapt
+
+    clf, model = linear_model
+    X, data = _npy(tmp_path, 90, seed=11)
+    Xtr, train = _npy(tmp_path, 60, seed=12, name="train.npy")
+    for scale in ("none", "mad"):
+        extra = () if scale == "none" else ("--scale", scale, "--train", train)
+        rep = invaudit("margin", model, data, "--norm", "l1", *extra, "--format", "json").json()
+        cons = Constraints.from_options(X, X_train=Xtr, scale=scale)
+        assert cons.lower.shape == X.shape  # the reference: a box per row, all infinite
+        ref = margins(adapt(clf), X, norm="l1", constraints=cons)
+        assert [r["margin"] for r in rep["results"]] == ref.margin.tolist()
+        assert np.array_equal(np.array([r["perturbation"] for r in rep["results"]]), ref.perturbation)
+        assert [r["method"] for r in rep["results"]] == [str(m) for m in ref.method]
+
+
+def test_tied_margins_show_in_row_order_across_chunks(invaudit, linear_model, tmp_path, monkeypatch):
+    """Rows with equal margins (here: repeated rows) are shown in row order, whichever chunk they
+    came in: the table and the summary's most fragile rows are a stable sort's first rows."""
+    _, model = linear_model
+    base = np.random.default_rng(13).normal(size=(4, 40)) * np.logspace(2, -3, 40)
+    X = base[np.random.default_rng(14).integers(0, 4, size=90)]
+    path = tmp_path / "ties.npy"
+    np.save(path, X)
+    _small_chunks(monkeypatch, 45)  # two chunks, each with ties at its 20th row
+    rep = invaudit("margin", model, path, "--format", "json").json()
+    order = sorted(rep["results"], key=lambda x: (x["margin"] is None, x["margin"] or 0.0))
+    assert len({x["margin"] for x in order[:20]}) < 20  # ties at the cut
+    r = invaudit("margin", model, path)
+    body = [ln.split("│") for ln in r.out.splitlines() if "│" in ln]
+    assert [int(c[0]) for c in body] == [x["row"] for x in order[:20]]
+    assert [x["row"] for x in rep["summary"]["most_fragile"]] == [x["row"] for x in order[:10]]
+
+
+def test_method_categories_are_numpys_unique():
+    from invaudit.margins._batch import _categories
+
+    rng = np.random.default_rng(0)
+    pool = np.array(["linear-box-exact", "linear-closed-form", "linear-closed-form (unreachable)", "é", "a"],
+                    dtype=object)
+    cases = [pool[rng.integers(0, k, n)] for k in (1, 2, 5) for n in (0, 1, 37)]
+    cases += [np.array([str(i) for i in range(100)], dtype=object), np.array([1, "1", None], dtype=object)]
+    for a in cases:
+        for arr in (a, a.astype(str)):
+            values, codes = _categories(arr)
+            ref_values, ref_codes = np.unique(np.asarray(arr).astype(str), return_inverse=True)
+            assert values == [str(v) for v in ref_values] and np.array_equal(codes, ref_codes.reshape(-1))
+
+
+def _sleepy_chunk(shared, part, a, b, progress):
+    import time
+
+    time.sleep(shared["sleep"])  # wall time, no CPU: the rest of the run looks long enough for workers
+    return np.full((b - a, shared["width"]), float(a))  # ~1.3 MB per chunk to send back
+
+
+def test_default_jobs_stays_serial_where_solving_costs_less_than_sending_results_back(monkeypatch):
+    """With the default --jobs, workers start only when a chunk's CPU exceeds SHIP_RATIO times the
+    (measured) cost of pickling its result back; the answers are the same either way."""
+    from invaudit import parallel
+
+    if not parallel._can_fork():
+        pytest.skip("forked workers only")
+    monkeypatch.setattr(parallel, "_OWN_OPENMP_THREADS", ())
+    monkeypatch.setattr(parallel, "_SHIP_RATE", [])
+    shared, n = {"sleep": 0.12, "width": 20_000}, 64
+    run = lambda: list(parallel.imap_chunks(_sleepy_chunk, n, shared=shared, parts={"X": np.zeros((n, 1))},
+                                            jobs=None, min_rows=8))
+    cheap = run()
+    assert parallel.last_run["pool"] == 0 and parallel.last_run["here"] == 8
+    assert parallel._SHIP_RATE and parallel._SHIP_RATE[0] > 0  # measured on the first result
+    monkeypatch.setattr(parallel, "SHIP_RATIO", 0.0)  # sending back costs nothing: the pool starts
+    pooled = run()
+    assert parallel.last_run["pool"] >= 1
+    assert [c for c, _ in pooled] == [c for c, _ in cheap]
+    assert all(np.array_equal(x, y) for (_, x), (_, y) in zip(cheap, pooled))
+
+
+def _first_call_imports(shared, part, a, b, progress):
+    import sys
+    import time
+    import types
+
+    name = shared["module"]
+    if name not in sys.modules:  # the first chunk pays for an import (CPU), as a cold solver does
+        sys.modules[name] = types.ModuleType(name)
+        end = time.thread_time() + 0.3
+        while time.thread_time() < end:
+            pass
+    return _sleepy_chunk(shared, part, a, b, progress)
+
+
+def test_default_jobs_times_another_chunk_when_the_first_imported_modules(monkeypatch):
+    """A first chunk that imported the solver's modules measured the imports, not the rows: the
+    decision waits for the next chunk (here cheap to solve, costly to send back: serial)."""
+    import sys
+
+    from invaudit import parallel
+
+    if not parallel._can_fork():
+        pytest.skip("forked workers only")
+    monkeypatch.setattr(parallel, "_OWN_OPENMP_THREADS", ())
+    monkeypatch.setattr(parallel, "_SHIP_RATE", [])
+    name = "_invaudit_test_cold_solver_module"
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    shared, n = {"sleep": 0.1, "width": 20_000, "module": name}, 64
+    got = list(parallel.imap_chunks(_first_call_imports, n, shared=shared, parts={"X": np.zeros((n, 1))},
+                                    jobs=None, min_rows=8))
+    assert parallel.last_run["pool"] == 0 and parallel.last_run["here"] == 8
+    assert [c for c, _ in got] == parallel.plan(n, min_rows=8)
+    assert all(np.all(x == a) for (a, _), x in got)
+    sys.modules.pop(name, None)
+
+
+def test_smallest_first_is_a_stable_sorts_first_rows():
+    rng = np.random.default_rng(5)
+    for t in range(300):
+        n = int(rng.integers(0, 40))
+        key = rng.integers(0, 5, n).astype(float)  # many ties
+        key[rng.random(n) < 0.2] = np.inf
+        k = None if t % 7 == 0 else int(rng.integers(0, 45))
+        ref = np.argsort(key, kind="stable")[:k]
+        assert np.array_equal(report_mod.smallest_first(key, k), ref), (key, k)

@@ -188,3 +188,19 @@ def test_table_rows_never_build_the_long_vectors():
     render(_report("counterfactual", cols), Format.table, con)
     assert seen and "counterfactual" not in seen
     assert "0" in buf.getvalue()
+
+
+@pytest.mark.parametrize("estimator,note", [(":smile: LogisticRegression", "ok :thumbs_up: done"),
+                                            ("Pipe:line", "a:b:c :not_an_emoji: x"),
+                                            ("LogisticRegression", "time: 3 s, ratio 1:2")])
+def test_titles_and_summaries_print_emoji_codes_as_rich_does(estimator, note):
+    """Rich replaces ``:name:`` codes in printed text; the table turns that off (and never loads
+    Rich's emoji table) only for text that holds no such code, so the output is Rich's either way."""
+    report = _report("margin", _margin_columns(7))
+    report["model"]["estimator"] = estimator
+    report["summary"] = {"rows": 7, "note": note}
+    buf, con = _console(160)
+    render(report, Format.table, con)
+    assert buf.getvalue() == _rich_render(report, 160)
+    if "smile" in estimator:
+        assert "😄" in buf.getvalue() and "👍" in buf.getvalue()
