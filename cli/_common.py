@@ -51,6 +51,15 @@ def _writable_json(path: Optional[Path]) -> Optional[Path]:
 
 JsonOut = Annotated[Optional[Path], typer.Option("--json", metavar="PATH", callback=_writable_json, help="Also write the full JSON report to PATH (atomically).")]
 ReportSchema = Annotated[Optional[int], typer.Option("--schema", min=1, max=2, metavar="1|2", help="JSON report version: 1 (default: every vector as a full list) or 2 (compact: vectors sparse where shorter, nothing written that the data rows give back bit for bit; invaudit.io.report.expand_report rebuilds /1).")]
+def _schema_one(ctx: typer.Context, value: Optional[int]) -> Optional[int]:
+    if value is not None and value != 1:
+        raise typer.BadParameter(f"{value}: '{ctx.info_name}' writes report schema 1 only (schema 2, the compact "
+                                 "report, is for counterfactual and margin).")
+    return value
+
+
+#: ``--schema`` of the commands with one report version: pins it (a script can pass it to every command).
+ReportSchemaOne = Annotated[Optional[int], typer.Option("--schema", metavar="1", callback=_schema_one, show_default=False, help="JSON report version; this command has one (1).")]
 Rows = Annotated[Optional[str], typer.Option("--rows", metavar="SPEC", help="Rows to use, e.g. 0,3,7-9 (default: all).")]
 LabelColumn = Annotated[Optional[str], typer.Option("--label-column", metavar="NAME", help="CSV column holding the labels.")]
 Labels = Annotated[Optional[Path], typer.Option("--labels", metavar="FILE.npy", help="Labels for an NPY data file.")]
@@ -59,8 +68,18 @@ IntegerCols = Annotated[Optional[str], typer.Option("--integer", metavar="COLS",
 CategoricalCost = Annotated[float, typer.Option("--categorical-cost", min=0.0, help="Cost of changing one categorical column, in units of the (scaled) numeric distance.")]
 IdColumn = Annotated[Optional[str], typer.Option("--id-column", metavar="NAME", help="CSV column naming the rows (row_id in reports); not a feature.")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed; results are deterministic for a fixed seed.")]
-TimeLimit = Annotated[Optional[float], typer.Option("--time-limit", min=0.0, metavar="SECONDS", help="Seconds for each row (tree ensembles: the anytime search and the MILP together); a row still running then returns its best verified answer, not exact (default 0.6).")]
-RunTimeLimit = Annotated[Optional[float], typer.Option("--run-time-limit", min=0.0, metavar="SECONDS", help="Seconds for the whole run; rows still to do then get the quick verified search only (tree ensembles).")]
+TimeLimit = Annotated[Optional[float], typer.Option("--time-limit", min=0.0, metavar="SECONDS", help="Seconds for each row (tree ensembles: the anytime search and the MILP together; default 0.6); a row still running then returns its best verified answer, not exact. Black boxes search their rows together, so the search stops after SECONDS (default: no limit). Typed rows: seconds per MILP and per row (default 10).")]
+#: ``--quiet``: set by the option's callback on every run (each command has the option).
+_QUIET = {"on": False}
+
+
+def _set_quiet(value: bool) -> bool:
+    _QUIET["on"] = bool(value)
+    return value
+
+
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", callback=_set_quiet, help="No progress and no notes on stderr (warnings and errors still show).")]
+RunTimeLimit = Annotated[Optional[float], typer.Option("--run-time-limit", min=0.0, metavar="SECONDS", help="Seconds for the whole run; rows still to do then get the quick verified search only (tree ensembles, black boxes).")]
 
 
 class Norm(str, Enum):
@@ -104,14 +123,20 @@ class Run:
 
         from invaudit.models._light_linear import light_form
 
-        # light: a linear model's state read without importing scikit-learn (issue 16); its
-        # estimator is unpickled only if something reads it. Such a model (affine steps and a
-        # linear classifier) reads no typed columns and has no categorical splits.
-        loaded = load_model(self.model_path, trust=self.trust, sha256=self.sha256, light=True)
+        # light: a linear model's, an MLP's or a tree's / forest's state read without importing
+        # scikit-learn (issue 16); its estimator is unpickled only if something reads it. Such a
+        # model (affine steps and a linear classifier or MLP, or scikit-learn trees alone) reads
+        # no typed columns and has no categorical splits.
+        with working("loading the model"):
+            loaded = load_model(self.model_path, trust=self.trust, sha256=self.sha256, light=True)
         for w in loaded.warnings:
             warn(w)
         self.loaded = loaded
         light = light_form(loaded)
+        if light is None and loaded.light is not None:  # an MLP, a tree or a forest (the same way)
+            from invaudit.models._light_nonlinear import light_form as nonlinear_light_form
+
+            light = nonlinear_light_form(loaded)
         self.form = light if light is not None else adapt(loaded.estimator)
         self.tabular = None if light is not None else _tabular(loaded.estimator)
         if self.tabular is None and light is None and self.command in NUMERIC_ANSWER_COMMANDS:
@@ -220,13 +245,15 @@ class Run:
         return report
 
     def emit_stream(self, *, params: dict, chunks, summary, fmt: Format, json_path: Optional[Path],
-                    version: Optional[int] = None) -> None:
+                    version: Optional[int] = None, files: bool = False) -> None:
         """Emit a report whose results arrive in chunks (``Columns``), writing each as it comes.
 
         ``--format jsonl`` and ``--format json`` go to stdout as the chunks arrive, ``--json PATH``
         to a temporary renamed over PATH at the end (never half a file under PATH); a table or
         Markdown keeps only the rows it could show. ``summary`` is called after the last chunk.
-        Memory: one chunk at a time, plus what the caller keeps for its summary.
+        Memory: one chunk at a time, plus what the caller keeps for its summary. Should stdout's
+        reader go away, the run still finishes ``--json`` (and, with ``files``, the files the
+        chunks write, e.g. ``--out``) before the closed pipe ends it.
         """
         from invaudit.io.report import Columns, json_chunk, json_head, json_tail, jsonl_chunk, jsonl_head, jsonl_tail
         from invaudit.render.views import view_for
@@ -244,6 +271,8 @@ class Run:
         kept: list = []
         total = 0
         out = _stdout_bytes() if fmt in (Format.json, Format.jsonl) else None
+        if out is not None and (json_path is not None or files):  # a closed stdout costs no report file
+            out = _DeferredPipe(out)
         with contextlib.ExitStack() as stack:
             jfile = stack.enter_context(_atomic_report(json_path)) if json_path is not None else None
             if jfile is not None:
@@ -272,6 +301,8 @@ class Run:
                 jfile.write(json_tail(report, any_row=any_row))
             if out is not None:
                 out(json_tail(report, any_row=any_row) if fmt is Format.json else jsonl_tail(report))
+        if isinstance(out, _DeferredPipe) and out.closed:
+            raise out.closed  # the --json report is whole; now the closed stdout ends the run (exit 141)
         if view is not None:
             report["results"] = _Shown(kept, total)
             render(report, fmt, out_console())
@@ -356,6 +387,22 @@ def _stdout_bytes():
                 pass
             raise
     return write
+
+
+class _DeferredPipe:
+    """Writes to stdout until its reader goes away (``| head``), then nothing: the run goes on to
+    finish a ``--json`` report, and raises the closed pipe (:attr:`closed`) after that."""
+
+    def __init__(self, write):
+        self._write = write
+        self.closed: Optional[BrokenPipeError] = None
+
+    def __call__(self, data: bytes) -> None:
+        if self.closed is None:
+            try:
+                self._write(data)
+            except BrokenPipeError as exc:
+                self.closed = exc
 
 
 @contextlib.contextmanager
@@ -482,6 +529,7 @@ def stream_margins(run: "Run", ds, row_ids: np.ndarray, solve, *, eps, params: d
     norm = {"value": params.get("norm", "l2")}
     written = {"count": 0}
     cols = ds.columns or form.feature_names or [f"x{j}" for j in range(form.n_features)]
+    vectors = json_path is not None or fmt not in (Format.table, Format.markdown)
 
     def chunks():
         writer = PointWriter(out, cols, id_column) if out is not None else contextlib.nullcontext()
@@ -499,7 +547,8 @@ def stream_margins(run: "Run", ds, row_ids: np.ndarray, solve, *, eps, params: d
                     has = np.all(np.isfinite(delta), axis=1)
                     key = (np.asarray(ds.ids)[rows] if ds.ids is not None else rows)[has]
                     w.write((X + delta)[has], key.tolist())
-                part = batch.columns(form.classes, rows, labels=None if labels is None else labels[rows])
+                part = batch.columns(form.classes, rows, labels=None if labels is None else labels[rows],
+                                     perturbation=vectors)  # a table never shows the vectors
                 if version == 2:  # the compact report: perturbations sparse where shorter
                     part.sparse("perturbation")
                 yield part
@@ -512,7 +561,8 @@ def stream_margins(run: "Run", ds, row_ids: np.ndarray, solve, *, eps, params: d
                             **{k: arrays[k] for k in keep})
         return summarize(whole, y_all, eps, classes=form.classes, row_ids=row_ids)
 
-    run.emit_stream(params=params, chunks=chunks(), summary=summary, fmt=fmt, json_path=json_path, version=version)
+    run.emit_stream(params=params, chunks=chunks(), summary=summary, fmt=fmt, json_path=json_path, version=version,
+                    files=out is not None)
     if out is not None:
         note(f"wrote {written['count']} adversarial row(s) to {out}")
 
@@ -565,6 +615,8 @@ def warn(message: str) -> None:
 
 
 def note(message: str) -> None:
+    if _QUIET["on"]:
+        return
     err_console.print(message, highlight=False, soft_wrap=True)
 
 
@@ -602,8 +654,8 @@ def _plain_progress(description: str, total: int):
 
     def report() -> None:
         while not stop.wait(interval):
-            line = (f"invaudit{command}: {description} {state['done']}/{state['total']}, "
-                    f"{time.monotonic() - started:.0f} s elapsed\n")
+            count = "" if state["total"] is None else f" {state['done']}/{state['total']}"
+            line = f"invaudit{command}: {description}{count}, {time.monotonic() - started:.0f} s elapsed\n"
             try:
                 sys.stderr.write(line)
                 sys.stderr.flush()
@@ -624,11 +676,26 @@ def _plain_progress(description: str, total: int):
 
 
 @contextlib.contextmanager
+def working(description: str):
+    """Progress for a step that has no count (loading a model, preparing a solver): a transient
+    spinner on a terminal, a plain line at most every 10 s in a log, none for a quick step;
+    nothing with ``--quiet`` or ``INVAUDIT_NO_PROGRESS``. Never inside :func:`progress`."""
+    if os.environ.get("INVAUDIT_NO_PROGRESS") or _QUIET["on"]:
+        yield
+    elif not err_console.is_terminal:
+        with _plain_progress(description, None):
+            yield
+    else:
+        with err_console.status(description):
+            yield
+
+
+@contextlib.contextmanager
 def progress(description: str, total: int):
     """Progress on stderr; yields ``update(done, total)``. A bar on a terminal; otherwise a plain
     line at most every 10 s (``INVAUDIT_PROGRESS_INTERVAL``), none for quick runs.
-    ``INVAUDIT_NO_PROGRESS`` silences both."""
-    if os.environ.get("INVAUDIT_NO_PROGRESS"):
+    ``INVAUDIT_NO_PROGRESS`` and ``--quiet`` silence both."""
+    if os.environ.get("INVAUDIT_NO_PROGRESS") or _QUIET["on"]:
         yield lambda done, total=total: None
         return
     if not err_console.is_terminal:

@@ -1,8 +1,16 @@
-"""The one place where exceptions become exit codes (DESIGN.md: 0/1/2/3/4)."""
+"""The one place where exceptions become exit codes (DESIGN.md: 0/1/2/3/4).
+
+Beyond DESIGN.md's codes, two follow the shell's conventions: 128 + the signal's number when a
+signal ends the run (130 SIGINT, 143 SIGTERM: ``audit`` returns these itself) and 141 (128 +
+SIGPIPE) when the reader of stdout goes away (``invaudit ... | head``): nothing more is written,
+no message, no traceback, and exit code 1 stays "an audit check failed".
+"""
 
 from __future__ import annotations
 
+import errno
 import os
+import signal
 import sys
 import traceback
 
@@ -16,6 +24,41 @@ except ImportError:  # pragma: no cover - depends on the installed Typer
 from invaudit.errors import InvauditError
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_BAD_INPUT, EXIT_SOLVER = 0, 1, 2, 3, 4
+#: stdout closed under us: what a shell reports for a process killed by SIGPIPE.
+EXIT_CLOSED_PIPE = 128 + int(getattr(signal, "SIGPIPE", 13))
+
+
+def _closed_pipe(exc: BaseException | None) -> bool:
+    """True for the error of a write to a pipe whose reader is gone, or for an exception raised
+    while handling one (Click turns EPIPE into ``sys.exit(1)``)."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, BrokenPipeError) or (isinstance(exc, OSError) and exc.errno == errno.EPIPE):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's flush at exit has nowhere to fail (Python
+    would print "Exception ignored ... BrokenPipeError" and turn the exit code into 120)."""
+    try:
+        fd = sys.__stdout__.fileno() if sys.__stdout__ is not None else 1
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def usage_line(exc) -> str:
+    """A usage error in one line: ``invaudit margin: error: <what>; see 'invaudit margin -h'.``"""
+    ctx = getattr(exc, "ctx", None)
+    where = getattr(ctx, "command_path", None) or "invaudit"
+    message = exc.format_message().strip().replace("\n", " ").replace("Value error, ", "")
+    message = message[:-1] if message.endswith(".") else message
+    return f"{where}: error: {message}; see '{where} -h'.\n"
 
 
 def run_guarded(call) -> int:
@@ -23,7 +66,7 @@ def run_guarded(call) -> int:
     try:
         rv = call()
     except click_exceptions.UsageError as exc:  # includes BadParameter, NoSuchOption, MissingParameter
-        exc.show(file=sys.stderr)
+        sys.stderr.write(usage_line(exc))
         return EXIT_USAGE
     except (typer.Exit, getattr(click_exceptions, "Exit", typer.Exit)) as exc:
         return exc.exit_code
@@ -33,15 +76,33 @@ def run_guarded(call) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130
+    except SystemExit as exc:  # Click's answer to a closed pipe is sys.exit(1): not a failed check
+        if _closed_pipe(exc.__context__):
+            _silence_stdout()
+            return EXIT_CLOSED_PIPE
+        raise
     except InvauditError as exc:
+        if _closed_pipe(exc.__context__):
+            _silence_stdout()
+            return EXIT_CLOSED_PIPE
         sys.stderr.write(f"invaudit: error: {exc}\n")
         return exc.exit_code
-    except BrokenPipeError:  # `invaudit ... | head`
-        return EXIT_OK
+    except OSError as exc:
+        if not _closed_pipe(exc):
+            return _internal(exc)
+        _silence_stdout()
+        return EXIT_CLOSED_PIPE
     except Exception as exc:  # a bug: one line, the traceback only on request
-        if os.environ.get("INVAUDIT_DEBUG"):
-            traceback.print_exc()
-        sys.stderr.write(f"invaudit: internal error: {type(exc).__name__}: {exc} "
-                         "(set INVAUDIT_DEBUG=1 for the traceback)\n")
-        return EXIT_SOLVER
+        if _closed_pipe(exc):
+            _silence_stdout()
+            return EXIT_CLOSED_PIPE
+        return _internal(exc)
     return rv if isinstance(rv, int) else EXIT_OK
+
+
+def _internal(exc: BaseException) -> int:
+    if os.environ.get("INVAUDIT_DEBUG"):
+        traceback.print_exception(type(exc), exc, exc.__traceback__)
+    sys.stderr.write(f"invaudit: internal error: {type(exc).__name__}: {exc} "
+                     "(set INVAUDIT_DEBUG=1 for the traceback)\n")
+    return EXIT_SOLVER

@@ -83,7 +83,7 @@ def _options(tm, train_ds, *, scale, bounds, immutable, increase_only, decrease_
 
 def run_counterfactual(run, ds, train_ds, *, rows, target, confidence, norm, scale, bounds, immutable,
                        increase_only, decrease_only, integer, categorical_cost, seed, out, id_column, update,
-                       jobs=None, scheduler=None):
+                       jobs=None, scheduler=None, time_limit=None):
     """Counterfactuals for a typed-row model; returns ``(results, summary)``; ``jobs`` and
     ``scheduler`` as ``--jobs`` / ``--scheduler`` (identical answers)."""
     from invaudit.counterfactual.tabular import tabular_counterfactuals
@@ -93,6 +93,8 @@ def run_counterfactual(run, ds, train_ds, *, rows, target, confidence, norm, sca
                     decrease_only=decrease_only, integer=integer, categorical_cost=categorical_cost, seed=seed,
                     ds=ds)
     frame = ds.frame.iloc[rows].reset_index(drop=True)
+    if time_limit is not None:  # --time-limit (else the solver's own default)
+        opts["time_limit"] = float(time_limit)
     res = tabular_counterfactuals(tm, frame, target=target, confidence=confidence, norm=norm, progress=update,
                                   jobs=jobs, scheduler=scheduler, **opts)
     results = res.records(tm.classes, rows)
@@ -104,7 +106,7 @@ def run_counterfactual(run, ds, train_ds, *, rows, target, confidence, norm, sca
 
 
 def run_margin(run, ds, train_ds, *, rows, norm, scale, bounds, immutable, increase_only, decrease_only,
-               integer, categorical_cost, seed, out, id_column, update, jobs=None, scheduler=None):
+               integer, categorical_cost, seed, out, id_column, update, jobs=None, scheduler=None, time_limit=None):
     """Margins for a typed-row model; returns ``(bundle, records)``; the bundle has the columns
     :func:`invaudit.margins.summarize` reads, so both kinds of model share one summary."""
     from invaudit.margins._tabular import tabular_margins
@@ -115,6 +117,8 @@ def run_margin(run, ds, train_ds, *, rows, norm, scale, bounds, immutable, incre
                     ds=ds)
     frame = ds.frame.iloc[rows].reset_index(drop=True)
     y_index = None if ds.y_index is None else ds.y_index[rows]
+    if time_limit is not None:  # --time-limit (else the solver's own default)
+        opts["time_limit"] = float(time_limit)
     res = tabular_margins(tm, frame, norm=norm, labels_index=y_index, progress=update, jobs=jobs,
                           scheduler=scheduler, **opts)
     results = res.records(tm.classes, rows)

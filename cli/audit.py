@@ -18,7 +18,7 @@ from invaudit.io import envelope, write_atomic
 from invaudit.render import Format
 from invaudit.render.markdown import to_markdown
 
-from ._common import FormatOpt, JsonOut, emit_report, progress, warn
+from ._common import FormatOpt, JsonOut, Quiet, ReportSchemaOne, emit_report, progress, warn
 
 
 def audit(
@@ -31,6 +31,8 @@ def audit(
                                         "With --init: load MODEL so and write 'trust: true'.")] = False,
     format: FormatOpt = Format.table,
     json: JsonOut = None,
+    schema: ReportSchemaOne = None,
+    quiet: Quiet = False,
 ) -> int:
     """Run a suite of checks; exit 0 when all pass, 1 when any fails.
 

@@ -19,7 +19,7 @@ from invaudit.render import Format
 
 from ._common import (Bounds, ConstraintOpts, FormatOpt, JsonOut, CategoricalCost, IdColumn, IntegerCols, LabelColumn, Labels, OutPoints, ModelArg, Norm,
                       ReportSchema, Rows, Run, Scale, Seed, Sha256, Trust, build_constraints, check_out_path, counterfactual_summary, note, progress,
-                      resolve_labels, write_points, RunTimeLimit, TimeLimit)
+                      resolve_labels, write_points, Quiet, RunTimeLimit, TimeLimit)
 from ._parallel_opts import Jobs, Scheduler
 
 
@@ -59,6 +59,7 @@ def counterfactual(
     format: FormatOpt = Format.table,
     json: JsonOut = None,
     schema: ReportSchema = None,
+    quiet: Quiet = False,
 ) -> None:
     """Find the closest point the model assigns to --target (exact for linear models)."""
     from invaudit.counterfactual import counterfactuals_with_extras
@@ -71,12 +72,15 @@ def counterfactual(
     run = Run("counterfactual", model, trust=trust, sha256=sha256)
     form = run.form
     if run.tabular is not None:
+        if run_time_limit is not None:
+            raise InputError("--run-time-limit applies to tree ensembles and black boxes; this model reads typed "
+                             "rows, whose search --time-limit bounds per row.")
         return _typed_rows(run, data, train, target=target, confidence=confidence, norm=norm, scale=scale,
                            immutable=immutable, increase_only=increase_only, decrease_only=decrease_only,
                            bounds=bounds, start=start, manifold=manifold, seed=seed, rows=rows,
                            label_column=label_column, id_column=id_column, integer=integer,
                            categorical_cost=categorical_cost, out=out, format=format, json=json,
-                           jobs=jobs, scheduler=scheduler, schema=schema)
+                           jobs=jobs, scheduler=scheduler, schema=schema, time_limit=time_limit)
     if integer is not None:
         raise InputError("--integer applies to models that read typed rows (a ColumnTransformer pipeline).")
     train_ds = run.data(train, label_column=label_column, id_column=id_column, primary=False) if train is not None else None
@@ -133,7 +137,7 @@ def counterfactual(
 
 def _typed_rows(run, data, train, *, target, confidence, norm, scale, immutable, increase_only, decrease_only,
                 bounds, start, manifold, seed, rows, label_column, id_column, integer, categorical_cost, out,
-                format, json, jobs=None, scheduler=None, schema=None) -> None:
+                format, json, jobs=None, scheduler=None, schema=None, time_limit=None) -> None:
     """A model that reads typed rows (categories, blanks): answers in the input's own columns."""
     from ._tabular import run_counterfactual
 
@@ -153,11 +157,11 @@ def _typed_rows(run, data, train, *, target, confidence, norm, scale, immutable,
             run, ds, train_ds, rows=row_ids, target=tgt, confidence=confidence, norm=norm.value,
             scale=scale.value, bounds=bounds.value, immutable=immutable, increase_only=increase_only,
             decrease_only=decrease_only, integer=integer, categorical_cost=categorical_cost, seed=seed,
-            out=out, id_column=id_column, update=update, jobs=jobs, scheduler=scheduler)
+            out=out, id_column=id_column, update=update, jobs=jobs, scheduler=scheduler, time_limit=time_limit)
     params = {"target": target, "confidence": confidence, "norm": norm.value, "scale": scale.value,
               "immutable": immutable, "increase_only": increase_only, "decrease_only": decrease_only,
               "bounds": bounds.value, "train": None if train is None else str(train), "rows": rows,
-              "seed": seed, "integer": integer, "categorical_cost": categorical_cost,
+              "seed": seed, "integer": integer, "categorical_cost": categorical_cost, "time_limit": time_limit,
               "distance": "numeric columns in the norm (scaled by --scale), plus categorical_cost for each "
                           "changed categorical column, combined in the same norm"}
     # --schema 2: typed rows keep their short per-column lists (the /2 schema allows them)

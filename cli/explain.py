@@ -13,7 +13,7 @@ from invaudit.explain import DEFAULT_ITERATIONS, DEFAULT_MAX_EXPLANATIONS
 from invaudit.io import parse_rows, write_atomic
 from invaudit.render import Format
 
-from ._common import FormatOpt, JsonOut, IdColumn, LabelColumn, Labels, ModelArg, Rows, Run, Seed, Sha256, Trust, note, progress
+from ._common import FormatOpt, JsonOut, IdColumn, LabelColumn, Labels, ModelArg, Quiet, ReportSchemaOne, Rows, Run, Seed, Sha256, Trust, note, progress
 from ._parallel_opts import Jobs, Scheduler
 
 
@@ -39,6 +39,8 @@ def explain(
     sha256: Sha256 = None,
     format: FormatOpt = Format.table,
     json: JsonOut = None,
+    schema: ReportSchemaOne = None,
+    quiet: Quiet = False,
 ) -> None:
     """Find several minimal sufficient explanations per row and a causal responsibility map."""
     from invaudit.explain import explain_rows, parse_shape, records, resolve_baseline, summary

@@ -12,7 +12,7 @@ from invaudit.errors import InputError
 from invaudit.io import parse_rows
 from invaudit.render import Format
 
-from ._common import FormatOpt, JsonOut, IdColumn, LabelColumn, Labels, ModelArg, Run, Sha256, Trust, note, progress
+from ._common import FormatOpt, JsonOut, IdColumn, LabelColumn, Labels, ModelArg, Quiet, ReportSchemaOne, Run, Sha256, Trust, note, progress, working
 from ._parallel_opts import Jobs, Scheduler
 
 
@@ -61,6 +61,8 @@ def influence(
     sha256: Sha256 = None,
     format: FormatOpt = Format.table,
     json: JsonOut = None,
+    schema: ReportSchemaOne = None,
+    quiet: Quiet = False,
 ) -> None:
     """Rank training rows by how much each test row's loss would change without them."""
     from invaudit.influence import build_objective
@@ -90,7 +92,8 @@ def influence(
         from invaudit.influence import build_neighbors_objective as build_objective
     if getattr(form, "kind", None) == "quadratic":  # exact leave-one-out (influence/_quadratic.py)
         from invaudit.influence import build_quadratic_objective as build_objective
-    obj = build_objective(form, X_train, tr.y_index)
+    with working("preparing the training objective"):
+        obj = build_objective(form, X_train, tr.y_index)
     for n in obj.notes:
         note(n)
     with progress("influence", len(rows)) as update:

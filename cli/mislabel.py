@@ -14,7 +14,7 @@ from invaudit.errors import InputError
 from invaudit.io import write_atomic
 from invaudit.render import Format
 
-from ._common import FormatOpt, JsonOut, IdColumn, LabelColumn, Labels, ModelArg, Run, Seed, Sha256, Trust, note, progress, warn
+from ._common import FormatOpt, JsonOut, IdColumn, LabelColumn, Labels, ModelArg, Quiet, ReportSchemaOne, Run, Seed, Sha256, Trust, note, progress, warn, working
 from ._parallel_opts import Jobs, Scheduler
 
 
@@ -148,6 +148,8 @@ def mislabel(
     sha256: Sha256 = None,
     format: FormatOpt = Format.table,
     json: JsonOut = None,
+    schema: ReportSchemaOne = None,
+    quiet: Quiet = False,
 ) -> None:
     """Rank training rows by how likely their label is wrong."""
     from invaudit.triage import found_curve, rank_mislabels
@@ -187,12 +189,14 @@ def mislabel(
         # a KNN's own out-of-sample vote for each row is an exact leave-one-out (influence/_neighbors.py)
         from invaudit.influence._neighbors import loo_mislabel_ranking
 
-        ranking = loo_mislabel_ranking(form, X, ds.y_index)
+        with working("ranking (leave-one-out votes)"):
+            ranking = loo_mislabel_ranking(form, X, ds.y_index)
     elif getattr(form, "kind", None) == "quadratic" and method in ("auto", "loo-loss") and _closed_form_loo(form):
         # GaussianNB / QDA refitted without each row in closed form: the exact leave-one-out loss
         from invaudit.influence._quadratic import loo_mislabel_ranking
 
-        ranking = loo_mislabel_ranking(form, X, ds.y_index)
+        with working("ranking (closed-form leave-one-out)"):
+            ranking = loo_mislabel_ranking(form, X, ds.y_index)
     else:
         with progress("ranking", folds) as update:
             ranking = rank_mislabels(form, X, ds.y_index, method=method,

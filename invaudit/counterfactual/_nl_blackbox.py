@@ -15,9 +15,17 @@
 
 Every returned point is confirmed by the estimator's own ``predict`` (and ``predict_proba``);
 ``exact`` is always False and there is no lower bound.
+
+**Time limit.** Rows are searched together (one ``predict`` per step for all of them), so a time
+limit stops the batch: the segments of step 1 always run (they give the first verified answers),
+then the local search stops at the first round that starts after the limit; a row still being
+improved then keeps its best verified point, and its ``method`` and ``backing`` say that the limit
+stopped it and after how many rounds. Without a limit the search is deterministic for a seed.
 """
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 
@@ -48,26 +56,43 @@ def row_rng(seed: int, x: np.ndarray):
 
 def local_search(prob: Problem, B: np.ndarray, dB: np.ndarray, *, rounds: int = 25,
                  n_proposals: int = 12, steps: int = 14, progress=None, offset: int = 0,
-                 total=None, per_row_rng: bool = False):
+                 total=None, per_row_rng: bool = False, stop_at: float | None = None):
     """Improve verified target points ``B`` (``dB`` their distances; NaN / inf rows skipped) by the
     local search of the module docstring. Returns the improved ``(B, dB)``.
 
     ``per_row_rng``: every row draws from its own generator (:func:`row_rng`), so a row's answer
-    does not depend on the batch; still one ``predict`` per round for all rows."""
+    does not depend on the batch; still one ``predict`` per round for all rows. ``stop_at``: a
+    ``time.perf_counter()`` value after which no new round starts."""
+    B, dB, _, _ = _local_search(prob, B, dB, rounds=rounds, n_proposals=n_proposals, steps=steps,
+                                progress=progress, offset=offset, total=total, per_row_rng=per_row_rng,
+                                stop_at=stop_at)
+    return B, dB
+
+
+def _local_search(prob: Problem, B: np.ndarray, dB: np.ndarray, *, rounds: int, n_proposals: int,
+                  steps: int, progress, offset: int, total, per_row_rng: bool, stop_at):
+    """:func:`local_search`, also returning the rounds run and a mask of the rows the time limit
+    stopped while they were still being improved: ``(B, dB, rounds_run, cut)``."""
     X0 = prob.X
     n, D = X0.shape
     w = prob.weights
     rng = np.random.default_rng(prob.seed)
     B = B.copy()
     dB = dB.copy()
+    cut = np.zeros(n, dtype=bool)
     rows = np.flatnonzero(np.isfinite(dB) & (dB > 0))
     if len(rows) == 0:
-        return B, dB
+        return B, dB, 0, cut
     rngs = {int(i): row_rng(prob.seed, X0[i]) for i in rows} if per_row_rng else None
     sigma = 0.3 * dB[rows]
     Q = n_proposals
     half = Q // 2
+    run = 0
     for rd in range(rounds):
+        if stop_at is not None and time.perf_counter() >= stop_at:
+            cut[rows] = True  # still improving when the time ran out
+            break
+        run = rd + 1
         m = len(rows)
         x0 = X0[rows]
         b = B[rows]
@@ -113,7 +138,7 @@ def local_search(prob: Problem, B: np.ndarray, dB: np.ndarray, *, rounds: int = 
             progress(offset + rd + 1, total)
         if len(rows) == 0:
             break
-    return B, dB
+    return B, dB, run, cut
 
 
 def _random_endpoints(prob: Problem, rows, rng, tries: int = 16, doublings: int = 12):
@@ -143,8 +168,17 @@ def _random_endpoints(prob: Problem, rows, rng, tries: int = 16, doublings: int 
 
 
 def solve_blackbox(prob: Problem, *, n_endpoints: int = 8, rounds: int = 25,
-                   progress_offset: int = 0, progress_total=None) -> Answers:
-    """Closest verified counterfactual found by queries (module docstring)."""
+                   progress_offset: int = 0, progress_total=None, time_limit: float | None = None,
+                   deadline: float | None = None) -> Answers:
+    """Closest verified counterfactual found by queries (module docstring).
+
+    ``time_limit``: seconds for the search of these rows (together); ``deadline``: a
+    ``time.perf_counter()`` value for the whole run. Either stops the local search (module
+    docstring, "Time limit"); None for both: the full search."""
+    started = time.perf_counter()
+    stop_at = None if time_limit is None else started + max(float(time_limit), 0.0)
+    if deadline is not None:
+        stop_at = float(deadline) if stop_at is None else min(stop_at, float(deadline))
     n, D = prob.X.shape
     ans = Answers(n, D)
     if n == 0:
@@ -172,17 +206,22 @@ def solve_blackbox(prob: Problem, *, n_endpoints: int = 8, rounds: int = 25,
     def report(done, _total):  # rounds -> rows, for a progress bar over rows
         prob.progress(progress_offset + (n * done) // rounds, total)
 
-    B, dB = local_search(prob, B, dB, rounds=rounds,
-                         progress=report if prob.progress is not None else None, total=rounds)
+    B, dB, run, cut = _local_search(prob, B, dB, rounds=rounds, n_proposals=12, steps=14,
+                                    progress=report if prob.progress is not None else None, offset=0,
+                                    total=rounds, per_row_rng=False, stop_at=stop_at)
     if prob.progress is not None:
         prob.progress(progress_offset + n, total)
     have = np.isfinite(dB)
     ok = np.zeros(n, dtype=bool)
     if np.any(have):
         ok[have] = qualifies(prob.form, B[have], prob.target[have], prob.P)[0]
-    ans.offer(np.flatnonzero(ok), B[ok], dB[ok], prob.target[ok], "segment-bisection+local-search",
-              exact=False, iters=rounds,
-              backing="verified by the estimator; an upper bound from queries (no lower bound)")
+    method = np.full(n, "segment-bisection+local-search", dtype=object)
+    backing = np.full(n, "verified by the estimator; an upper bound from queries (no lower bound)", dtype=object)
+    stopped = f"the time limit stopped the search after {run} of {rounds} rounds"
+    method[cut] = f"segment-bisection+local-search ({stopped})"
+    backing[cut] = backing[cut] + "; " + stopped
+    ans.offer(np.flatnonzero(ok), B[ok], dB[ok], prob.target[ok], method[ok],
+              exact=False, iters=run if cut.any() else rounds, backing=backing[ok])
     ans.fail(np.flatnonzero(~ok), "no point of the target class was found by queries "
              "(pass --train so that reference rows of that class can be searched toward)",
              method="segment-bisection+local-search")

@@ -285,6 +285,7 @@ def _counterfactuals(form, X, *, target, confidence, norm, constraints, X_train,
     # a row whose every feature is frozen cannot move: certified unreachable, for every form
     frozen = np.all(cons.lower == cons.upper, axis=1) & ~already if n else np.zeros(0, dtype=bool)
     todo = np.flatnonzero(~already & ~frozen)
+    given_limit = time_limit  # black boxes: only a limit the caller gave stops their (bounded) search
     if time_limit is None:
         from invaudit.margins._trees import DEFAULT_TIME_LIMIT as time_limit
     import time
@@ -292,6 +293,11 @@ def _counterfactuals(form, X, *, target, confidence, norm, constraints, X_train,
     opts = dict(time_limit=float(time_limit), max_binaries=int(max_milp_binaries),
                 n_starts=max(1, int(n_starts)),
                 run_deadline=None if run_time_limit is None else time.perf_counter() + float(run_time_limit))
+    # black boxes search their rows together: a limit the caller gave ends the whole call (every
+    # candidate class of target "other" included), as the run's deadline does
+    stops = [t for t in (opts["run_deadline"], None if given_limit is None else time.perf_counter() + float(given_limit))
+             if t is not None]
+    opts["blackbox_deadline"] = min(stops) if stops else None
 
     if manifold is not None:
         from invaudit.counterfactual._nl_manifold import solve_manifold
@@ -360,7 +366,8 @@ def _solve_form(prob: Problem, opts: dict, offset: int, total: int):
                            run_deadline=opts.get("run_deadline")), None
     from invaudit.counterfactual._nl_blackbox import solve_blackbox
 
-    return solve_blackbox(prob, progress_offset=offset, progress_total=total), None
+    return solve_blackbox(prob, progress_offset=offset, progress_total=total,
+                          deadline=opts.get("blackbox_deadline")), None
 
 
 def _scatter(a: Answers, rows, n: int, d: int) -> Answers:

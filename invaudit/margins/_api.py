@@ -54,13 +54,14 @@ def margins(
     time_limit : float, optional
         Tree ensembles: seconds per row for the anytime search and the MILP together (HiGHS);
         when it runs out the best verified point found is the answer, with a proven lower bound
-        (default ``invaudit.margins._trees.DEFAULT_TIME_LIMIT``).
+        (default ``invaudit.margins._trees.DEFAULT_TIME_LIMIT``). Black boxes: seconds for the
+        search of all rows together (they are searched together); None: no limit.
     max_milp_binaries : int
         Ensembles with more binary variables than this are not sent to the MILP (anytime search
         and bounds only).
     run_time_limit : float, optional
         Tree ensembles: seconds for the whole call; rows started after it get the anytime search
-        only (still verified answers).
+        only (still verified answers). Black boxes: stops their search as ``time_limit`` does.
     attack_iterations : int
         DeepFool-style steps for networks.
     n_candidates : int
@@ -162,6 +163,6 @@ def margins(
         from invaudit.margins._blackbox import solve_blackbox
 
         out = solve_blackbox(form, prob, X_train=X_train, seed=seed, n_candidates=n_candidates,
-                             progress=progress)
+                             progress=progress, time_limit=time_limit, run_time_limit=run_time_limit, refine=True)
     predicted = out.pop("predicted_index", prob.pred)
     return MarginBatch(norm=norm, predicted_index=predicted, label_index=y_index, **out)
