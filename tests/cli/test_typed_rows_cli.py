@@ -134,13 +134,16 @@ def test_whole_number_columns_of_data_stay_whole_without_train(invaudit, validat
 def test_margins_in_the_users_columns(invaudit, validate, credit, name):
     d, test = credit
     out = d / f"adv_{name}.csv"
+    # the forest's verified search costs ~1 s of CPU per row (the pipeline's predict on small
+    # frames: the product's cost, see the test suite notes): five rows of it, ten of the linear model
+    last = 9 if name == "logreg" else 4
     r = invaudit("margin", d / f"{name}.joblib", d / "test.csv", "--trust", "--label-column", "approved",
-                 "--id-column", "customer", "--rows", "0-9", "--format", "json", "--out", out,
+                 "--id-column", "customer", "--rows", f"0-{last}", "--format", "json", "--out", out,
                  "--train", d / "train.csv", "--norm", "l1" if name == "logreg" else "l2")
     assert "kept whole: age, n_loans" in r.err
     assert r.code == 0, r.err
     rep = validate(r.json())
-    assert rep["summary"]["n_rows"] == 10
+    assert rep["summary"]["n_rows"] == last + 1
     if name == "logreg":  # integer columns in l1: a MILP per category choice, exact
         assert all(x["exact"] for x in rep["results"] if x["margin"] is not None)
     else:

@@ -49,6 +49,23 @@ def test_l2_against_slsqp(seed, d, box, frozen, scaled, conf):
             assert r.status[i] == "infeasible" and ref is None, (r.status[i], ref)
 
 
+def test_the_slsqp_reference_counts_only_feasible_points():
+    """Seed 4531805 (2 features, one frozen, the free one weighted ~1e-3, confidence 0.7): SLSQP
+    stopped 1e-7 outside the log-probability constraint, which there is 2e-4 short of the optimum
+    at a distance of ~982, and the reference (which accepted points 1e-7 outside) refuted a
+    correct exact answer. Reference points now satisfy every constraint exactly."""
+    seed = 4531805
+    form, X, cons = _problem(seed, 2, False, True, False)
+    t = 1 - form.predict_index(X)
+    r = counterfactuals(form, X, target=t, confidence=0.7, constraints=cons)
+    _check_found(form, r, X, cons, t, 0.7)
+    for i in range(len(X)):
+        ref = ref_l2(form.W, form.b, X[i], t[i], 0.7, cons.lower[i], cons.upper[i], cons.weights,
+                     starts=4, seed=seed % 1000)
+        assert r.status[i] == "found" and r.exact[i] and ref is not None
+        assert r.distance[i] <= ref * (1 + 1e-7) + 1e-9
+
+
 @settings(max_examples=60, deadline=None)
 @given(seed=SEEDS, d=st.integers(1, 6), box=st.booleans(), frozen=st.booleans(),
        scaled=st.booleans(), norm=st.sampled_from(["l1", "linf"]))
