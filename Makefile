@@ -23,8 +23,10 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 demo: $(VENV)/.installed
 	@bash $(S)/demo.sh $(INV)
 
+# The suite runs on every core (at most 4 workers; one test file per worker keeps module fixtures
+# shared); `$(BIN)/python -m pytest tests/x.py` runs one file serially.
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile
 
 # Rebuild the bundled sample models and data (deterministic; the outputs are committed).
 samples: $(VENV)/.installed
