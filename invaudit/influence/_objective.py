@@ -146,17 +146,9 @@ class _LightPre:
         X = np.asarray(X)
         if X.dtype != np.float64 or X.ndim != 2 or not np.isfinite(X).all():
             return self.real.transform(X)
-        Z = np.array(X, dtype=np.float64)  # each scaler's copy (order kept)
-        for op, a in self._ops:
-            if op == "sub":
-                Z -= a
-            elif op == "div":
-                Z /= a
-            elif op == "mul":
-                Z *= a
-            else:
-                Z += a
-        return Z
+        from invaudit.models._light_linear import replay_scalers
+
+        return replay_scalers(self._ops, X)
 
 
 def _real_parts(obj):

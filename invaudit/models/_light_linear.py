@@ -158,18 +158,40 @@ class LightLinearForm(LinearForm):
 
     def describe(self) -> dict:
         """As :meth:`ModelForm.describe`, with the estimator's name read from the light state."""
-        return {
-            "estimator": light_estimator_name(self.light),
-            "form": self.kind,
-            "classes": [to_jsonable(c) for c in self.classes],
-            "n_features": int(self.n_features),
-            "feature_names": None if self.feature_names is None else list(self.feature_names),
-            "preprocessing": list(self.preprocessing),
-        }
+        return light_describe(self)
 
 
 def _plain_form(fields: dict) -> LinearForm:
     return LinearForm(**fields)
+
+
+def light_describe(form) -> dict:
+    """:meth:`ModelForm.describe` of a form built from a light state (its ``light`` attribute):
+    the same fields, with the estimator's name read from that state instead of the estimator."""
+    return {
+        "estimator": light_estimator_name(form.light),
+        "form": form.kind,
+        "classes": [to_jsonable(c) for c in form.classes],
+        "n_features": int(form.n_features),
+        "feature_names": None if form.feature_names is None else list(form.feature_names),
+        "preprocessing": list(form.preprocessing),
+    }
+
+
+def replay_scalers(steps, X) -> np.ndarray:
+    """The affine scalers' ``transform`` replayed as scikit-learn computes it: a float64 copy of
+    ``X`` (each scaler copies), then each ``(op, array)`` of ``steps`` in place, in order."""
+    Z = np.array(X, dtype=np.float64)
+    for op, a in steps:
+        if op == "sub":
+            Z -= a
+        elif op == "div":
+            Z /= a
+        elif op == "mul":
+            Z *= a
+        else:
+            Z += a
+    return Z
 
 
 def light_estimator_name(obj) -> str:
@@ -325,16 +347,7 @@ def _plan(root) -> Optional[_Plan]:
 def _mirror_scores(plan: _Plan, X) -> np.ndarray:
     Z = np.asarray(X, dtype=np.float64)
     if plan.steps:
-        Z = np.array(Z, dtype=np.float64)  # each scaler's copy (order kept)
-        for op, a in plan.steps:
-            if op == "sub":
-                Z -= a
-            elif op == "div":
-                Z /= a
-            elif op == "mul":
-                Z *= a
-            else:
-                Z += a
+        Z = replay_scalers(plan.steps, Z)
     scores = Z @ plan.coef.T + plan.intercept
     return scores.reshape(-1) if scores.shape[1] == 1 else scores
 

@@ -30,7 +30,7 @@ from typing import Optional
 
 import numpy as np
 
-from .base import DifferentiableForm, TreeBoxes, TreesForm, to_jsonable
+from .base import DifferentiableForm, TreeBoxes, TreesForm
 
 __all__ = ["LightDifferentiableForm", "LightTreesForm", "light_form"]
 
@@ -74,16 +74,9 @@ class _Lazy:
 
     def describe(self) -> dict:
         """As :meth:`ModelForm.describe`, with the estimator's name read from the light state."""
-        from ._light_linear import light_estimator_name
+        from ._light_linear import light_describe
 
-        return {
-            "estimator": light_estimator_name(self.light),
-            "form": self.kind,
-            "classes": [to_jsonable(c) for c in self.classes],
-            "n_features": int(self.n_features),
-            "feature_names": None if self.feature_names is None else list(self.feature_names),
-            "preprocessing": list(self.preprocessing),
-        }
+        return light_describe(self)
 
     # --- the estimator's own answers, mirrored where they can be exactly ------------------------
 
