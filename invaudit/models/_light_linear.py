@@ -30,8 +30,9 @@ __all__ = ["LightLinearForm", "light_form", "light_estimator_name", "is_light", 
 _LAZY = object()
 
 
-class LightLinearForm(LinearForm):
-    """A :class:`LinearForm` whose estimator is unpickled only when read.
+class LazyEstimator:
+    """The estimator of a form built from a light state: unpickled when first read
+    (``LoadedModel.estimator``). Mixed in before the form's class (linear, network, trees).
 
     ``light`` is the root :class:`~invaudit.io._light.LightObject` the form was built from.
     """
@@ -48,6 +49,15 @@ class LightLinearForm(LinearForm):
     def estimator(self, value):  # the dataclass __init__ (None: lazy) or dataclasses.replace
         if value is not None:
             self.__dict__["_estimator"] = value
+
+    @property
+    def estimator_loaded(self) -> bool:
+        """Whether the real estimator has been unpickled yet."""
+        return "_estimator" in self.__dict__ or self._loaded.is_loaded
+
+
+class LightLinearForm(LazyEstimator, LinearForm):
+    """A :class:`LinearForm` whose estimator is unpickled only when read."""
 
     @property
     def final_estimator(self):
@@ -71,11 +81,6 @@ class LightLinearForm(LinearForm):
 
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(LinearForm) if f.init}
         return (_plain_form, (fields,))
-
-    @property
-    def estimator_loaded(self) -> bool:
-        """Whether the real estimator has been unpickled yet."""
-        return "_estimator" in self.__dict__ or self._loaded.is_loaded
 
     def influence_support(self):
         """:func:`invaudit.influence.supports` of this form, from the saved state: ``"logistic"``

@@ -30,6 +30,7 @@ from typing import Optional
 
 import numpy as np
 
+from ._light_linear import LazyEstimator, light_describe
 from .base import DifferentiableForm, TreeBoxes, TreesForm
 
 __all__ = ["LightDifferentiableForm", "LightTreesForm", "light_form"]
@@ -43,25 +44,8 @@ _FORESTS = {("sklearn.ensemble._forest", "RandomForestClassifier"),
 _LABEL_BINARIZER = ("sklearn.preprocessing._label", "LabelBinarizer")
 
 
-class _Lazy:
-    """The estimator of a light form: unpickled when first read (``LoadedModel.estimator``)."""
-
-    light = None
-    _loaded = None
-
-    @property
-    def estimator(self):
-        value = self.__dict__.get("_estimator", _LAZY)
-        return self._loaded.estimator if value is _LAZY else value
-
-    @estimator.setter
-    def estimator(self, value):  # the dataclass __init__ passes None: lazy
-        if value is not None:
-            self.__dict__["_estimator"] = value
-
-    @property
-    def estimator_loaded(self) -> bool:
-        return "_estimator" in self.__dict__ or self._loaded.is_loaded
+class _Lazy(LazyEstimator):
+    """A light network or trees form (the estimator unpickled when first read)."""
 
     def __reduce__(self):
         # to a worker that is not forked (loky, Dask): the full form of the real estimator, which
@@ -74,8 +58,6 @@ class _Lazy:
 
     def describe(self) -> dict:
         """As :meth:`ModelForm.describe`, with the estimator's name read from the light state."""
-        from ._light_linear import light_describe
-
         return light_describe(self)
 
     # --- the estimator's own answers, mirrored where they can be exactly ------------------------
