@@ -47,9 +47,6 @@ import warnings
 from typing import Callable, Optional
 
 import numpy as np
-from scipy import linalg
-from scipy.linalg import lapack
-from scipy.special import log_softmax, logsumexp
 
 from invaudit.errors import InputError, SolverError, UnsupportedModelError
 from invaudit.models.affine import fold_affine, is_affine_step
@@ -612,7 +609,7 @@ class LogisticObjective(Objective):
         if self.M == 1:
             sign = np.where(y == 1, 1.0, -1.0)
             return np.logaddexp(0.0, -sign * eta[:, 0])
-        return logsumexp(eta, axis=1) - eta[np.arange(eta.shape[0]), y]
+        return _logsumexp(eta, axis=1) - eta[np.arange(eta.shape[0]), y]
 
     def losses(self, X, y) -> np.ndarray:
         """Log loss of each row at the fitted parameters."""
@@ -1209,15 +1206,15 @@ class LogisticObjective(Objective):
         remaining training rows (renumbered ``0..n-m-1`` in their original order)."""
         keep = np.ones(self.n_rows, dtype=bool)
         keep[np.asarray(rows, dtype=np.intp)] = False
-        fitted = self._refit_by_chord(keep)
+        Zt = self.Zt[keep]  # the kept rows' features as this objective has them
+        fitted = self._refit_by_chord(keep, Zt=Zt)
         if fitted is None:
             fitted = self.refit_without(rows, tol=tol)
-        Zt = self.Zt[keep]  # the kept rows' features as this objective has them
         Z = Zt[:, :self.D] if self.fit_intercept else Zt
         return LogisticObjective(self.form, self.X[keep], self.y[keep], final=fitted, _features=(Z, Zt))
 
     def _refit_by_chord(self, keep, *, gtol: float = 1e-12, max_iter: int = 150,
-                        max_refresh: int = 8):
+                        max_refresh: int = 8, Zt=None):
         """The estimator refitted on the rows ``keep`` by Newton-chord iterations: from the
         fitted parameters, ``theta <- theta - H_hat^-1 grad F_keep(theta)`` starting with the
         Hessian of the kept rows at the fitted parameters (:meth:`_kept_hessian`: the removed
@@ -1238,16 +1235,16 @@ class LogisticObjective(Objective):
         if np.unique(y).size != self.K:
             return None
         s, _ = _row_weights(self.estimator, y, self.K, self.classes)
-        Zt = self.Zt[keep]
+        Zt = self.Zt[keep] if Zt is None else Zt  # ``Zt``: the caller's copy of those rows
         Theta = self.Theta.copy()
         scale = s.sum()
         # the gradient's own rounding floor grows with the features' magnitude
         gtol = max(gtol, 64 * np.finfo(np.float64).eps * float(np.max(np.abs(Zt), initial=1.0)))
         prev = first = np.inf
         solve = self.solve
-        chol = self._kept_hessian(keep)
-        if chol is not None:
-            solve = functools.partial(_cholesky_solve, chol)
+        kept = self._kept_hessian(keep)
+        if kept is not None:
+            solve = kept
         grad = _ChordGradient(self, Zt, y, s)
         refreshed = 0
         hist_x, hist_f = [], []  # Anderson acceleration's recent iterates and chord steps
@@ -1272,10 +1269,9 @@ class LogisticObjective(Objective):
                         H = self.hessian(s, (p1 * (1.0 - p1))[:, None, None], Zt)
                     else:
                         H = self._pair_hessian(s, True, Zt=Zt, p=pr)
-                    chol = _cholesky(H)
-                    if chol is None:
+                    solve = _spd_solver(H)
+                    if solve is None:
                         return None
-                    solve = functools.partial(_cholesky_solve, chol)
                     refreshed += 1
                     hist_x, hist_f = [], []  # steps of the old chord matrix
             prev = gmax
@@ -1310,7 +1306,7 @@ class LogisticObjective(Objective):
         return est
 
     def _kept_hessian(self, keep):
-        """The Cholesky factor of ``H_hat`` on the rows ``keep`` at the fitted parameters
+        """A solver (:func:`_spd_solver`) with ``H_hat`` on the rows ``keep`` at the fitted parameters
         (row weights as fitted), or None (no explicit ``H_hat``, or not positive definite):
         ``H_hat`` minus the removed rows' blocks when they are the smaller part, else the kept
         rows' blocks summed afresh. Only a chord matrix: its accuracy sets how fast
@@ -1329,7 +1325,7 @@ class LogisticObjective(Objective):
             H = np.subtract(self._H, H, out=H)
         else:
             H = self._penalise(H, True)
-        return _cholesky(H)
+        return _spd_solver(H)
 
     def refit_without(self, rows, *, tol: float = 1e-10, max_iter: Optional[int] = None,
                       X_override=None):
@@ -1540,7 +1536,7 @@ class _SoftmaxShifts:
         log-sum-exp."""
         T, K1, c = Zt.shape[0], self.K1, self.width
         A = np.ascontiguousarray(Zt[:, self.live])
-        p = np.exp(log_softmax(eta, axis=1))
+        p = np.exp(_log_softmax(eta, axis=1))
         p_other, p_r = np.ascontiguousarray(p[:, :-1]), p[:, -1:]
         t = np.arange(T)
         other = y < K1
@@ -1572,8 +1568,8 @@ class _SoftmaxShifts:
             Bj = self.chunks[j].reshape(K1, c, -1)[:, :b - a]
             x = np.einsum("td,kid->tki", Zt[rows_t][:, self.live], Bj)
             x = np.concatenate([x, np.zeros((rows_t.size, 1, b - a))], axis=1)
-            ref = (logsumexp(x + eta[rows_t][:, :, None], axis=1)
-                   - logsumexp(eta[rows_t], axis=1)[:, None] - x[np.arange(rows_t.size), y[rows_t]])
+            ref = (_logsumexp(x + eta[rows_t][:, :, None], axis=1)
+                   - _logsumexp(eta[rows_t], axis=1)[:, None] - x[np.arange(rows_t.size), y[rows_t]])
             sub[rows_t] = np.where(fix[rows_t], ref, sub[rows_t])
         return out
 
@@ -1749,20 +1745,35 @@ class NetworkObjective(Objective):
 # helpers
 # =============================================================================================
 
+#: Up to this many parameters the explicit inverse is numpy's (LU, ~2.3 P^3 flops with the
+#: Cholesky test) and no scipy is imported (the ~0.3 s import is then most of the cost); above,
+#: scipy's LAPACK ``potrf`` + ``potri`` (P^3 flops: 1.6 s less at P = 4,000).
+_NUMPY_INVERSE_MAX = 2000
+
+
 def _inverse(H: np.ndarray) -> tuple[np.ndarray, bool]:
-    """``(H^-1, False)`` by Cholesky for a well-conditioned SPD ``H`` (LAPACK ``potrf`` then
-    ``potri``: the inverse from the factor, a third of the work of solving against the
-    identity); otherwise the pseudo-inverse on the eigenvectors with eigenvalues above
-    ``1e-10 * max`` and ``True`` (a singular Hessian: every gradient lies in the data's span,
-    where it is exact)."""
-    c, info = lapack.dpotrf(H, lower=1, clean=1)  # clean: zeros above the diagonal
-    if info == 0:
-        d = np.abs(np.diag(c))
-        if d.min() ** 2 > 1e-12 * d.max() ** 2:
-            inv, info = lapack.dpotri(c, lower=1, overwrite_c=1)  # writes the lower triangle
-            if info == 0:
-                return _symmetric_from_triangle(inv), False
-    lam, V = linalg.eigh(H, check_finite=False)
+    """``(H^-1, False)`` for a well-conditioned SPD ``H`` (a Cholesky factor whose pivot ratio
+    is above ``1e-6``; up to ``_NUMPY_INVERSE_MAX`` parameters numpy's LU inverse, symmetrised,
+    above LAPACK ``potri`` from the factor); otherwise the pseudo-inverse on the eigenvectors
+    with eigenvalues above ``1e-10 * max`` and ``True`` (a singular Hessian: every gradient lies
+    in the data's span, where it is exact). A LogisticRegression with up to
+    ``_NUMPY_INVERSE_MAX`` parameters (K = 10 classes on 100 features) imports no scipy."""
+    if H.shape[0] > _NUMPY_INVERSE_MAX:
+        from scipy.linalg import lapack
+
+        c, info = lapack.dpotrf(H, lower=1, clean=1)  # clean: zeros above the diagonal
+        if info == 0:
+            d = np.abs(np.diag(c))
+            if d.min() ** 2 > 1e-12 * d.max() ** 2:
+                inv, info = lapack.dpotri(c, lower=1, overwrite_c=1)  # writes the lower triangle
+                if info == 0:
+                    return _symmetric_from_triangle(inv), False
+    elif _well_conditioned_spd(H):
+        inv = np.linalg.inv(H)
+        out = inv + inv.T
+        out *= 0.5
+        return out, False
+    lam, V = np.linalg.eigh(H)
     top = float(lam.max()) if lam.size else 0.0
     if top <= 0.0:
         raise SolverError("the Hessian of the training objective is zero; influence is not defined.")
@@ -1771,10 +1782,37 @@ def _inverse(H: np.ndarray) -> tuple[np.ndarray, bool]:
     return 0.5 * (Hinv + Hinv.T), bool(np.any(~keep))
 
 
+def _well_conditioned_spd(H: np.ndarray) -> bool:
+    """Whether ``H`` has a Cholesky factor whose pivot ratio ``min/max`` exceeds ``1e-6``
+    (squared: ``1e-12``), the test of :func:`_inverse` and :func:`_cholesky`."""
+    try:
+        c = np.linalg.cholesky(H)
+    except np.linalg.LinAlgError:
+        return False
+    d = np.abs(np.diag(c))
+    return bool(d.size and d.min() ** 2 > 1e-12 * d.max() ** 2)
+
+
+def _spd_solver(H: np.ndarray):
+    """``G -> G H^-1`` (rows of ``G``) for a well-conditioned SPD ``H``, or None: up to
+    ``_NUMPY_INVERSE_MAX`` parameters from its explicit inverse (numpy: no scipy import),
+    above from its Cholesky factor (:func:`_cholesky`)."""
+    if H.shape[0] <= _NUMPY_INVERSE_MAX:
+        if not _well_conditioned_spd(H):
+            return None
+        inv = np.linalg.inv(H)
+        return lambda G: np.atleast_2d(np.asarray(G, dtype=np.float64)) @ inv
+    c = _cholesky(H)
+    return None if c is None else functools.partial(_cholesky_solve, c)
+
+
 def _cholesky(H: np.ndarray):
     """The lower Cholesky factor of a well-conditioned SPD ``H`` (overwriting ``H``), or None
     (not positive definite, or a pivot ratio below ``1e-6``: the same test as
-    :func:`_inverse`; the caller then falls back to conjugate gradients)."""
+    :func:`_inverse`; the caller then falls back to conjugate gradients). scipy's LAPACK
+    (imported here: only the factorised path above ``MAX_DIRECT_PARAMS`` needs it)."""
+    from scipy.linalg import lapack
+
     c, info = lapack.dpotrf(H.T, lower=1, clean=0, overwrite_a=1)  # H symmetric: H.T is H
     if info != 0:
         return None
@@ -1786,6 +1824,8 @@ def _cholesky(H: np.ndarray):
 
 def _cholesky_solve(c: np.ndarray, G: np.ndarray) -> np.ndarray:
     """``H^-1 g`` for every row of ``G`` from the factor of :func:`_cholesky`."""
+    from scipy.linalg import lapack
+
     x, info = lapack.dpotrs(c, np.asarray(G, dtype=np.float64).T, lower=1)
     if info != 0:  # pragma: no cover - only for malformed arguments
         raise SolverError("the Cholesky solve failed.")
@@ -1842,7 +1882,15 @@ def _accumulator_blocks(n: int, acc_doubles: int, min_rows: int) -> list:
     return row_ranges(n, min_rows=min_rows, max_blocks=cap)
 
 
-def _class_feature_blocks(Zt, s, p, ku, lu, ia, ib) -> np.ndarray:
+#: Features per group of :func:`_class_feature_blocks`: a group's weighted rows
+#: ``W_q * zt_a`` (classes pairs x features in the group, by rows) times the rows' features
+#: from the group's first on is one ``(G nq x rows) @ (rows x (D1 - a0))`` product. 8 measured
+#: best of 4..26 (about 10% less CPU than the pair products of :func:`_class_feature_blocks_pairs`
+#: at K = 10, D = 100, single-threaded on a loaded machine).
+_HESSIAN_GROUP = 8
+
+
+def _class_feature_blocks_pairs(Zt, s, p, ku, lu, ia, ib) -> np.ndarray:
     """``acc[f, q] = sum_i s_i A_i[ku_q, lu_q] zt_i[ia_f] zt_i[ib_f]`` with
     ``A_i = diag(p_i) - p_i p_i^T`` (``ku``, ``lu``: any class pairs; ``ia, ib`` the
     upper-triangle feature pairs): for each chunk of rows and each group of feature pairs
@@ -1887,6 +1935,72 @@ def _class_feature_blocks(Zt, s, p, ku, lu, ia, ib) -> np.ndarray:
     for other in parts[1:]:
         out += other
     return out.T
+
+
+def _class_feature_blocks(Zt, s, p, ku, lu, ia, ib) -> np.ndarray:
+    """``acc[f, q] = sum_i s_i A_i[ku_q, lu_q] zt_i[ia_f] zt_i[ib_f]`` with
+    ``A_i = diag(p_i) - p_i p_i^T`` (``ku``, ``lu``: any class pairs; ``ia, ib``: the
+    upper-triangle feature pairs in :func:`_pair_index` order). For each chunk of rows and each
+    group of ``_HESSIAN_GROUP`` consecutive features ``a0..a1-1``: the rows' class-pair weights
+    times each feature of the group, ``Y[(a, q), i] = W_iq zt_ia``, in one elementwise product,
+    then one ``Y @ Zt[:, a0:]`` product whose entries with ``b >= a`` are the sums (the few
+    with ``b < a`` inside the group are not used). Blocks of rows run on the workers
+    (:mod:`._parallel`), each summing into its own accumulators, added in a fixed order.
+
+    ``Y`` holds ``nq * D1`` numbers per row against ``D1 (D1 + 1) / 2`` pair products: with
+    more class pairs than about half the features (many classes) the pair products are formed
+    instead (:func:`_class_feature_blocks_pairs`, measured 2x faster at K = 50)."""
+    n, D1 = Zt.shape
+    nf, nq = ia.size, ku.size
+    if nq * D1 > 1.25 * nf:
+        return _class_feature_blocks_pairs(Zt, s, p, ku, lu, ia, ib)
+    step = _KERNEL_ROWS
+    ranges = _accumulator_blocks(n, nq * nf, step)
+    parts = [None] * len(ranges)
+    same = ku == lu
+    G = _HESSIAN_GROUP
+    groups = [(a0, min(D1, a0 + G)) for a0 in range(0, D1, G)]
+
+    def block(j, work):
+        ZT, WT, Ybuf, tmp = work
+        a0, b0 = ranges[j]
+        acc = [np.zeros(((g1 - g0) * nq, D1 - g0)) for g0, g1 in groups]
+        for a in range(a0, b0, step):  # chunks of rows, not single rows
+            b = min(b0, a + step)
+            c = b - a
+            pT = p[a:b].T
+            W = WT[:, :c]
+            np.multiply(pT[ku], pT[lu], out=W)  # A_i[k, l] = p_k (delta_kl - p_l), transposed
+            np.negative(W, out=W)
+            W[same] += pT[ku[same]]
+            W *= s[a:b]
+            Zc = Zt[a:b]
+            ZT[:, :c] = Zc.T
+            for g, (g0, g1) in enumerate(groups):  # groups of features (a dozen)
+                m = (g1 - g0) * nq
+                Y = Ybuf[:m * c].reshape(g1 - g0, nq, c)
+                np.multiply(ZT[g0:g1, None, :c], W[None], out=Y)
+                out = tmp[:m * (D1 - g0)].reshape(m, D1 - g0)
+                np.matmul(Y.reshape(m, c), Zc[:, g0:], out=out)
+                acc[g] += out
+        parts[j] = acc
+
+    run_blocks(block, len(ranges), scratch=lambda: (np.empty((D1, step)), np.empty((nq, step)),
+                                                    np.empty(G * nq * step), np.empty(G * nq * D1)))
+    if not parts:
+        return np.zeros((nf, nq))
+    acc = parts[0]
+    for j in range(1, len(parts)):  # in block order; each block's accumulators freed once added
+        for g in range(len(groups)):
+            acc[g] += parts[j][g]
+        parts[j] = None
+    res = np.empty((nf, nq))
+    off = _pair_offsets(D1)
+    for g, (g0, g1) in enumerate(groups):  # each feature's pairs (a, a..D1-1): one run
+        A3 = acc[g].reshape(g1 - g0, nq, D1 - g0)
+        for a in range(g0, g1):
+            res[off[a]:off[a + 1]] = A3[a - g0, :, a - g0:].T
+    return res
 
 
 def _symmetric_from_triangle(T: np.ndarray) -> np.ndarray:
@@ -2058,6 +2172,31 @@ def _cg(matvec: Callable[[np.ndarray], np.ndarray], b: np.ndarray, tol: float, m
 
 
 def _sigmoid(s):
-    from scipy.special import expit
+    """The logistic function ``1 / (1 + exp(-s))``, as scipy's ``expit`` computes it (the same
+    bits), in numpy."""
+    with np.errstate(over="ignore"):  # exp(-s) = inf gives 0, as it should
+        return 1.0 / (1.0 + np.exp(-np.asarray(s, dtype=np.float64)))
 
-    return expit(s)
+
+def _logsumexp(a: np.ndarray, axis: int = -1) -> np.ndarray:
+    """``log(sum(exp(a)))`` along ``axis`` for finite ``a``, as scipy's ``logsumexp`` computes it
+    (the largest terms taken out of the sum: ``log1p(rest / m) + log(m) + max`` with ``m``
+    of them, so a loss ``logsumexp(eta) - eta_y`` of 1e-12 keeps its relative precision), numpy
+    only."""
+    a = np.asarray(a, dtype=np.float64)
+    a_max = np.max(a, axis=axis, keepdims=True)
+    is_max = a == a_max
+    m = np.sum(is_max, axis=axis, keepdims=True, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        e = np.exp(np.where(is_max, -np.inf, a - a_max))
+    s = np.sum(e, axis=axis, keepdims=True) / m
+    return np.squeeze(np.log1p(s) + np.log(m) + a_max, axis=axis)
+
+
+def _log_softmax(a: np.ndarray, axis: int = -1) -> np.ndarray:
+    """``a - logsumexp(a)`` along ``axis``, as scipy's ``log_softmax`` computes it, numpy only."""
+    a_max = np.max(a, axis=axis, keepdims=True)
+    a_max = np.where(np.isfinite(a_max), a_max, 0.0)
+    tmp = a - a_max
+    with np.errstate(divide="ignore"):
+        return tmp - np.log(np.sum(np.exp(tmp), axis=axis, keepdims=True))

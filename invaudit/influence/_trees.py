@@ -53,7 +53,6 @@ forest change with the number of rows, so its real changes carry refit noise: se
 from __future__ import annotations
 
 import numpy as np
-from scipy import sparse
 
 from invaudit.errors import InputError, UnsupportedModelError
 
@@ -182,6 +181,8 @@ def _leaf_matrix(leaves: np.ndarray, offsets: np.ndarray, n_leaves: int, values=
     cols = (leaves + offsets[None, :]).ravel()
     rows = np.repeat(np.arange(m), T)
     data = np.ones(m * T) if values is None else np.asarray(values, dtype=np.float64).ravel()
+    from scipy import sparse  # here, not at import: ``invaudit.influence`` loads without scipy
+
     return sparse.csr_matrix((data, (rows, cols)), shape=(m, n_leaves))
 
 

@@ -169,3 +169,66 @@ def test_leverage_on_score_differences_is_the_full_leverage_projected(kwargs, ze
         x = np.linalg.solve(np.eye(M) - Mi @ Q[i], Mi @ (alpha[j] * Q[i] @ r[j] - yv[j]))
         np.testing.assert_allclose(e[j], alpha[j] * r[j] + x, rtol=1e-8,
                                    atol=1e-10 * np.abs(alpha[j] * r[j] + x).max())
+
+
+def test_grouped_hessian_kernel_equals_the_pair_product_kernel():
+    # the grouped kernel (rows' class-pair weights times a group of features, one product per
+    # group) against the pair-product kernel it replaces for few class pairs: rows not a
+    # multiple of the chunk, features not a multiple of the group, weights of either sign
+    rng = np.random.default_rng(5)
+    n, D1, M = 1100, 29, 6
+    Zt = _scaled_rows(n, D1, seed=4)
+    p = rng.dirichlet(np.ones(M), size=n)
+    s = rng.uniform(0.0, 2.0, size=n)
+    ku, lu = np.triu_indices(M - 1)
+    ia, ib = np.triu_indices(D1)
+    assert ku.size * D1 <= 1.25 * ia.size  # the grouped kernel's case
+    got = objective_module._class_feature_blocks(Zt, s, p, ku, lu, ia, ib)
+    want = objective_module._class_feature_blocks_pairs(Zt, s, p, ku, lu, ia, ib)
+    scale = np.abs(want).max(axis=0, keepdims=True)
+    np.testing.assert_allclose(got / scale, want / scale, rtol=0, atol=1e-13)
+
+
+def test_numpy_replacements_give_scipys_bits():
+    # the LogisticRegression paths import no scipy (issue 19): logsumexp, log_softmax and expit
+    # are numpy code that must give scipy's numbers bit for bit, tiny losses included
+    from scipy.special import expit, log_softmax, logsumexp
+
+    rng = np.random.default_rng(2)
+    a = rng.normal(size=(3000, 7)) * 30
+    a[0, :3] = a[0].max() + 1.0  # a tied maximum
+    a[1] = [40.0, 0, 0, 0, 0, 0, 0]  # a row whose loss at its max is ~1e-17
+    for got, want in [(objective_module._logsumexp(a, axis=1), logsumexp(a, axis=1)),
+                      (objective_module._log_softmax(a, axis=1), log_softmax(a, axis=1)),
+                      (objective_module._sigmoid(a[:, 0]), expit(a[:, 0]))]:
+        assert np.array_equal(got, want)
+    loss = objective_module._logsumexp(a[1:2], axis=1)[0] - 40.0
+    assert loss == pytest.approx(6 * np.exp(-40.0), rel=1e-12)  # not rounded to zero
+
+
+@pytest.mark.parametrize("P,direct", [(40, True), (40, False)], ids=["numpy", "lapack"])
+def test_spd_solver_and_inverse_against_numpy(monkeypatch, P, direct):
+    # the chord matrix's solver and the explicit inverse: numpy up to _NUMPY_INVERSE_MAX
+    # parameters, scipy's Cholesky factor (and potri) above; no solver where the matrix is not
+    # (well-conditioned) positive definite
+    if not direct:
+        monkeypatch.setattr(objective_module, "_NUMPY_INVERSE_MAX", P - 1)
+    rng = np.random.default_rng(P)
+    A = rng.normal(size=(P, P)) * np.logspace(-1, 1, P)
+    H = A @ A.T + 1e-2 * np.eye(P)  # condition number ~1e5
+    G = rng.normal(size=(3, P))
+    solve = objective_module._spd_solver(H.copy())
+    want = np.linalg.solve(H, G.T).T
+    np.testing.assert_allclose(solve(G), want, rtol=1e-8, atol=1e-10 * np.abs(want).max())
+    bad = H.copy()
+    bad[0, 0] = -1.0
+    assert objective_module._spd_solver(bad) is None
+    # the explicit inverse: symmetric, H^-1 to rounding; a singular H gets the pseudo-inverse
+    inv, singular = objective_module._inverse(H)
+    assert not singular and np.array_equal(inv, inv.T)
+    np.testing.assert_allclose(inv @ H, np.eye(P), atol=1e-8)
+    S = A[:, :5] @ A[:, :5].T
+    pinv, singular = objective_module._inverse(S)
+    assert singular
+    np.testing.assert_allclose(pinv, np.linalg.pinv(S, rcond=1e-10, hermitian=True),
+                               atol=1e-9 * np.abs(pinv).max())
