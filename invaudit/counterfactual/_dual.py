@@ -36,13 +36,24 @@ point ``z(nu)`` (stationarity with multipliers recovered from ``z``, feasibility
 complementarity), not a fixed iteration count. Weak duality gives infeasibility certificates:
 ``D(nu)`` above the largest possible primal objective (``1/2 sum max(lz^2, uz^2)``) proves that no
 point in the box reaches the target.
+
+The multipliers are a poor coordinate system when features are scaled very differently: with
+weights from 1e-2 to 1 they grow to ~1e5 and cancel to a move of ~1e3, so their rounding can
+leave the Newton iteration stalled far from a certificate (seen: p(target) = 3e-44 at the last
+iterate, the optimum at distance 1632). For the confidence constraint :func:`primal_exp_l2`
+solves the same problem in the primal (one multiplier, Newton on ``log lam``, each Lagrangian
+point a strongly convex Newton solve in ``z`` itself); its ``nu = lam * p_others`` feeds the
+same weak-duality bound, so an answer from either route is certified the same way.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
-__all__ = ["dual_l2", "difference_gram", "others_of"]
+__all__ = ["dual_l2", "difference_gram", "others_of", "difference_basis", "primal_exp_l2",
+           "primal_caps_l2"]
 
 _TOL_STOP = 1e-14
 _SD_CAP = 1e13
@@ -516,3 +527,298 @@ def min_lse_affine(Gd, d0, c_stop, max_iter=300):
         conv |= act & (small | ~acc)
         done |= conv | (h < c_stop)
     return h, conv | (h < c_stop)
+
+
+# --------------------------------------------------------------------------------------------
+# the confidence constraint solved in the primal (badly scaled rows the dual cannot certify)
+# --------------------------------------------------------------------------------------------
+
+def difference_basis(A: np.ndarray) -> np.ndarray:
+    """An orthonormal basis ``(p, r)`` of the span of the weight-row differences ``A_j - A_k``
+    (the same span whichever class is the target); directions whose singular value is below
+    1e-13 of the largest are rounding noise and are left out."""
+    Dm = A[1:] - A[0]
+    if Dm.size == 0:
+        return np.zeros((A.shape[1], 0))
+    _, s, Vt = np.linalg.svd(Dm, full_matrices=False)
+    if s.size == 0 or not s[0] > 0:
+        return np.zeros((A.shape[1], 0))
+    return np.ascontiguousarray(Vt[s > 1e-13 * s[0]].T)
+
+
+def _solve_batch(H, g):
+    """``H^{-1} g`` per row; rows whose matrix is singular in floating point (or not finite)
+    get NaN, which the callers treat as a failed step."""
+    try:
+        return np.linalg.solve(H, g[:, :, None])[:, :, 0]
+    except np.linalg.LinAlgError:
+        out = np.full(g.shape, np.nan)
+        for i in range(len(g)):
+            with contextlib.suppress(np.linalg.LinAlgError):
+                out[i] = np.linalg.solve(H[i], g[i])
+        return out
+
+
+def _lagrangian_point(B, d0, lam, y, lo=None, hi=None, max_iter=60):
+    """``argmin_y 1/2 ||y||^2 + lam h(d0 + B y)`` per row (``h`` = :func:`_lse0`), over the box
+    ``lo <= y <= hi`` when given, by (projected) Newton's method with a backtracking line search
+    from ``y``: strongly convex (Hessian >= I), so the iteration converges from any start; it
+    stops when a step no longer shortens, i.e. at the rounding of the gradient. Coordinates at a
+    bound whose gradient pushes outward are held (Bertsekas' projected Newton). Returns ``y``,
+    its score differences, ``h``, the softmax weights ``po`` of the other classes, and the
+    gradient ``g = B^T po`` and Newton matrix on the free coordinates (held ones zeroed / unit),
+    for the caller's derivative ``dy/dlam = -H^{-1} g``."""
+    n, m, r = B.shape
+    eye = np.eye(r)[None]
+    box = lo is not None
+    if box:
+        y = np.clip(y, lo, hi)
+    active = np.ones(n, dtype=bool)
+    last = np.full(n, np.inf)
+    for _ in range(max_iter):
+        d = d0 + np.einsum("nmr,nr->nm", B, y)
+        h = _lse0(d)
+        po = np.exp(d - h[:, None])
+        g = np.einsum("nmr,nm->nr", B, po)
+        grad = y + lam[:, None] * g
+        Bp = B * po[:, :, None]
+        H = eye + lam[:, None, None] * (np.einsum("nmr,nms->nrs", Bp, B)
+                                        - g[:, :, None] * g[:, None, :])
+        if box:
+            # Bertsekas' epsilon-active set: coordinates within the projected gradient's length
+            # of a bound that the gradient pushes against are held and take a scaled gradient
+            # step (clipped to the bound); the others a Newton step
+            wlen = np.linalg.norm(y - np.clip(y - grad, lo, hi), axis=1)[:, None]
+            eps = np.minimum(wlen, 1e-3 * np.where(np.isfinite(lo) & np.isfinite(hi), hi - lo, np.inf))
+            held = ((y <= lo + eps) & (grad > 0)) | ((y >= hi - eps) & (grad < 0))
+            hdiag = np.einsum("nii->ni", H).copy()
+            H = np.where(held[:, :, None] | held[:, None, :], 0.0, H) + held[:, :, None] * eye
+            g = np.where(held, 0.0, g)
+            grad_free = np.where(held, 0.0, grad)
+        if not np.any(active):
+            break
+        ia = np.flatnonzero(active)
+        if box:
+            step = -_solve_batch(H[ia], grad_free[ia])
+            step = np.where(held[ia], -grad[ia] / hdiag[ia], step)
+        else:
+            step = -_solve_batch(H[ia], grad[ia])
+        if box:
+            sn = np.linalg.norm(np.clip(y[ia] + step, lo[ia], hi[ia]) - y[ia], axis=1)
+        else:
+            sn = np.linalg.norm(step, axis=1)
+        yn = np.linalg.norm(y[ia], axis=1)
+        # converged: the step is at the rounding of y, or stopped shrinking (rounding floor)
+        done = (sn <= 4e-16 * yn) | (sn >= 0.5 * last[ia]) & (sn <= 1e-12 * np.maximum(yn, 1e-300))
+        last[ia] = sn
+        f0 = 0.5 * np.einsum("nr,nr->n", y[ia], y[ia]) + lam[ia] * h[ia]
+        # the rounding of f: of 1/2 ||y||^2, and of h (its inputs d) times lam
+        f_err = 16.0 * np.finfo(np.float64).eps * (np.abs(f0) + lam[ia] * np.abs(d[ia]).max(axis=1))
+        alpha = np.ones(len(ia))
+        acc = done.copy()
+        for _ls in range(40):
+            pend = ~acc & (alpha * sn > 1e-17 * yn)
+            if not np.any(pend):
+                break
+            yt = y[ia[pend]] + alpha[pend, None] * step[pend]
+            if box:   # along the projection arc
+                yt = np.clip(yt, lo[ia[pend]], hi[ia[pend]])
+            ft = 0.5 * np.einsum("nr,nr->n", yt, yt) + lam[ia[pend]] * _lse0(
+                d0[ia[pend]] + np.einsum("nmr,nr->nm", B[ia[pend]], yt))
+            pred = np.einsum("nr,nr->n", grad[ia[pend]], yt - y[ia[pend]])
+            # Armijo, or (a full step within the rounding of f) accepted on the step's word
+            ok = (ft <= f0[pend] + 1e-4 * np.minimum(pred, 0.0)) & (pred < 0) | (
+                (alpha[pend] == 1.0) & (ft <= f0[pend] + f_err[pend]))
+            sel = np.flatnonzero(pend)[ok]
+            y[ia[sel]] = yt[ok]
+            acc[sel] = True
+            alpha[~acc] *= 0.5
+        done |= ~acc   # no step decreases f: at the rounding floor
+        active[ia[done]] = False
+    return y, d, h, po, g, H
+
+
+def primal_exp_l2(A, V, d0, t, others, c, lam0=None, lz=None, uz=None, max_outer=100):
+    """``min 1/2 ||z||^2  s.t.  log(1 + sum_j exp(d0_j + (A_d z)_j)) <= c`` without a box, in
+    the primal: ``z = V y`` in the span of the weight differences (``V`` from
+    :func:`difference_basis`), and the multiplier ``lam`` of the single constraint found by a
+    safeguarded Newton iteration on ``log lam`` (``h(y(lam))`` decreases in ``lam``; its
+    derivative is ``-g^T H^{-1} g`` by implicit differentiation), each ``y(lam)`` the minimiser
+    of the strongly convex Lagrangian (:func:`_lagrangian_point`).
+
+    The dual solver's variables are the K-1 multipliers, from which ``z = -A_d^T nu`` is
+    recovered; where features are scaled very differently (weights from 1e-2 to 1, say) the
+    multipliers grow to ~1e5 and cancel to a z of ~1e2, so their rounding leaves the dual
+    stalled far from a certificate. The primal iterate carries ``z`` itself to the rounding of
+    its own size. Rows must not qualify at ``z = 0`` (``h(d0) > c``).
+
+    Returns a dict like :func:`dual_l2`'s: ``z`` (n, p), ``nu = lam * po`` (the multipliers the
+    stationarity condition names, for the weak-duality bound), ``state`` ("ok"/"stalled"),
+    ``kkt`` (relative stationarity and constraint residuals), ``iterations``, ``dual`` (the
+    Fenchel dual value at ``nu``, a lower bound on ``1/2 ||z*||^2`` whatever ``nu >= 0`` is).
+
+    With a box ``lz <= z <= uz`` (``V`` the identity: the optimum leaves the span) each
+    Lagrangian point is a projected Newton solve, and the dual's ``Phi`` is evaluated at the
+    clipped minimiser ``clip(-A_d^T nu, lz, uz)`` (module docstring).
+    """
+    n, m = d0.shape
+    r = V.shape[1]
+    p = A.shape[1]
+    AV = A @ V
+    B = AV[others] - AV[t][:, None, :]          # (n, m, r)
+    cs = np.maximum(1.0, np.abs(c))
+    y = np.zeros((n, r))
+    h0 = _lse0(d0)
+    if lam0 is None or not np.all(np.isfinite(lam0) & (lam0 > 0)):
+        po0 = np.exp(d0 - h0[:, None])
+        q = np.einsum("nmr,nm->nr", B, po0)
+        curv = np.einsum("nr,nr->n", q, q)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            est = np.maximum(h0 - c, 0.0) / curv
+        lam0 = np.where(np.isfinite(est) & (est > 0), est, 1.0)
+    s = np.log(np.asarray(lam0, dtype=np.float64))
+    s_lo = np.full(n, -np.inf)
+    s_hi = np.full(n, np.inf)
+    f_lo = np.zeros(n)
+    f_hi = np.zeros(n)
+    y_hi = np.full((n, r), np.nan)
+    iters = np.zeros(n, dtype=np.int64)
+    active = np.ones(n, dtype=bool)
+    ulp = 4.0 * np.finfo(np.float64).eps
+    for _ in range(max_outer):
+        ia = np.flatnonzero(active)
+        if len(ia) == 0:
+            break
+        lam = np.exp(s[ia])
+        with np.errstate(over="ignore", invalid="ignore"):
+            ya, d, h, po, g, H = _lagrangian_point(B[ia], d0[ia], lam, y[ia].copy(),
+                                                   None if lz is None else lz[ia],
+                                                   None if uz is None else uz[ia])
+        y[ia] = ya
+        iters[ia] += 1
+        phi = h - c[ia]
+        feas = phi <= 0
+        lo_upd = ~feas & (s[ia] >= s_lo[ia])
+        s_lo[ia[lo_upd]] = s[ia[lo_upd]]
+        f_lo[ia[lo_upd]] = phi[lo_upd]
+        upd = feas & (s[ia] <= s_hi[ia])
+        s_hi[ia[upd]] = s[ia[upd]]
+        f_hi[ia[upd]] = phi[upd]
+        y_hi[ia[upd]] = ya[upd]
+        # dphi/ds = lam * dh/dlam = -lam g^T H^{-1} g
+        Hg = _solve_batch(H, g)
+        slope = -lam * np.einsum("nr,nr->n", g, Hg)
+        # aim a few ulps inside (h is only known to its rounding): the Newton iteration from
+        # the infeasible side is monotone (h(y(e^s)) is convex in s in practice) and lands there
+        floor = ulp * (1.0 + np.abs(c[ia]) + np.abs(d).max(axis=1))
+        aim = -floor
+        conv = feas & (phi >= -4.0 * floor)
+        lo_a, hi_a = s_lo[ia], s_hi[ia]
+        narrow = np.isfinite(lo_a) & np.isfinite(hi_a) & (hi_a - lo_a <= 1e-15 * np.maximum(1.0, np.abs(s[ia])))
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            s_new = s[ia] - (phi - aim) / slope
+        bad = ~np.isfinite(s_new) | (s_new <= lo_a) | (s_new >= hi_a)
+        # outside the bracket: the secant through its ends, kept off them by 5% of its width
+        w = hi_a - lo_a
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            sec = lo_a + w * (f_lo[ia] - aim) / (f_lo[ia] - f_hi[ia][:])
+            sec = np.clip(sec, lo_a + 0.05 * w, hi_a - 0.05 * w)
+        out_lo = ~np.isfinite(lo_a)
+        out_hi = ~np.isfinite(hi_a)
+        repl = np.where(out_hi, s[ia] + 2.5, np.where(out_lo, s[ia] - 2.5, sec))
+        s_new = np.where(bad, repl, s_new)
+        s_new = np.clip(s_new, s[ia] - 8.0, s[ia] + 8.0)
+        # lam beyond 1e100: the constraint is met only far outside any sensible range (or at
+        # infinity); give up on the row rather than overflow
+        stop = conv | narrow | (s_new > 230.0)
+        active[ia[stop]] = False
+        go = ~stop
+        # warm start of the next Lagrangian point: the first-order predictor dy/ds = -lam H^-1 g
+        y[ia[go]] = ya[go] - (lam[go] * (s_new[go] - s[ia[go]]))[:, None] * Hg[go]
+        if lz is not None:
+            y[ia[go]] = np.clip(y[ia[go]], lz[ia[go]], uz[ia[go]])
+        s[ia[go]] = s_new[go]
+    # the returned point: the last feasible iterate (its lam), else the last one
+    have = np.all(np.isfinite(y_hi), axis=1)
+    y = np.where(have[:, None], y_hi, y)
+    s = np.where(have, s_hi, s)
+    lam = np.exp(s)
+    d = d0 + np.einsum("nmr,nr->nm", B, y)
+    h = _lse0(d)
+    po = np.exp(d - h[:, None])
+    nu = lam[:, None] * po
+    v = np.einsum("nmr,nm->nr", B, nu)
+    yn = np.linalg.norm(y, axis=1)
+    zc = -v if lz is None else np.clip(-v, lz, uz)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        stat = np.linalg.norm(y - zc, axis=1) / np.maximum(yn, 1e-300)
+    # lam > 0: the constraint is active (complementarity), so |h - c| is the residual
+    kkt = np.maximum(stat, np.abs(h - c) / cs)
+    kkt = np.where(np.isfinite(kkt), kkt, np.inf)
+    # the Fenchel dual at nu (module docstring): Phi = -1/2 ||A_d^T nu||^2, sigma_C for the
+    # softmax set with E = expm1(c)
+    E = np.expm1(c)
+    S = nu.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lg = np.where(nu > 0, np.log(nu) - np.log(S)[:, None] + np.log(E)[:, None], 0.0)
+    sigma = np.einsum("nm,nm->n", nu, lg)
+    dual = (np.einsum("nr,nr->n", zc, 0.5 * zc + v) + np.einsum("nm,nm->n", nu, d0) - sigma)
+    state = np.where(kkt <= 1e-9, "ok", "stalled").astype(object)
+    z = y @ V.T if r else np.zeros((n, p))
+    return {"z": z, "nu": nu, "state": state, "kkt": kkt, "iterations": iters, "dual": dual}
+
+
+def primal_caps_l2(A, V, d0, cap, t, others, max_classes=8):
+    """``min 1/2 ||z||^2  s.t.  d0 + A_d z <= -cap`` (argmax, no box) by enumerating the active
+    sets: the optimum is the projection of 0 onto the affine set of its active constraints, i.e.
+    the shortest candidate ``y_J = pinv(B_J) rhs_J`` (``z = V y``) that satisfies every
+    constraint. With ``K - 1 <= 7`` other classes that is at most 127 small least-squares
+    solves per row, vectorised over rows; the multipliers ``nu_J = -pinv(B_J^T) y_J`` (clipped
+    at 0) give the weak-duality bound. For rows the active-set dual leaves uncertified (nearly
+    parallel class constraints on badly scaled features). Returns a dict like
+    :func:`dual_l2`'s, or None for too many classes."""
+    n, m = d0.shape
+    if m > max_classes - 1 or V.shape[1] == 0:
+        return None
+    AV = A @ V
+    B = AV[others] - AV[t][:, None, :]
+    rhs = -cap[:, None] - d0
+    best = np.full(n, np.inf)
+    y_best = np.full((n, V.shape[1]), np.nan)
+    nu_best = np.zeros((n, m))
+    scale = np.abs(d0).max(axis=1) + cap
+    for mask in range(1, 2 ** m):
+        J = np.array([(mask >> j) & 1 for j in range(m)], dtype=bool)
+        BJ = B[:, J, :]
+        with np.errstate(all="ignore"):
+            P = np.linalg.pinv(BJ, rcond=1e-13)                 # (n, r, |J|)
+            y = np.einsum("nrj,nj->nr", P, rhs[:, J])
+            viol = np.einsum("nmr,nr->nm", B, y) - rhs
+            ok = np.all(viol <= 1e-13 * (scale[:, None] + np.abs(np.einsum("nmr,nr->nm", B, y))),
+                        axis=1)
+            ok &= np.all(np.isfinite(y), axis=1)
+            # consistent: the active constraints hold with equality (not a least-squares miss)
+            ok &= np.all(np.abs(viol[:, J]) <= 1e-9 * (scale[:, None] + 1.0), axis=1)
+            nrm = np.einsum("nr,nr->n", y, y)
+        take = ok & (nrm < best)
+        if np.any(take):
+            best[take] = nrm[take]
+            y_best[take] = y[take]
+            with np.errstate(all="ignore"):
+                PT = np.linalg.pinv(np.transpose(BJ[take], (0, 2, 1)), rcond=1e-13)
+                nuJ = -np.einsum("njr,nr->nj", PT, y[take])
+            nb = np.zeros((int(take.sum()), m))
+            nb[:, J] = np.maximum(nuJ, 0.0)
+            nu_best[take] = nb
+    found = np.isfinite(best)
+    y = np.where(found[:, None], y_best, 0.0)
+    v = np.einsum("nmr,nm->nr", B, nu_best)
+    dual = -0.5 * np.einsum("nr,nr->n", v, v) + np.einsum("nm,nm->n", nu_best, d0) + cap * nu_best.sum(axis=1)
+    yn = np.sqrt(np.einsum("nr,nr->n", y, y))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kkt = np.linalg.norm(y + v, axis=1) / np.maximum(yn, 1e-300)
+    kkt = np.where(found & np.isfinite(kkt), kkt, np.inf)
+    state = np.where(kkt <= 1e-9, "ok", "stalled").astype(object)
+    z = np.where(found[:, None], y_best, np.nan) @ V.T
+    return {"z": z, "nu": nu_best, "state": state, "kkt": kkt,
+            "iterations": np.full(n, 2 ** m - 1, dtype=np.int64), "dual": dual}

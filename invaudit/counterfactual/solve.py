@@ -17,7 +17,10 @@ features are dropped, the box becomes ``lz <= z <= uz`` (containing 0), and
   :mod:`._binary` (Carreira-Perpinan & Hada, "Inverse classification with logistic and softmax
   classifiers: efficient optimization", TMLR 2026, sec. 3);
 - multiclass, L2: the (K-1)-dimensional dual of :mod:`._dual` (the same paper, sec. 4, for the
-  softmax: the optimum moves x only within the span of the weight-row differences);
+  softmax: the optimum moves x only within the span of the weight-row differences); confidence
+  rows the dual leaves uncertified (features scaled very differently make its multipliers
+  cancel) are solved again in the primal (:func:`._dual.primal_exp_l2`, with or without a box)
+  and keep whichever answer carries the better certificate;
 - multiclass, L1 / Linf: linear programs through HiGHS (:mod:`._lp`), with a certified
   cutting-plane method for the (convex, non-linear) softmax confidence constraint;
 - one-vs-rest probabilities with a confidence: the constraint is not convex; a local SLSQP
@@ -370,19 +373,84 @@ def _solve_multiclass_l2(A, M, s0, t, conf, lz, uz, rank_full, err=None, absS=No
     nobox_name = {"caps": "qp-dual-active-set", "exp": "softmax-newton-subspace",
                   "both": "softmax-newton-subspace"}
 
+    def rel_gap(z, dual):
+        half = 0.5 * np.einsum("ij,ij->i", z, z)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            g = (half - dual) / np.maximum(half, 1e-300)
+        return np.where(np.isfinite(g), g, np.inf)
+
+    def primal_exp(rows, out, box=False):
+        """Rows the dual left uncertified (or with a duality gap above 1e-10) are solved again
+        in the primal (:func:`._dual.primal_exp_l2`: badly scaled features make the dual's
+        multipliers cancel); its answer replaces the dual's where its certificate is better."""
+        z_d = np.nan_to_num(out["z"])
+        gd = rel_gap(z_d, out["dual"])
+        weak = (out["state"] != "ok") | (out["kkt"] > 1e-10) | (gd > 1e-10)
+        weak &= out["state"] != "infeasible"
+        if not np.any(weak) or p == 0:
+            return
+        rw = rows[weak]
+        # with a box the optimum leaves the span of the weight differences: full coordinates
+        V = np.eye(p) if box else _dual.difference_basis(A)
+        if V.shape[1] == 0:
+            return
+        h0 = _lse0(d0[rw])
+        rw = rw[h0 > c_eff[rw]]          # z = 0 qualifies: nothing for the primal to do
+        if len(rw) == 0:
+            return
+        lam0 = out["nu"][np.searchsorted(rows, rw)].sum(axis=1)
+        pr = _dual.primal_exp_l2(A, V, d0[rw], t[rw], others[rw], c_eff[rw], lam0=lam0,
+                                 lz=lz[rw] if box else None, uz=uz[rw] if box else None)
+        gp = rel_gap(pr["z"], pr["dual"])
+        pos = np.searchsorted(rows, rw)
+        better = (pr["state"] == "ok") & ((out["state"][pos] != "ok") | (gp < gd[pos]))
+        if np.any(better):
+            store(rw[better], {k: v[better] for k, v in pr.items()},
+                  "box-primal-newton" if box else "softmax-primal-newton")
+
+    def primal_caps(rows, out):
+        """The argmax rows (no box) the active-set dual left uncertified or with a gap above
+        1e-10: enumerate the active sets (:func:`._dual.primal_caps_l2`, up to 8 classes)."""
+        gd = rel_gap(np.nan_to_num(out["z"]), out["dual"])
+        weak = (out["state"] != "ok") | (out["kkt"] > 1e-10) | (gd > 1e-10)
+        weak &= out["state"] != "infeasible"
+        if not np.any(weak) or p == 0:
+            return
+        rw = rows[weak]
+        rw = rw[(d0[rw] > -tau[rw][:, None]).any(axis=1)]   # z = 0 qualifies otherwise
+        if len(rw) == 0:
+            return
+        pr = _dual.primal_caps_l2(A, _dual.difference_basis(A), d0[rw], tau[rw], t[rw], others[rw])
+        if pr is None:
+            return
+        gp = rel_gap(np.nan_to_num(pr["z"]), pr["dual"])
+        pos = np.searchsorted(rows, rw)
+        better = (pr["state"] == "ok") & ((out["state"][pos] != "ok") | (gp < gd[pos]))
+        if np.any(better):
+            store(rw[better], {k: v[better] for k, v in pr.items()}, "qp-active-set-enumeration")
+
     def solve_mode(rows, md):
         """No-box dual first; rows whose box binds are re-solved with the box."""
         out = run(rows, md, False)
         store(rows, out, nobox_name[md])
+        if md == "exp":
+            primal_exp(rows, out)
+        elif md == "caps":
+            primal_caps(rows, out)
         if lz is None:
             return
         inside = np.all((sol.z[rows] >= lz[rows]) & (sol.z[rows] <= uz[rows]), axis=1)
-        redo = rows[has_box[rows] & ~inside & (sol.state[rows] != "infeasible")]
+        # an uncertified point without the box (e.g. the target reachable only far outside
+        # it, or at infinity) says nothing about the problem with it: solve with the box too
+        redo = rows[has_box[rows] & (~inside | (sol.state[rows] != "ok"))
+                    & (sol.state[rows] != "infeasible")]
         if len(redo):
             nu0 = nu_all[redo] if md == "caps" else np.maximum(nu_all[redo], 1e-300)
             ok0 = np.all(np.isfinite(nu0), axis=1)
             out = run(redo, md, True, nu0=nu0 if np.all(ok0) else None)
             store(redo, out, "box-dual-newton")
+            if md == "exp":
+                primal_exp(redo, out, box=True)
 
     if mode != "both":
         solve_mode(idx, mode)

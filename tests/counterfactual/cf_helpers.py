@@ -286,3 +286,41 @@ def random_problem(seed, K, d, *, box, frozen, scaled, link, n, pad):
     cons = Constraints.build(X, immutable=imm, scale=scale, **kw)
     t = rng.integers(0, max(K, 2), size=n)
     return make_form(W, b, link), X, cons, t
+
+
+def ref_l2_convex(W, b, x, t, conf=None, lower=None, upper=None):
+    """The L2 counterfactual as a convex program solved by cvxpy (Clarabel), if installed: the
+    softmax confidence ``p_t >= conf`` is ``logsumexp_j(s_j - s_t) <= log(1 / conf)``, convex in
+    the point. ``W`` (K, d) full score rows, unit metric. Returns the solver's point moved onto the
+    feasible set exactly (:func:`feasible_point`), or None (no cvxpy, solver failure, or no
+    feasible point): its distance bounds the optimum from above."""
+    try:
+        import cvxpy as cp
+    except ImportError:
+        return None
+    K, d = W.shape
+    lo = np.full(d, -np.inf) if lower is None else np.asarray(lower, dtype=np.float64)
+    hi = np.full(d, np.inf) if upper is None else np.asarray(upper, dtype=np.float64)
+    u = cp.Variable(d)
+    s = W @ x + b + W @ u
+    oth = [j for j in range(K) if j != t]
+    cons = [s[j] <= s[t] for j in oth]
+    if conf is not None:
+        cons.append(cp.log_sum_exp(cp.hstack([s[j] - s[t] for j in oth] + [np.zeros(1)]))
+                    <= np.log(1.0 / conf))
+    fl, fh = np.isfinite(lo), np.isfinite(hi)
+    if fl.any():
+        cons.append(u[fl] >= (lo - x)[fl])
+    if fh.any():
+        cons.append(u[fh] <= (hi - x)[fh])
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(u)), cons)
+    try:
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            prob.solve(solver="CLARABEL", tol_gap_abs=1e-14, tol_gap_rel=1e-14, tol_feas=1e-13)
+    except Exception:  # solver error on a degenerate problem: no reference point
+        return None
+    if u.value is None or not np.all(np.isfinite(u.value)):
+        return None
+    return feasible_point(x + u.value, _constraints_for(W, b, x, t, conf, None), lo, hi)
