@@ -14,13 +14,6 @@ import signal
 import sys
 import traceback
 
-import typer
-
-try:  # recent Typer vendors Click as typer._click; older releases depend on Click itself
-    from typer._click import exceptions as click_exceptions
-except ImportError:  # pragma: no cover - depends on the installed Typer
-    from click import exceptions as click_exceptions
-
 from invaudit.errors import InvauditError
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_BAD_INPUT, EXIT_SOLVER = 0, 1, 2, 3, 4
@@ -52,12 +45,43 @@ def _silence_stdout() -> None:
         pass
 
 
+def _caught(name: str, *, typer_too: bool = True) -> tuple:
+    """The exception classes called ``name`` (UsageError, Exit, Abort) in Click and, with
+    ``typer_too``, in Typer itself; () when Typer was never imported, for then none of them can
+    have been raised (mapping exit codes needs no Typer: cli/_fast.py runs ``info`` without its
+    parser). An ``except`` clause evaluates this only when an exception reaches it."""
+    if "typer" not in sys.modules:
+        return ()
+    import typer
+
+    try:  # recent Typer vendors Click as typer._click; older releases depend on Click itself
+        from typer._click import exceptions as click_exceptions
+    except ImportError:  # pragma: no cover - depends on the installed Typer
+        from click import exceptions as click_exceptions
+    found = [getattr(click_exceptions, name, None), getattr(typer, name, None) if typer_too else None]
+    return tuple(dict.fromkeys(c for c in found if isinstance(c, type)))
+
+
+def __getattr__(name: str):
+    # ``from ._errors import click_exceptions``: Click's exceptions module (Typer's vendored copy
+    # in recent releases), imported on first use only
+    if name == "click_exceptions":
+        try:
+            from typer._click import exceptions
+        except ImportError:  # pragma: no cover - depends on the installed Typer
+            from click import exceptions
+        return exceptions
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def usage_line(exc) -> str:
     """A usage error in one line: ``invaudit margin: error: <what>; see 'invaudit margin -h'.``"""
     ctx = getattr(exc, "ctx", None)
     where = getattr(ctx, "command_path", None) or "invaudit"
     message = exc.format_message().strip().replace("\n", " ").replace("Value error, ", "")
     message = message[:-1] if message.endswith(".") else message
+    if message.endswith(("?", "!")):  # "Did you mean 'explain'?": a sentence of its own
+        return f"{where}: error: {message} See '{where} -h'.\n"
     return f"{where}: error: {message}; see '{where} -h'.\n"
 
 
@@ -65,12 +89,12 @@ def run_guarded(call) -> int:
     """Run the Click/Typer entry point and map whatever comes out of it to an exit code."""
     try:
         rv = call()
-    except click_exceptions.UsageError as exc:  # includes BadParameter, NoSuchOption, MissingParameter
+    except _caught("UsageError", typer_too=False) as exc:  # includes BadParameter, NoSuchOption, MissingParameter
         sys.stderr.write(usage_line(exc))
         return EXIT_USAGE
-    except (typer.Exit, getattr(click_exceptions, "Exit", typer.Exit)) as exc:
+    except _caught("Exit") as exc:
         return exc.exit_code
-    except (typer.Abort, getattr(click_exceptions, "Abort", typer.Abort)):
+    except _caught("Abort"):
         sys.stderr.write("aborted\n")
         return 130
     except KeyboardInterrupt:

@@ -5,6 +5,8 @@ Start-up time matters for a CLI that CI runs many times: a command imports only 
 influence solvers. ``invaudit --version`` imports nothing but the version, and the top-level
 ``invaudit --help`` lists the commands from their docstrings, read from the command modules' source
 without importing them (no numpy, no solvers); every other use registers every command.
+``invaudit info`` in a plain form is read by cli/_fast.py without Typer's parser, whose pydantic
+coercion cost ~0.3 s of its start; any other form of it goes through Typer as before.
 """
 
 from __future__ import annotations
@@ -123,6 +125,13 @@ def main(argv=None) -> None:
         from ._common import quiet_sklearn_warnings
 
         quiet_sklearn_warnings()
+        from ._fast import direct
+
+        call = direct(args)  # ``info`` in a plain form: read without Typer's pydantic coercion
+        if call is not None:
+            from ._errors import run_guarded
+
+            sys.exit(run_guarded(call))
     import typer
 
     from ._errors import run_guarded
