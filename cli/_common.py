@@ -67,10 +67,12 @@ OutPoints = Annotated[Optional[Path], typer.Option("--out", metavar="PATH", help
 IntegerCols = Annotated[Optional[str], typer.Option("--integer", metavar="COLS", help="Columns that must stay whole numbers (typed-row models).")]
 CategoricalCost = Annotated[float, typer.Option("--categorical-cost", min=0.0, help="Cost of changing one categorical column, in units of the (scaled) numeric distance.")]
 IdColumn = Annotated[Optional[str], typer.Option("--id-column", metavar="NAME", help="CSV column naming the rows (row_id in reports); not a feature.")]
-Seed = Annotated[int, typer.Option("--seed", help="Random seed; results are deterministic for a fixed seed.")]
+Seed = Annotated[int, typer.Option("--seed", min=0, help="Random seed; results are deterministic for a fixed seed.")]
 TimeLimit = Annotated[Optional[float], typer.Option("--time-limit", min=0.0, metavar="SECONDS", help="Seconds for each row (tree ensembles: the anytime search and the MILP together; default 0.6); a row still running then returns its best verified answer, not exact. Black boxes search their rows together, so the search stops after SECONDS (default: no limit). Typed rows: seconds per MILP and per row (default 10).")]
 #: ``--quiet``: set by the option's callback on every run (each command has the option).
 _QUIET = {"on": False}
+#: The command running when no Click context says so (cli/_fast.py runs ``info`` without Typer).
+RUNNING = {"command": None}
 
 
 def _set_quiet(value: bool) -> bool:
@@ -199,8 +201,9 @@ class Run:
             ignored = [c for c in ds.file_columns if c not in known]
             if ignored:
                 shown = ", ".join(ignored[:6]) + (", ..." if len(ignored) > 6 else "")
-                hint = (" (pass --label-column if one holds the labels, --id-column if one names the rows)"
-                        if label_column is None or id_column is None else "")
+                flags = ([] if label_column is not None else ["--label-column if one holds the labels"]) \
+                    + ([] if id_column is not None else ["--id-column if one names the rows"])
+                hint = f" (pass {', '.join(flags)})" if flags else ""
                 warn(f"{ds.path}: column(s) the model does not read are left out: {shown}{hint}.")
         if primary:
             self.data_info = ds.describe()
@@ -433,6 +436,29 @@ def emit_report(report: dict, fmt: Format, json_path: Optional[Path]) -> None:
         render(report, fmt, out_console())
 
 
+def csv_field(value) -> str:
+    """One CSV field as the csv module writes it (RFC 4180): quoted, its quotes doubled, when it
+    holds a comma, a quote or a line break (an ID like ``Smith, J`` would otherwise shift every
+    value after it one column to the right)."""
+    s = str(value)
+    if "," in s or '"' in s or "\n" in s or "\r" in s:
+        return '"' + s.replace('"', '""') + '"'
+    return s
+
+
+def index_column(id_name, columns) -> str:
+    """The first column of an ``--out`` CSV: the ID column's name, else ``row``, with underscores
+    in front while a feature has that name (a repeated header name reads back as the wrong
+    column: pandas would take the row numbers for the feature)."""
+    if id_name:
+        return str(id_name)
+    taken = {str(c) for c in columns}
+    name = "row"
+    while name in taken:
+        name = "_" + name
+    return name
+
+
 class PointWriter:
     """``--out``: answers of a numeric model written as they come, atomically. ``.csv`` in the
     input's columns (first column the row's ID or number), ``.npy`` (the points alone; the
@@ -458,7 +484,8 @@ class PointWriter:
         if self.suffix == ".npy":
             self._fh.write(self._npy_header(0))
         else:
-            self._fh.write((",".join([self.id_name or "row", *self.columns]) + "\n").encode("utf-8"))
+            head = [index_column(self.id_name, self.columns), *self.columns]
+            self._fh.write((",".join(csv_field(c) for c in head) + "\n").encode("utf-8"))
         return self
 
     def _npy_header(self, rows: int) -> bytes:
@@ -478,7 +505,7 @@ class PointWriter:
         else:
             body = orjson.dumps(pts, option=orjson.OPT_SERIALIZE_NUMPY)[2:-2].split(b"],[") if pts.shape[1] \
                 else [b""] * pts.shape[0]
-            self._fh.write(b"".join(str(k).encode("utf-8") + b"," + line + b"\n" for k, line in zip(keys, body)))
+            self._fh.write(b"".join(csv_field(k).encode("utf-8") + b"," + line + b"\n" for k, line in zip(keys, body)))
         self.count += pts.shape[0]
 
     def __exit__(self, exc_type, exc, tb):
@@ -645,6 +672,7 @@ def _plain_progress(description: str, total: int):
 
         ctx = get_current_context(silent=True)
         command = f" {ctx.info_name}" if ctx is not None and ctx.info_name else ""
+        command = command or (f" {RUNNING['command']}" if RUNNING["command"] else "")
     except ImportError:  # pragma: no cover - depends on the installed Typer
         command = ""
     interval = _plain_progress_interval()
@@ -721,6 +749,32 @@ def quiet_sklearn_warnings() -> None:
     warnings.filterwarnings("ignore", message="X has feature names")
 
 
+def check_label_column(label_column: Optional[str], *paths) -> None:
+    """A ``--label-column`` the user named must be a column of at least one of the run's CSV files
+    (``paths``: DATA, --train; None skipped). Labels are optional in DATA, so a file without the
+    column is read without labels; but a name that no file has is a typo, and reading on would
+    drop the labels and feed the column to nobody: refused. Files that cannot be read, or are not
+    CSV, are left to the loader to report."""
+    if label_column is None:
+        return
+    from invaudit.io.data import _csv_header
+
+    headers = [(Path(p), _csv_header(Path(p))) for p in paths
+               if p is not None and Path(p).suffix.lower() == ".csv" and Path(p).is_file()]
+    headers = [(p, h) for p, h in headers if h]
+    if not headers or any(label_column in h for _, h in headers):
+        return
+    import difflib
+
+    names = list(dict.fromkeys(c for _, h in headers for c in h))
+    close = difflib.get_close_matches(label_column, names, n=3, cutoff=0.6)
+    hint = (f"did you mean {' or '.join(repr(c) for c in close)}?" if close
+            else "its columns: " + ", ".join(names[:8]) + (", ..." if len(names) > 8 else ""))
+    files = (f"{headers[0][0]} has no" if len(headers) == 1
+             else "neither " + " nor ".join(str(q) for q, _ in headers) + " has a")
+    raise InputError(f"--label-column '{label_column}': {files} column of that name ({hint}).")
+
+
 def resolve_labels(form, spec: str, what: str) -> int:
     """A class label as the user typed it -> its index in ``form.classes``."""
     classes = np.asarray(form.classes)
@@ -746,7 +800,7 @@ class ConstraintOpts:
     IncreaseOnly = Annotated[Optional[str], typer.Option("--increase-only", metavar="COLS", help="Features that may only increase.")]
     DecreaseOnly = Annotated[Optional[str], typer.Option("--decrease-only", metavar="COLS", help="Features that may only decrease.")]
     Bounds = Annotated[Bounds, typer.Option("--bounds", help="'data': stay inside the ranges seen in --train.")]
-    Train = Annotated[Optional[Path], typer.Option("--train", metavar="TRAIN", help="Training data (for --scale, --bounds, --from mean).")]
+    Train = Annotated[Optional[Path], typer.Option("--train", metavar="TRAIN", help="Training data (for --scale and --bounds; searches of non-linear models also start from its rows).")]
 
 
 def build_constraints(form, X, train_ds, *, scale: Scale, immutable, increase_only, decrease_only, bounds: Bounds):

@@ -18,7 +18,7 @@ from invaudit.models.tabular import column_list as _column_list
 from invaudit.models.tabular import numeric_constraints as _numeric_constraints
 from invaudit.models.tabular import whole_number_columns
 
-from ._common import counterfactual_summary, note
+from ._common import counterfactual_summary, index_column, note
 
 
 def column_list(spec: Optional[str], tm, what: str) -> tuple:
@@ -58,7 +58,7 @@ def write_points(path: Path, points, ids, id_name: Optional[str], rows, keep, in
         v = np.asarray(frame[c], dtype=np.float64)
         if np.all(~np.isfinite(v) | (v == np.round(v))):
             frame[c] = frame[c].astype("Int64")
-    label = id_name or "row"
+    label = index_column(id_name, frame.columns)
     key = ids[rows[keep]] if ids is not None else rows[keep]
     frame.insert(0, label, key)
     buf = io.StringIO()

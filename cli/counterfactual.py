@@ -19,7 +19,7 @@ from invaudit.render import Format
 
 from ._common import (Bounds, ConstraintOpts, FormatOpt, JsonOut, CategoricalCost, IdColumn, IntegerCols, LabelColumn, Labels, OutPoints, ModelArg, Norm,
                       ReportSchema, Rows, Run, Scale, Seed, Sha256, Trust, build_constraints, check_out_path, counterfactual_summary, note, progress,
-                      resolve_labels, write_points, Quiet, RunTimeLimit, TimeLimit)
+                      resolve_labels, write_points, Quiet, RunTimeLimit, TimeLimit, check_label_column)
 from ._parallel_opts import Jobs, Scheduler
 
 
@@ -28,11 +28,18 @@ class Start(str, Enum):
     mean = "mean"
 
 
+def _open_unit(value: Optional[float]) -> Optional[float]:
+    """--confidence: a probability strictly between 0 and 1 (a usage error otherwise, exit 2)."""
+    if value is not None and not 0.0 < value < 1.0:
+        raise typer.BadParameter(f"{value:g}: expected a probability strictly between 0 and 1.")
+    return value
+
+
 def counterfactual(
     model: ModelArg,
     data: Annotated[Optional[Path], typer.Argument(metavar="DATA", help="Rows to explain (.csv, .npy, .npz); not needed with --from.", show_default=False)] = None,
     target: Annotated[str, typer.Option("--target", help="Class label to reach, or 'other' (the closest other class).")] = "other",
-    confidence: Annotated[Optional[float], typer.Option("--confidence", min=0.0, max=1.0, help="Require p(target | x) >= P.")] = None,
+    confidence: Annotated[Optional[float], typer.Option("--confidence", metavar="P", callback=_open_unit, help="Require p(target | x) >= P, 0 < P < 1.")] = None,
     norm: Annotated[Norm, typer.Option("--norm", help="Distance norm.")] = Norm.l2,
     scale: ConstraintOpts.Scale = Scale.none,
     immutable: ConstraintOpts.Immutable = None,
@@ -67,6 +74,7 @@ def counterfactual(
     from invaudit import parallel
 
     check_out_path(out)
+    check_label_column(label_column, data, train)
     if scheduler is None:
         parallel.prestart(jobs)  # an explicit --jobs N: workers start while the model and data load
     run = Run("counterfactual", model, trust=trust, sha256=sha256)

@@ -13,8 +13,19 @@ from invaudit.explain import DEFAULT_ITERATIONS, DEFAULT_MAX_EXPLANATIONS
 from invaudit.io import parse_rows, write_atomic
 from invaudit.render import Format
 
-from ._common import FormatOpt, JsonOut, IdColumn, LabelColumn, Labels, ModelArg, Quiet, ReportSchemaOne, Rows, Run, Seed, Sha256, Trust, note, progress
+from ._common import FormatOpt, JsonOut, IdColumn, LabelColumn, Labels, ModelArg, Quiet, ReportSchemaOne, Rows, Run, Seed, Sha256, Trust, check_label_column, note, progress
 from ._parallel_opts import Jobs, Scheduler
+
+#: ``--time-limit`` / ``--run-time-limit`` as counterfactual and margin take them, in explain's terms.
+ExplainTimeLimit = Annotated[Optional[float], typer.Option("--time-limit", min=0.0, metavar="SECONDS", help="Seconds for each row (default: no limit; rows are searched in batches of up to 32 that share SECONDS per row). A row out of time keeps what it has, every explanation still verified: a coarser responsibility map, fewer or not 1-minimal explanations; its method says so.")]
+ExplainRunTimeLimit = Annotated[Optional[float], typer.Option("--run-time-limit", min=0.0, metavar="SECONDS", help="Seconds for the whole run; rows still to do then get the quick verified search only (the whole input grown into one sufficient explanation).")]
+
+
+def _unit(value: Optional[float]) -> Optional[float]:
+    """--confidence: a probability in (0, 1] (a usage error otherwise, exit 2)."""
+    if value is not None and not 0.0 < value <= 1.0:
+        raise typer.BadParameter(f"{value:g}: expected a probability above 0 and at most 1.")
+    return value
 
 
 def explain(
@@ -24,11 +35,13 @@ def explain(
     shape: Annotated[Optional[str], typer.Option("--shape", metavar="HxW", help="Treat rows as HxW images (spatial windows, heat maps).")] = None,
     baseline: Annotated[Optional[str], typer.Option("--baseline", help="Value for features outside an explanation: zero (default), mean (of --train) or a number. Typed rows: contrast (default; per row, the typical --train row the model assigns another class), mean or zero.", show_default=False)] = None,
     train: Annotated[Optional[Path], typer.Option("--train", metavar="TRAIN", help="Training data (for --baseline mean; typed rows: needed for contrast and mean).")] = None,
-    confidence: Annotated[Optional[float], typer.Option("--confidence", min=0.0, max=1.0, help="Sufficient also needs p(label) >= P.")] = None,
+    confidence: Annotated[Optional[float], typer.Option("--confidence", metavar="P", callback=_unit, help="Sufficient also needs p(label) >= P, 0 < P <= 1.")] = None,
     max_explanations: Annotated[int, typer.Option("--max-explanations", min=1, help="At most N explanations per row.")] = DEFAULT_MAX_EXPLANATIONS,
     overlap: Annotated[float, typer.Option("--overlap", min=0.0, max=1.0, help="Largest pairwise Dice overlap kept (0: disjoint).")] = 0.0,
     iterations: Annotated[int, typer.Option("--iterations", min=1, help="Random partitions for the responsibility map.")] = DEFAULT_ITERATIONS,
     seed: Seed = 0,
+    time_limit: ExplainTimeLimit = None,
+    run_time_limit: ExplainRunTimeLimit = None,
     jobs: Jobs = None,
     scheduler: Scheduler = None,
     png: Annotated[Optional[Path], typer.Option("--png", metavar="DIR", help="Write heat maps and explanations as PNG images (needs --shape).")] = None,
@@ -47,6 +60,7 @@ def explain(
 
     from invaudit import parallel
 
+    check_label_column(label_column, data, train)
     if scheduler is None:
         parallel.prestart(jobs)  # an explicit --jobs N: workers start while the model and data load
     run = Run("explain", model, trust=trust, sha256=sha256)
@@ -85,10 +99,21 @@ def explain(
             raise InputError("--png draws images and needs --shape HxW.")
         X_train = run.data(train, label_column=label_column, id_column=id_column, primary=False).X if train is not None else None
         base = resolve_baseline(baseline, form.n_features, X_train=X_train)
+    import time as _time
+
+    # the run's clock starts with the search (as counterfactual's and margin's); wall-clock time,
+    # the same in every worker process
+    run_deadline = None if run_time_limit is None else _time.time() + run_time_limit
     with progress("explaining", len(row_ids)) as update:
         res = parallel.explain_rows(form, X, rows=row_ids, baseline=base, shape=hw, confidence=confidence,
                                     max_explanations=max_explanations, overlap=overlap, iterations=iterations,
-                                    seed=seed, progress=lambda done: update(done), jobs=jobs, scheduler=scheduler)
+                                    seed=seed, progress=lambda done: update(done), jobs=jobs, scheduler=scheduler,
+                                    time_limit=time_limit, run_deadline=run_deadline)
+    cut = [int(r.row) for r in res if r.time_limited]
+    if cut:
+        shown = ", ".join(map(str, cut[:10])) + (" ..." if len(cut) > 10 else "")
+        note(f"the time limit cut the search short for {len(cut)} row(s) ({shown}): they have what was found by "
+             "then, every explanation verified (method says what was cut)")
     same = [int(r.row) for r in res if r.baseline_gets_label]
     if same:
         shown = ", ".join(map(str, same[:10])) + (" ..." if len(same) > 10 else "")
@@ -109,7 +134,7 @@ def explain(
     params = {"baseline": base_param,
               "baseline_spec": baseline, "shape": None if hw is None else list(hw), "confidence": confidence,
               "max_explanations": max_explanations, "overlap": overlap, "iterations": iterations, "seed": seed,
-              "rows": rows}
+              "rows": rows, "time_limit": time_limit, "run_time_limit": run_time_limit}
     run.emit(params=params, results=records(res, form.classes, columns), summary=summary(res), fmt=format, json_path=json)
 
 

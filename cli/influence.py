@@ -46,12 +46,13 @@ def influence(
     model: ModelArg,
     train: Annotated[Path, typer.Argument(metavar="TRAIN", help="The training data the model was fitted on (with labels).", show_default=False)],
     test: Annotated[Path, typer.Argument(metavar="TEST", help="The rows whose predictions to explain.", show_default=False)],
-    test_rows: Annotated[Optional[str], typer.Option("--test-rows", "--rows", metavar="SPEC", help="Test rows to explain, e.g. 0-4 (default: all).")] = None,
+    test_rows: Annotated[Optional[str], typer.Option("--rows", metavar="SPEC", help="Test rows to explain, e.g. 0-4 (default: all).")] = None,
+    test_rows_alias: Annotated[Optional[str], typer.Option("--test-rows", metavar="SPEC", help="The same as --rows.")] = None,
     top: Annotated[int, typer.Option("--top", min=1, help="Helpful and harmful training rows listed per test row.")] = 10,
     verify_loo: Annotated[int, typer.Option("--verify-loo", min=0, metavar="N", help="Refit without each of the top N rows and compare.")] = 0,
     features: Annotated[bool, typer.Option("--features", help="Also give each listed row's per-feature gradient (I_pert,loss).")] = False,
     group: Annotated[Optional[str], typer.Option("--group", metavar="SPEC", help="Predict the effect of removing a set of training rows: a row spec or COLUMN=VALUE.")] = None,
-    estimate: Annotated[str, typer.Option("--estimate", help="auto, first-order or leverage-corrected.")] = "auto",
+    estimate: Annotated[str, typer.Option("--estimate", help="auto (the best this model has), first-order or leverage-corrected; k-nearest neighbours, GaussianNB / QDA and trees have one each (exact-loo, leaf-refit).")] = "auto",
     jobs: Jobs = None,
     scheduler: Scheduler = None,
     label_column: LabelColumn = None,
@@ -72,13 +73,19 @@ def influence(
 
     from invaudit import parallel
 
+    if test_rows is not None and test_rows_alias is not None:
+        from ._errors import click_exceptions
+
+        raise click_exceptions.UsageError("give the test rows once: --rows and --test-rows are the same option.")
+    rows_flag = "--test-rows" if test_rows_alias is not None else "--rows"
+    test_rows = test_rows if test_rows_alias is None else test_rows_alias
     if scheduler is None:
         parallel.prestart(jobs, ("sklearn.base", "invaudit.models", "invaudit.influence"))
     run = Run("influence", model, trust=trust, sha256=sha256)
     form = run.form
     tr = run.data(train, label_column=label_column, id_column=id_column, labels=labels, require_labels=True, primary=False)
     te = run.data(test, label_column=label_column, id_column=id_column)  # --labels belongs to an NPY TRAIN
-    rows = parse_rows(test_rows, te.n_rows, what="--test-rows")
+    rows = parse_rows(test_rows, te.n_rows, what=rows_flag)  # errors name the flag the user typed
     yt = None if te.y_index is None else te.y_index[rows]
     if run.tabular is not None:
         # typed rows: the final estimator's parameters, on what the ColumnTransformer makes of the rows
@@ -94,6 +101,9 @@ def influence(
         from invaudit.influence import build_quadratic_objective as build_objective
     with working("preparing the training objective"):
         obj = build_objective(form, X_train, tr.y_index)
+    known = tuple(getattr(obj, "estimates", ()))
+    if estimate != "auto" and known and estimate not in known:  # the solver's message names no flag
+        raise InputError(f"--estimate '{estimate}': for this model choose {', '.join(known)} or auto.")
     for n in obj.notes:
         note(n)
     with progress("influence", len(rows)) as update:

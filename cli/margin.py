@@ -14,7 +14,7 @@ from invaudit.render import Format
 
 from ._common import (Bounds, ConstraintOpts, FormatOpt, JsonOut, CategoricalCost, IdColumn, IntegerCols, LabelColumn, Labels, OutPoints, ModelArg, Norm, ReportSchema, Rows, Run,
                       Scale, Seed, Sha256, Trust, build_constraints, check_out_path, note, progress,
-                      stream_margins, Quiet, RunTimeLimit, TimeLimit)
+                      stream_margins, Quiet, RunTimeLimit, TimeLimit, check_label_column)
 from ._parallel_opts import Jobs, Scheduler
 
 
@@ -65,6 +65,7 @@ def margin(
 
     eps_list = parse_eps(eps)
     check_out_path(out)
+    check_label_column(label_column, data, train)
     if scheduler is None:
         from invaudit import parallel as _parallel
 

@@ -23,11 +23,22 @@ The search:
 
 None of this is an optimum: the result is ``exact = False``; what backs each explanation is the
 verified ``sufficient`` / ``minimal`` flags.
+
+Anytime, under a time limit (``time_limit`` seconds per row, ``run_time_limit`` / ``run_deadline``
+for the whole run). Rows are searched in batches of up to 32, which share a clock (``time_limit``
+times the batch's rows). The clock is looked at between the steps, never inside a model call;
+when it has run out, the step stops and the rows it was working on go on with what they have:
+a responsibility map from the partitions refined so far (coarser parts, still each part's
+degree of responsibility), the whole input as the only spotlight, explanations that are
+sufficient but not yet 1-minimised, no further disjoint explanations. Step 4 always runs: every
+reported explanation is still checked with the model's own ``predict``, and the row's ``method``
+names what the limit cut short (``time_limited``).
 """
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from numbers import Real
 from typing import Callable, Optional, Sequence
@@ -97,6 +108,11 @@ class RowExplanation:
         Mutants sent to the model for this row (search and verification).
     exact : bool
         Always False: the explanations are verified, not proven smallest.
+    method : str
+        ``"multirex"``; under a time limit that cut the row's search short, followed by what
+        was cut (``"multirex; stopped by the time limit: ..."``).
+    time_limited : bool
+        A time limit cut this row's search short (its explanations are still verified).
     """
 
     row: int
@@ -108,6 +124,47 @@ class RowExplanation:
     input_sufficient: bool
     n_queries: int
     exact: bool = False
+    method: str = "multirex"
+    time_limited: bool = False
+
+
+# --- time limits --------------------------------------------------------------------------------
+
+#: What each step of the search gives up when the clock stops it (for ``method``).
+_CUT = {
+    "responsibility": "responsibility from coarser parts",
+    "spotlights": "only the whole input searched (no spotlights)",
+    "minimise": "1-minimisation cut short (each explanation's minimal flag is verified)",
+    "extend": "no further disjoint explanations searched",
+}
+
+
+class _Clock:
+    """The deadline of one batch of rows; the steps of the search ask it, between model calls,
+    whether to stop, and it remembers which rows each stop cut short.
+
+    ``stop_at`` is wall-clock time (``time.time()``, the same in every worker process of one
+    machine); ``run`` says whether it is the run's deadline (else the rows' own limit)."""
+
+    def __init__(self, n_rows: int, stop_at: Optional[float], run: bool = False):
+        self.stop_at = stop_at
+        self.run = run
+        self.cut = {k: np.zeros(n_rows, dtype=bool) for k in _CUT}
+
+    def stop(self, step: str, rows) -> bool:
+        """True (and ``rows``, positions in the batch, marked as cut short by ``step``) when the
+        time is up."""
+        if self.stop_at is None or time.time() < self.stop_at:
+            return False
+        self.cut[step][np.asarray(rows, dtype=np.intp)] = True
+        return True
+
+    def method(self, i: int) -> str:
+        cuts = [text for step, text in _CUT.items() if self.cut[step][i]]
+        if not cuts:
+            return "multirex"
+        which = "the run's time limit" if self.run else "the time limit"
+        return f"multirex; stopped by {which}: " + ", ".join(cuts)
 
 
 # --- input handling ---------------------------------------------------------------------------
@@ -207,8 +264,9 @@ def _check_params(form, confidence, max_explanations, overlap, iterations, seed,
 # --- the search, vectorised over a chunk of rows ------------------------------------------------
 
 def _explain_chunk(form, X, baseline, labels, row_ids, *, shape, confidence, max_explanations,
-                   overlap, iterations, seed, max_refine):
+                   overlap, iterations, seed, max_refine, clock=None):
     n, D = X.shape
+    clock = _Clock(n, None) if clock is None else clock
     oracle = SufficiencyOracle(form, X, baseline, labels, confidence)
     allr = np.arange(n)
     input_ok = oracle(allr, np.ones((n, D), dtype=bool))
@@ -219,7 +277,7 @@ def _explain_chunk(form, X, baseline, labels, row_ids, *, shape, confidence, max
     coarse = np.zeros((n, D))
     r_act, c_act = responsibility_maps(oracle, active, D, iterations=iterations, seed=seed,
                                        row_ids=row_ids[active], shape=shape,
-                                       max_refine=max_refine)
+                                       max_refine=max_refine, clock=clock)
     resp[active], coarse[active] = r_act, c_act
     rank = _search.feature_ranks(resp, coarse, X, baseline)
 
@@ -230,10 +288,12 @@ def _explain_chunk(form, X, baseline, labels, row_ids, *, shape, confidence, max
     else:
         spots = _search.random_spotlights(seed, row_ids[active], D,
                                           max(_N_TABULAR_SPOTS, 2 * max_explanations))
+    if active.size and clock.stop("spotlights", active):  # out of time: the whole input only
+        spots = spots[:, :0]
     allowed = np.concatenate([np.ones((active.size, 1, D), dtype=bool), spots], axis=1)
     C = allowed.shape[1]
     rid = np.repeat(active, C)
-    sets, found = _search.explain_candidates(oracle, rid, allowed.reshape(-1, D), rank)
+    sets, found = _search.explain_candidates(oracle, rid, allowed.reshape(-1, D), rank, clock=clock)
     sets = sets.reshape(active.size, C, D)
     chosen = _search.select(sets, found.reshape(active.size, C), overlap, max_explanations)
 
@@ -250,6 +310,8 @@ def _explain_chunk(form, X, baseline, labels, row_ids, *, shape, confidence, max
     going = (counts < max_explanations) & (counts > 0)
     union = exp.any(axis=1)
     while going.any():
+        if clock.stop("extend", active[going]):
+            break
         g = np.nonzero(going)[0]
         allow = ~union[g]
         has_room = allow.any(axis=1)
@@ -257,13 +319,13 @@ def _explain_chunk(form, X, baseline, labels, row_ids, *, shape, confidence, max
         g, allow = g[has_room], allow[has_room]
         if g.size == 0:
             break
-        found_set, hit = _search.explain_candidates(oracle, active[g], allow, rank)
+        found_set, hit = _search.explain_candidates(oracle, active[g], allow, rank, clock=clock)
         miss = np.nonzero(~hit)[0]
-        if miss.size:  # the whole remainder failed: try it through each spotlight
+        if miss.size and spots.shape[1]:  # the whole remainder failed: try it through each spotlight
             cand = allow[miss, None, :] & spots[g[miss]]
             Cc = cand.shape[1]
             new, ok = _search.explain_candidates(oracle, np.repeat(active[g[miss]], Cc),
-                                                 cand.reshape(-1, D), rank)
+                                                 cand.reshape(-1, D), rank, clock=clock)
             new, ok = new.reshape(miss.size, Cc, D), ok.reshape(miss.size, Cc)
             best = np.argmin(np.where(ok, new.sum(axis=2), D + 1), axis=1)
             found_set[miss] = new[np.arange(miss.size), best]
@@ -313,7 +375,8 @@ def _explain_chunk(form, X, baseline, labels, row_ids, *, shape, confidence, max
             row=int(row_ids[i]), label_index=int(labels[i]), predicted_index=int(pred_idx[i]),
             explanations=tuple(exps), responsibility=resp[i].copy(),
             baseline_gets_label=bool(base_ok_v[i]), input_sufficient=bool(input_ok_v[i]),
-            n_queries=int(oracle.queries[i] + extra[i] + 2)))
+            n_queries=int(oracle.queries[i] + extra[i] + 2), method=clock.method(i),
+            time_limited=clock.method(i) != "multirex"))
     return out
 
 
@@ -329,7 +392,8 @@ def explain_rows(form, X, *, rows: Optional[Sequence[int]] = None,
                  confidence: Optional[float] = None,
                  max_explanations: int = DEFAULT_MAX_EXPLANATIONS, overlap: float = 0.0,
                  iterations: int = DEFAULT_ITERATIONS, seed: int = 0, max_refine: int = 4,
-                 progress: Optional[Callable[[int], None]] = None) -> list:
+                 progress: Optional[Callable[[int], None]] = None, time_limit: Optional[float] = None,
+                 run_time_limit: Optional[float] = None, run_deadline: Optional[float] = None) -> list:
     """Responsibility maps and several minimal sufficient explanations for each row of ``X``.
 
     Parameters
@@ -367,6 +431,17 @@ def explain_rows(form, X, *, rows: Optional[Sequence[int]] = None,
         that never matters exactly zero; fewer is cheaper).
     progress : callable(int), optional
         Called with the number of rows finished after each chunk.
+    time_limit : float, optional
+        Seconds per row (default: no limit). Rows are searched in batches of up to 32 that share
+        a clock of ``time_limit`` times their rows; a batch out of time stops the step it is in
+        and finishes with what it has (see the module's notes). Every explanation is still
+        verified; ``method`` and ``time_limited`` say which rows the limit cut short.
+    run_time_limit : float, optional
+        Seconds for this call: batches still to do then get the quick search only (one
+        responsibility level, the whole input grown into one sufficient explanation).
+    run_deadline : float, optional
+        The same as an absolute wall-clock time (``time.time()``), for a run split over several
+        calls or processes (the earlier of the two applies).
 
     Returns
     -------
@@ -395,6 +470,12 @@ def explain_rows(form, X, *, rows: Optional[Sequence[int]] = None,
     if shape is not None:
         shape = parse_shape(shape, D)
     _check_params(form, confidence, max_explanations, overlap, iterations, seed, max_refine)
+    for name, v in (("time_limit", time_limit), ("run_time_limit", run_time_limit)):
+        if v is not None and not (isinstance(v, Real) and float(v) >= 0.0):  # NaN fails, inf is no limit
+            raise InputError(f"--{name.replace('_', '-')} must be a number of seconds >= 0, got {v!r}.")
+    if run_time_limit is not None:
+        end = time.time() + float(run_time_limit)
+        run_deadline = end if run_deadline is None else min(float(run_deadline), end)
     n = X.shape[0]
     row_ids = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
     if row_ids.shape != (n,) or (n and row_ids.min() < 0):
@@ -410,14 +491,24 @@ def explain_rows(form, X, *, rows: Optional[Sequence[int]] = None,
     out = []
     for start in range(0, n, _ROW_CHUNK):  # chunks bound memory; each chunk is fully batched
         sl = slice(start, start + _ROW_CHUNK)
+        clock = _chunk_clock(min(_ROW_CHUNK, n - start), time_limit, run_deadline)
         out.extend(_explain_chunk(
             form, X[sl], baseline[sl] if baseline.ndim == 2 else baseline, labels[sl], row_ids[sl],
             shape=shape, confidence=conf,
             max_explanations=int(max_explanations), overlap=float(overlap),
-            iterations=int(iterations), seed=int(seed), max_refine=int(max_refine)))
+            iterations=int(iterations), seed=int(seed), max_refine=int(max_refine), clock=clock))
         if progress is not None:
             progress(len(out))
     return out
+
+
+def _chunk_clock(n_rows: int, time_limit, run_deadline) -> "_Clock":
+    """The clock of a batch of ``n_rows`` rows starting now: ``time_limit`` seconds per row, or
+    the run's deadline if that comes first."""
+    own = None if time_limit is None else time.time() + float(time_limit) * n_rows
+    if run_deadline is not None and (own is None or float(run_deadline) <= own):
+        return _Clock(n_rows, float(run_deadline), run=True)
+    return _Clock(n_rows, own)
 
 
 def explain_row(form, x, *, label_index: Optional[int] = None, baseline, shape=None,
@@ -462,6 +553,7 @@ def records(results, classes, columns=None) -> list:
             "input_sufficient": r.input_sufficient,
             "n_queries": r.n_queries,
             "exact": r.exact,
+            "method": r.method,
         })
     return out
 
@@ -477,4 +569,5 @@ def summary(results) -> dict:
         "median_size": float(np.median(sizes)) if sizes else None,
         "all_sufficient": bool(all(e.sufficient for r in results for e in r.explanations)),
         "baseline_gets_label": int(sum(r.baseline_gets_label for r in results)),
+        "time_limited": int(sum(r.time_limited for r in results)),
     }

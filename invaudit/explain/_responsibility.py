@@ -146,7 +146,7 @@ def _split_image(box, rid, it, path, seed, shape):
 
 
 def responsibility_maps(oracle, rows, n_features, *, iterations, seed, row_ids, shape=None,
-                        max_refine=N_PARTS):
+                        max_refine=N_PARTS, clock=None):
     """Responsibility maps for the rows ``rows`` (positions in the oracle's ``X``).
 
     Parameters
@@ -165,6 +165,10 @@ def responsibility_maps(oracle, rows, n_features, *, iterations, seed, row_ids, 
         Image grid: rectangles instead of random subsets.
     max_refine : int
         At most this many responsible parts of each node are refined (the most responsible).
+    clock : optional
+        The search's time limit, asked after each level (``clock.stop("responsibility", rows)``
+        True: stop refining). The first level is always evaluated; a stopped map gives each
+        feature the responsibility of the smallest part containing it evaluated so far.
 
     Returns
     -------
@@ -234,4 +238,6 @@ def responsibility_maps(oracle, rows, n_features, *, iterations, seed, row_ids, 
         if box is not None:
             box = child_box[pm, pi]
         depth += 1
+        if clock is not None and depth < _MAX_DEPTH and clock.stop("responsibility", np.unique(rows[node])):
+            break
     return V.reshape(n, I, D).mean(axis=1), S.reshape(n, I, D).mean(axis=1)

@@ -77,18 +77,22 @@ def grow(oracle, rid, allowed, rank):
     return sets, found
 
 
-def minimise(oracle, rid, sets, rank):
+def minimise(oracle, rid, sets, rank, clock=None):
     """Shrink each sufficient set until removing any single feature breaks sufficiency.
 
     One pass tests every single removal of every unfinished candidate in one batch; where some
     removals keep sufficiency, the removable features are dropped cumulatively, least
     responsible first, as far as sufficiency holds (a second batch), and the pass repeats.
-    A set is returned when a pass finds no removable feature: it is 1-minimal.
+    A set is returned when a pass finds no removable feature: it is 1-minimal. Every set stays
+    sufficient after each pass, so a ``clock`` (the search's time limit, asked before each
+    pass) that stops the loop leaves sufficient sets that may not be 1-minimal yet.
     """
     sets = sets.copy()
     active = sets.any(axis=1)
     D = sets.shape[1]
     while active.any():
+        if clock is not None and clock.stop("minimise", rid[active]):
+            break
         a = np.nonzero(active)[0]
         ci, fi = np.nonzero(sets[a])
         masks = sets[a][ci]
@@ -117,12 +121,13 @@ def minimise(oracle, rid, sets, rank):
     return sets
 
 
-def explain_candidates(oracle, rid, allowed, rank):
-    """Grow then minimise: a 1-minimal sufficient set inside each allowed set, where one exists."""
+def explain_candidates(oracle, rid, allowed, rank, clock=None):
+    """Grow then minimise: a 1-minimal sufficient set inside each allowed set, where one exists
+    (sufficient but perhaps not 1-minimal when ``clock`` stops the minimisation)."""
     sets, found = grow(oracle, rid, allowed, rank)
     if found.any():
         f = np.nonzero(found)[0]
-        sets[f] = minimise(oracle, rid[f], sets[f], rank)
+        sets[f] = minimise(oracle, rid[f], sets[f], rank, clock=clock)
     return sets, found
 
 

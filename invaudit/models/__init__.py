@@ -49,6 +49,20 @@ _FORM_MODULES = ("linear", "invertible", "differentiable", "kernel", "quadratic"
                  "composite", "blackbox")
 
 
+def _multilabel(estimator) -> bool:
+    """Whether a classifier was fitted on a label-indicator matrix (several yes/no labels per row:
+    MLPClassifier, OneVsRestClassifier, RidgeClassifier). Its ``classes_`` is one-dimensional (the
+    label indices) but its ``predict`` gives one column per label: not a classifier of those classes."""
+    final = estimator
+    while hasattr(final, "steps") and getattr(final, "steps", None):
+        final = final.steps[-1][1]
+    for attr in ("_label_binarizer", "label_binarizer_"):
+        y_type = getattr(getattr(final, attr, None), "y_type_", None)
+        if isinstance(y_type, str) and y_type.startswith("multilabel"):
+            return True
+    return False
+
+
 def adapt(estimator) -> ModelForm:
     """The most exact form of a fitted estimator.
 
@@ -70,7 +84,8 @@ def adapt(estimator) -> ModelForm:
         fitted classifier.
     """
     classes = getattr(estimator, "classes_", None)
-    if isinstance(classes, list) and classes and all(hasattr(c, "__len__") for c in classes):
+    if (isinstance(classes, list) and classes and all(hasattr(c, "__len__") for c in classes)) \
+            or _multilabel(estimator):
         raise UnsupportedModelError(
             f"{type(estimator).__name__} predicts several labels per row (multi-output); invaudit audits "
             "classifiers with one label per row (audit each output's own classifier instead)")
