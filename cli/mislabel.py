@@ -130,7 +130,7 @@ def curve_plot(curve: np.ndarray, width: int = 50, height: int = 10) -> str:
 def mislabel(
     model: ModelArg,
     train: Annotated[Path, typer.Argument(metavar="TRAIN", help="The training data with its (possibly wrong) labels.", show_default=False)],
-    method: Annotated[str, typer.Option("--method", help="auto (= pruned-loo-loss, or confidence without a twice-differentiable loss), combined (model + nearest neighbours + a reference model + extra trees + an RBF-kernel model, calibrated, mixed, and read through an estimated class-to-class noise model), knn, reference, pruned-loo-loss, loo-loss, self-influence, loss, confidence.")] = "auto",
+    method: Annotated[str, typer.Option("--method", help="auto (= pruned-loo-loss, or confidence without a twice-differentiable loss), combined (model + nearest neighbours + a reference model + extra trees + an RBF-kernel model, calibrated, mixed, and read through an estimated class-to-class noise model), knn, reference, boosting (bounded HistGradientBoosting, out of fold), pruned-loo-loss, loo-loss, self-influence, loss, confidence.")] = "auto",
     reference: Annotated[Optional[Path], typer.Option("--reference", metavar="MODEL.joblib", help="The reference model of --method reference/combined (fitted or not; refitted out of fold; loaded like MODEL, --trust applies). Default: the out-of-bag probabilities of a 100-tree RandomForest (one fit).")] = None,
     neighbours: Annotated[int, typer.Option("--neighbours", min=1, help="Neighbours of --method knn/combined.")] = 15,
     top: Annotated[str, typer.Option("--top", metavar="N|all", help="How many suspects to list.")] = "20",
@@ -156,15 +156,19 @@ def mislabel(
 
     if (fix is None) != (out is None):
         raise InputError("--fix N and --out PATH go together.")
+    from invaudit.triage import METHODS
+
+    if method != "auto" and method not in METHODS:
+        raise InputError(f"--method '{method}': choose auto or one of {', '.join(METHODS)}.")
     if top.strip().lower() == "all":
         n_top = None
     else:
-        try:
+        try:  # a value out of range is a usage error (exit 2), as for every other option
             n_top = int(top)
         except ValueError:
-            raise InputError(f"--top '{top}': expected a number or 'all'.") from None
+            raise typer.BadParameter(f"{top}: expected a number or 'all'.", param_hint="'--top'") from None
         if n_top < 1:
-            raise InputError("--top must be at least 1.")
+            raise typer.BadParameter(f"{top}: expected at least 1 (or 'all').", param_hint="'--top'")
     if scheduler is None:
         from invaudit import parallel as _parallel
 

@@ -1,4 +1,4 @@
-"""``invaudit mislabel --method knn|reference|combined`` end to end (issue 18)."""
+"""``invaudit mislabel --method knn|reference|boosting|combined`` end to end (issue 18)."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def noisy_set(tmp_path_factory):
     return d, noisy
 
 
-@pytest.mark.parametrize("method, ref", [("knn", None), ("reference", "tree_unfitted"),
+@pytest.mark.parametrize("method, ref", [("knn", None), ("boosting", None), ("reference", "tree_unfitted"),
                                          ("reference", "tree_fitted"), ("combined", "tree_unfitted")])
 def test_sources_in_the_json_report(invaudit, validate, noisy_set, method, ref):
     d, noisy = noisy_set

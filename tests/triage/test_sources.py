@@ -69,6 +69,54 @@ def test_knn_agreement_is_brute_force_out_of_fold_vote():
     np.testing.assert_allclose(P[te], (np.stack([np.bincount(y[tr][r], minlength=3) for r in idx]) + 1 / 3) / (k + 1))
 
 
+def test_knn_among_every_other_row_is_brute_force_leave_one_out():
+    """``among="others"``: the k nearest of all the other rows (or of the other reference rows),
+    the row itself never voting even when an exact duplicate of it (another label) comes first."""
+    X, y = _blobs(n=70, k=3, seed=4)
+    X = np.vstack([X, X[:5]]) * np.array([1e-5, 1.0, 1e5])
+    y = np.concatenate([y, (y[:5] + 1) % 3])  # duplicates of rows 0..4 with other labels
+    Z = (X - X.mean(axis=0)) / X.std(axis=0)
+    w = np.linspace(0.5, 2.0, y.size)
+    n, k = y.size, 6
+
+    def brute(allowed, weights):
+        """The vote of each row's k nearest allowed other rows, and whether the k-th place is
+        clear (no exact tie with the next row, which either search may break its own way)."""
+        P, clear = np.empty((n, 3)), np.empty(n, dtype=bool)
+        for i in range(n):
+            cand = np.flatnonzero(allowed & (np.arange(n) != i))
+            d2 = ((Z[cand] - Z[i]) ** 2).sum(axis=1)
+            o = np.argsort(d2, kind="stable")
+            nb = cand[o[:k]]
+            clear[i] = d2[o[k - 1]] < d2[o[k]]
+            c = np.bincount(y[nb], weights=weights[nb], minlength=3)
+            P[i] = (c + 1 / 3) / (c.sum() + 1)
+        return P, clear
+
+    ones = np.ones(n)
+    P = knn_proba(Z, y, 3, None, k=k, among="others")
+    want, clear = brute(np.ones(n, bool), ones)
+    assert clear.sum() >= n - 15
+    np.testing.assert_allclose(P[clear], want[clear], rtol=0, atol=1e-12)
+    assert P[0, y[70]] >= (1 + 1 / 3) / (k + 1)  # the duplicate votes, the row itself does not
+    want, clear = brute(np.ones(n, bool), w)
+    np.testing.assert_allclose(knn_proba(Z, y, 3, None, k=k, among="others", weights=w)[clear],
+                               want[clear], rtol=0, atol=1e-12)
+    # a row's own label never reaches its vote
+    y2 = y.copy()
+    y2[9] = (y[9] + 1) % 3
+    np.testing.assert_array_equal(knn_proba(Z, y2, 3, None, k=k, among="others")[9], P[9])
+    # past max_rows: the k nearest of the other reference rows
+    from invaudit.triage._sources import knn_reference
+
+    Pb = knn_proba(Z, y, 3, None, k=k, among="others", max_rows=40, seed=3)
+    want, clear = brute(knn_reference(n, 40, 3), ones)
+    assert clear.sum() >= n - 15
+    np.testing.assert_allclose(Pb[clear], want[clear], rtol=0, atol=1e-12)
+    with pytest.raises(ValueError):
+        knn_proba(Z, y, 3, None, among="folds")
+
+
 def test_knn_space_is_the_models_own_scaling_else_standardised():
     X, y = _blobs(n=60, seed=3)
     X = X * np.array([1.0, 100.0, 0.01]) + 5
@@ -249,3 +297,104 @@ def test_default_combined_finds_clustered_flips_the_model_misses():
             found[m].append(recall_at(r.order, wrong, (0.1,))[0.1])
     assert np.mean(found["reference"]) >= np.mean(found["loss"]) + 0.1, found
     assert np.mean(found["combined"]) >= np.mean(found["loss"]) + 0.1, found
+
+
+def _hgb_reference(X, y, splits, seed, rounds=30):
+    """The bounded boosting source written out with scikit-learn alone: one
+    HistGradientBoostingClassifier per fold (learning rate 0.3, at most ``rounds`` rounds, 32 bins,
+    early stopping on a tenth of the fold's training part), predicting the held-out rows."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from threadpoolctl import threadpool_limits
+
+    K = int(y.max()) + 1
+    P = np.zeros((y.size, K))
+    with threadpool_limits(limits=1, user_api="openmp"):  # OpenMP threads spin on a loaded machine
+        for tr, te in splits:
+            est = HistGradientBoostingClassifier(learning_rate=0.3, max_iter=rounds, max_bins=32,
+                                                 early_stopping=True, validation_fraction=0.1,
+                                                 n_iter_no_change=5, random_state=seed).fit(X[tr], y[tr])
+            P[np.ix_(te, est.classes_)] = est.predict_proba(X[te])
+    return P
+
+
+def test_boosting_source_is_out_of_fold_refits_of_the_bounded_model():
+    from invaudit.triage._sources import boosting_proba
+
+    X, noisy, _ = _clustered(2)
+    X = X[:200] * np.array([1e-5, 1e5, 1, 1, 1, 1, 1, 1, 1, 1])  # features at scales 1e-5..1e5
+    y = noisy[:200]
+    splits = fold_splits(y, 3, 3, 7)
+    got = boosting_proba(X, y, 3, splits, seed=7)
+    np.testing.assert_allclose(got, _hgb_reference(X, y, splits, 7), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-12)
+    # out of fold: a row's own label never reaches the model that judges it
+    y2 = y.copy()
+    y2[11] = (y[11] + 1) % 3
+    again = boosting_proba(X, y2, 3, splits, seed=7)
+    np.testing.assert_array_equal(again[11], got[11])
+    assert not np.array_equal(again, got)  # the label does reach the other folds' models
+
+
+def test_boosting_is_a_method_alone_and_not_part_of_combined():
+    """``--method boosting``: the ranking by -log of the bounded boosting source's out-of-fold
+    probability of the given label (scikit-learn refits on the same folds as the reference), for
+    any model form (a tree here: no convex loss); ``combined`` no longer asks it."""
+    from invaudit.triage import METHODS, available_methods
+
+    X, noisy, wrong = _clustered(4)
+    X, noisy, wrong = X[:240] * np.logspace(-5, 5, 10), noisy[:240], wrong[:240]
+    _, form = _fit(DecisionTreeClassifier(min_samples_leaf=5, random_state=0), X, noisy)
+    assert "boosting" in METHODS and "boosting" in available_methods(form)
+    ticks = []
+    r = rank_mislabels(form, X, noisy, method="boosting", seed=2, progress=lambda d, t: ticks.append((d, t)))
+    P = _hgb_reference(X, noisy, fold_splits(noisy, 3, 5, 2), 2)
+    want = -np.log(np.clip(P[np.arange(240), noisy], 1e-300, 1.0))
+    np.testing.assert_allclose(r.score, want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(r.order, np.lexsort((np.arange(240), -want)))
+    np.testing.assert_array_equal(r.suggested, P.argmax(axis=1))
+    assert r.method == "boosting" and not r.sources and ticks[-1] == (5, 5)
+    assert any(n.startswith("boosting source: out-of-fold probabilities") for n in r.notes)
+    assert recall_at(r.order, wrong, (0.1,))[0.1] >= 0.25  # chance: 0.1
+    c = rank_mislabels(form, X, noisy, method="combined", seed=2, jobs=1)
+    assert "boosting" not in c.sources and "boosting" not in c.weights
+
+
+def test_boosting_work_is_bounded_and_small_classes_fit_without_early_stopping(monkeypatch):
+    from invaudit.triage import _sources as S
+
+    for n_fit, d, k in ((960, 20, 4), (1150, 64, 10), (8_000, 50, 10), (80_000, 100, 10), (50, 3, 2)):
+        rounds, rows = S.boosting_plan(n_fit, d, k)
+        trees = 1 if k == 2 else k
+        assert S.BOOSTING_MIN_ROUNDS <= rounds <= 30 and 1 <= rows <= n_fit
+        assert rounds * rows * d * trees <= S.BOOSTING_WORK or (rounds, rows) == (30, n_fit)
+        if rows < n_fit:  # rounds drop to their floor before rows are dropped
+            assert rounds == S.BOOSTING_MIN_ROUNDS
+            assert (rows + 1) * d * trees * rounds > S.BOOSTING_WORK
+    assert S.boosting_plan(8_000, 50, 10) == (6, 8_000)  # 10,000 rows x 50 x 10 classes, 5 folds
+
+    # a tiny budget: each fold fitted on a random subset, within the bound, rounds capped
+    monkeypatch.setattr(S, "BOOSTING_WORK", 5 * 120 * 4 * 3)
+    fitted = []
+    make = S.boosting_model
+
+    def spy(*a, **kw):
+        est = make(*a, **kw)
+        fit = est.fit
+
+        def recording_fit(X, y):
+            out = fit(X, y)
+            fitted.append((X.shape, out.n_iter_, est.early_stopping))
+            return out
+        est.fit = recording_fit
+        return est
+    monkeypatch.setattr(S, "boosting_model", spy)
+    X, y = _blobs(n=300, d=4, k=3, seed=5)
+    y = y.copy()
+    y[7] = 2
+    y[y == 2] = 0
+    y[7] = 2  # class 2 has one row: too small for a stratified validation split
+    splits = fold_splits(y, 3, 5, 0)
+    P = S.boosting_proba(X, y, 3, splits, seed=0)
+    assert np.all(np.isfinite(P)) and np.allclose(P.sum(axis=1), 1.0)
+    assert all(shape == (120, 4) and n_iter <= 5 for shape, n_iter, _ in fitted)
+    assert any(es is False for *_, es in fitted)  # the fold holding row 7 in training fell back
