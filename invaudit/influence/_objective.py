@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import sys
 import warnings
 from typing import Callable, Optional
 
@@ -101,6 +102,23 @@ def _model_parts(form):
         if parts is not None:
             return parts
     return _final_and_pre(getattr(form, "estimator", None))
+
+
+def light_tree_state(form):
+    """The saved state of a light-loaded DecisionTree / ExtraTree / RandomForest / ExtraTrees
+    classifier (:class:`invaudit.models._light_nonlinear.LightTreesForm`) whose estimator is not
+    unpickled yet: a :class:`~invaudit.io._light.LightObject` holding exactly the real estimator's
+    ``__dict__`` (its parameters ``class_weight``, ``bootstrap``, ... and fitted attributes), so
+    that what :func:`supports` and :func:`invaudit.influence._trees.tree_refusal` read of the
+    estimator (its class name and plain attributes) is read from it, without scikit-learn. Else
+    None (then the estimator itself is read, unpickled if need be)."""
+    light = sys.modules.get("invaudit.models._light_nonlinear")  # no light tree form without it
+    if light is None or not isinstance(form, light.LightTreesForm) or form.estimator_loaded:
+        return None
+    from invaudit.io._light import LightObject
+
+    root = form.light
+    return root if type(root) is LightObject else None
 
 
 def _light_parts(form):
@@ -170,7 +188,9 @@ def supports(form) -> str | None:
         return "network"
     from invaudit.io._light import class_name
 
-    final, _pre = _model_parts(form)  # a light-loaded LogisticRegression: its saved state
+    final = light_tree_state(form)  # a light-loaded tree or forest: its saved state (no unpickling)
+    if final is None:
+        final, _pre = _model_parts(form)  # a light-loaded LogisticRegression: its saved state
     if class_name(final) in ("SVC", "NuSVC"):  # smoothed-hinge surrogate (influence/_kernel.py)
         from ._kernel import is_svm
 

@@ -56,7 +56,7 @@ import numpy as np
 
 from invaudit.errors import InputError, UnsupportedModelError
 
-from ._objective import Objective, _training_rows
+from ._objective import Objective, _training_rows, light_tree_state
 
 __all__ = ["TreeObjective", "build_tree_objective", "tree_method", "tree_refusal"]
 
@@ -73,13 +73,23 @@ def _final(est):
     return steps[-1][1] if steps else est
 
 
+def _read_final(form):
+    """``(final estimator, its class name)``: for a light-loaded tree or forest not unpickled yet,
+    its saved state (:func:`~invaudit.influence._objective.light_tree_state`: the same plain
+    attributes, read without scikit-learn, so ``info`` says the same as after the full load)."""
+    state = light_tree_state(form)
+    if state is not None:
+        return state, state.name
+    est = _final(getattr(form, "estimator", None))
+    return est, type(est).__name__
+
+
 def tree_refusal(form) -> str | None:
     """Why :func:`build_tree_objective` does not cover ``form`` (a sentence without its full stop),
     or None when it does. The one place ``info``, ``influence`` and the audit decide it."""
     if getattr(form, "kind", None) != "trees":
         return "not a tree model"
-    est = _final(getattr(form, "estimator", None))
-    name = type(est).__name__
+    est, name = _read_final(form)
     if name in _LIBRARY:
         settings = _library_settings(form, est)
         return settings if isinstance(settings, str) else None
@@ -164,7 +174,7 @@ def tree_method(form) -> str | None:
     :func:`tree_refusal`)."""
     if getattr(form, "kind", None) != "trees" or tree_refusal(form) is not None:
         return None
-    name = type(_final(getattr(form, "estimator", None))).__name__
+    name = _read_final(form)[1]
     if name in _SINGLE:
         return "leaf-refit (single tree: exact leave-one-out with its splits fixed)"
     if name in _FOREST:
