@@ -1935,12 +1935,7 @@ def _class_feature_blocks_pairs(Zt, s, p, ku, lu, ia, ib) -> np.ndarray:
         for a in range(a0, b0, step):  # chunks of rows, not single rows
             b = min(b0, a + step)
             c = b - a
-            pT = p[a:b].T
-            W = WT[:, :c]
-            np.multiply(pT[ku], pT[lu], out=W)  # A_i[k, l] = p_k (delta_kl - p_l), transposed
-            np.negative(W, out=W)
-            W[same] += pT[ku[same]]
-            W *= s[a:b]
+            W = _pair_weights(p[a:b].T, s[a:b], ku, lu, same, WT[:, :c])
             ZT[:, :c] = Zt[a:b].T
             for f0, f1 in groups:  # groups of feature pairs (a few dozen)
                 Zp = _pair_products_t(ZT, c, f0, f1, buf)
@@ -1955,6 +1950,16 @@ def _class_feature_blocks_pairs(Zt, s, p, ku, lu, ia, ib) -> np.ndarray:
     for other in parts[1:]:
         out += other
     return out.T
+
+
+def _pair_weights(pT, s, ku, lu, same, W) -> np.ndarray:
+    """``W[q, i] = s_i A_i[ku_q, lu_q]`` with ``A_i[k, l] = p_k (delta_kl - p_l)`` for a chunk of
+    rows (``pT``: their probabilities, transposed), written into ``W``."""
+    np.multiply(pT[ku], pT[lu], out=W)
+    np.negative(W, out=W)
+    W[same] += pT[ku[same]]
+    W *= s
+    return W
 
 
 def _class_feature_blocks(Zt, s, p, ku, lu, ia, ib) -> np.ndarray:
@@ -1988,12 +1993,7 @@ def _class_feature_blocks(Zt, s, p, ku, lu, ia, ib) -> np.ndarray:
         for a in range(a0, b0, step):  # chunks of rows, not single rows
             b = min(b0, a + step)
             c = b - a
-            pT = p[a:b].T
-            W = WT[:, :c]
-            np.multiply(pT[ku], pT[lu], out=W)  # A_i[k, l] = p_k (delta_kl - p_l), transposed
-            np.negative(W, out=W)
-            W[same] += pT[ku[same]]
-            W *= s[a:b]
+            W = _pair_weights(p[a:b].T, s[a:b], ku, lu, same, WT[:, :c])
             Zc = Zt[a:b]
             ZT[:, :c] = Zc.T
             for g, (g0, g1) in enumerate(groups):  # groups of features (a dozen)
