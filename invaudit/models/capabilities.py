@@ -59,13 +59,13 @@ def capabilities(form) -> list:
                                "nearest training rows (the only rows whose removal changes it)"))
         caps.append(Capability("mislabel", "yes", "yes",
                                "exact leave-one-out loss: each row's vote among its k nearest other rows "
-                               "(default); loss, confidence, combined, knn, reference"))
+                               "(default); loss, confidence, combined, knn, reference, boosting"))
     elif supports(form) == "kernel":
         caps.append(Capability("influence", "yes", "no",
                                "Koh & Liang influence on a smoothed-hinge surrogate of the SVM in its kernel feature "
                                "space (sec. 4.1) with a leverage correction; --verify-loo refits the surrogate"))
         caps.append(Capability("mislabel", "yes", "-",
-                               "out-of-sample confidence (default), loss; combined, knn, reference (no self-influence "
+                               "out-of-sample confidence (default), loss; combined, knn, reference, boosting (no self-influence "
                                "for SVMs yet)" if form.has_proba else
                                "knn (default: fitted without probability=True, so no predict_proba), combined, "
                                "reference"))
@@ -73,7 +73,7 @@ def capabilities(form) -> list:
         exact = "yes" if k in ("linear", "invertible-linear") else "no"
         caps.append(Capability("influence", "yes", exact,
                                "Koh & Liang influence with a leverage correction, one solve per test row"))
-        caps.append(Capability("mislabel", "yes", "-", "pruned approximate leave-one-out loss (default), self-influence, loss, confidence; combined, knn, reference"
+        caps.append(Capability("mislabel", "yes", "-", "pruned approximate leave-one-out loss (default), self-influence, loss, confidence; combined, knn, reference, boosting"
                                if k != "differentiable" else "loss and out-of-sample confidence (no self-influence for networks)"))
     elif k == "quadratic":
         why = _quadratic_refusal(form)
@@ -83,18 +83,18 @@ def capabilities(form) -> list:
                                "recomputed)") if why is None else Capability("influence", "no", "-", why))
         caps.append(Capability("mislabel", "yes", "yes",
                                "exact leave-one-out loss (default: each row scored by the model refitted without it "
-                               "in closed form); loss, confidence, combined, knn, reference") if why is None else
-                    Capability("mislabel", "yes", "-", "out-of-sample confidence (default), loss; combined, knn, reference"))
+                               "in closed form); loss, confidence, combined, knn, reference, boosting") if why is None else
+                    Capability("mislabel", "yes", "-", "out-of-sample confidence (default), loss; combined, knn, reference, boosting"))
     elif k == "trees" and _tree_influence(form):
         caps.append(Capability("influence", "yes", "no",
                                f"{_tree_influence(form)}: leaf values recomputed without each row (Sharchilev et al. "
                                "2018); --verify-loo refits"))
-        caps.append(Capability("mislabel", "yes", "-", "out-of-sample confidence (default), loss; combined, knn, reference (no twice-differentiable loss)"))
+        caps.append(Capability("mislabel", "yes", "-", "out-of-sample confidence (default), loss; combined, knn, reference, boosting (no twice-differentiable loss)"))
     else:
         caps.append(Capability("influence", "no", "-", _tree_refusal(form) if k == "trees" else
                                "needs a twice-differentiable loss (LogisticRegression, MLPClassifier), an SVM, a "
                                "tree model, k-nearest neighbours, GaussianNB or QDA"))
-        caps.append(Capability("mislabel", "yes", "-", "out-of-sample confidence (default), loss; combined, knn, reference (no twice-differentiable loss)"
+        caps.append(Capability("mislabel", "yes", "-", "out-of-sample confidence (default), loss; combined, knn, reference, boosting (no twice-differentiable loss)"
                                if form.has_proba else  # e.g. LinearSVC, RidgeClassifier: cli/mislabel.py falls back
                                "knn (default: no predict_proba, so no out-of-sample confidence; model-free), reference, "
                                "combined (without a model source)"))
@@ -246,13 +246,13 @@ def tabular_capabilities(tm, typed_commands=("counterfactual", "margin")) -> lis
         caps.append(Capability("mislabel", "yes", "-",
                                "out-of-sample confidence from refits on the model's own input (an array, or a "
                                "DataFrame with its category dtypes) (default); "
-                               "loss, combined, knn, reference"))
+                               "loss, combined, knn, reference, boosting"))
     elif encoded:
         caps.append(Capability("mislabel", "yes", "-",
                                "the final estimator's rankings on the ColumnTransformer's output (it stays fixed): "
                                + ("pruned approximate leave-one-out loss (default)" if kind == "logistic"
                                   else "exact leave-one-out loss (default)" if kind == "neighbors"
-                                  else "out-of-sample confidence (default)") + "; combined, knn, reference"))
+                                  else "out-of-sample confidence (default)") + "; combined, knn, reference, boosting"))
     for cmd in COMMANDS:
         if cmd in ("counterfactual", "margin", "explain") or (cmd == "influence" and kind is not None) \
                 or (cmd == "mislabel" and any(c.command == "mislabel" for c in caps)):
