@@ -318,18 +318,20 @@ def sklearn_plan(root) -> Optional[_Plan]:
         return None
 
 
-def _plan(root) -> Optional[_Plan]:
+def scaled_final(root):
+    """``(ops, final)`` for a light-loaded estimator, bare or after scikit-learn scalers only:
+    the scalers' replay operations (:func:`_scaler_ops`, in order) and the final step; None for
+    anything else (another kind of step, a state that is not a dict, a scaler state it cannot
+    replay)."""
     from invaudit.io._light import LightObject, class_path
 
     from .linear import _flatten, _is_passthrough, _is_pipeline
 
     steps = _flatten(root) if _is_pipeline(root) else [root]
     steps = [s for s in steps if not _is_passthrough(s)]
-    if not steps or not all(type(s) is LightObject and isinstance(s.state, dict) for s in steps):
+    if not steps or not all(isinstance(s, LightObject) and isinstance(s.state, dict) for s in steps):
         return None
     *pre, final = steps
-    if class_path(final) != _LR:
-        return None
     ops = []
     for step in pre:
         if class_path(step) not in _SCALERS:
@@ -338,6 +340,18 @@ def _plan(root) -> Optional[_Plan]:
         if step_ops is None:
             return None
         ops.extend(step_ops)
+    return ops, final
+
+
+def _plan(root) -> Optional[_Plan]:
+    from invaudit.io._light import class_path
+
+    found = scaled_final(root)
+    if found is None:
+        return None
+    ops, final = found
+    if class_path(final) != _LR:
+        return None
     coef, intercept, classes = (final.state.get(k) for k in ("coef_", "intercept_", "classes_"))
     if not (_f64(coef) and coef.ndim == 2 and _f64(intercept) and intercept.ndim == 1
             and isinstance(classes, np.ndarray) and classes.ndim == 1 and len(classes) >= 2

@@ -276,26 +276,14 @@ def _inplace(name: str, a) -> None:
 
 
 def _mlp_plan(root) -> Optional[_MlpPlan]:
-    from invaudit.io._light import LightObject, class_path
+    from ._light_linear import scaled_final
 
-    from ._light_linear import _SCALERS, _scaler_ops
-    from .linear import _flatten, _is_passthrough, _is_pipeline
-
-    steps = _flatten(root) if _is_pipeline(root) else [root]
-    steps = [s for s in steps if not _is_passthrough(s)]
-    if not steps or not all(isinstance(s, LightObject) and isinstance(s.state, dict) for s in steps):
+    found = scaled_final(root)
+    if found is None:
         return None
-    *pre, mlp = steps
+    ops, mlp = found
     if mlp.pair != _MLP:
         return None
-    ops = []
-    for step in pre:
-        if class_path(step) not in _SCALERS:
-            return None
-        step_ops = _scaler_ops(step)
-        if step_ops is None:
-            return None
-        ops.extend(step_ops)
     coefs, intercepts = tuple(mlp.coefs_), tuple(mlp.intercepts_)
     if not all(isinstance(a, np.ndarray) and a.dtype == np.float64 for a in coefs + intercepts):
         return None
