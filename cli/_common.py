@@ -60,7 +60,52 @@ def _schema_one(ctx: typer.Context, value: Optional[int]) -> Optional[int]:
 
 #: ``--schema`` of the commands with one report version: pins it (a script can pass it to every command).
 ReportSchemaOne = Annotated[Optional[int], typer.Option("--schema", metavar="1", callback=_schema_one, show_default=False, help="JSON report version; this command has one (1).")]
-Rows = Annotated[Optional[str], typer.Option("--rows", metavar="SPEC", help="Rows to use, e.g. 0,3,7-9 (default: all).")]
+
+
+def rows_spec(value: Optional[str]) -> Optional[str]:
+    """``--rows`` (and every other row-spec option): its syntax checked at parse time, before any
+    work, a usage error (exit 2) naming the flag. An explicit empty selection (``""``, ``" "``,
+    ``","``) is an error, not "every row" (leave the flag out, or say ``all``); a part that is not
+    a row number or an ascending range ``7-9``, or a negative row, too. Rows past the end of the
+    data are bad input (exit 3), found once the data is read. Ranges are not expanded here."""
+    if value is None or value.strip().lower() == "all":
+        return value
+    parts = [p.strip() for p in value.split(",") if p.strip()]
+    if not parts:
+        raise typer.BadParameter(f"{value!r} selects no rows: give row numbers and ranges like 0,3,7-9, "
+                                 "or leave the option out for every row.")
+    for part in parts:
+        try:
+            ends = [int(v) for v in part.split("-", 1)] if "-" in part[1:] else [int(part)]
+        except ValueError:
+            raise typer.BadParameter(f"{value!r}: '{part}' is not a row number or a range like 7-9.") from None
+        if min(ends) < 0:
+            raise typer.BadParameter(f"{value!r}: '{part}': row numbers start at 0.")
+        if ends[-1] < ends[0]:
+            raise typer.BadParameter(f"{value!r}: the range '{part}' ends before it starts.")
+    return value
+
+
+def select_rows(spec: Optional[str], n: int, *, what: str = "--rows") -> np.ndarray:
+    """The rows a row spec picks out of ``n`` (:func:`invaudit.io.parse_rows`), with a row past the
+    end refused first, by the same message, before any range is expanded: a typo like ``--rows
+    0-999999999`` on a 100-row file would otherwise build a list of a billion numbers to say so."""
+    from invaudit.io import parse_rows
+
+    if spec is not None and spec.strip().lower() not in ("", "all"):
+        try:
+            for part in (q.strip() for q in spec.split(",")):
+                if not part:
+                    continue
+                lo, hi = ([int(v) for v in part.split("-", 1)] if "-" in part[1:] else [int(part)] * 2)
+                if lo <= hi and hi >= n >= 0:
+                    raise InputError(f"{what}: row {max(lo, n)} is out of range (the data has {n} rows, 0-{n - 1}).")
+        except ValueError:
+            pass  # a malformed spec: parse_rows says what is wrong with it
+    return parse_rows(spec, n, what=what)
+
+
+Rows = Annotated[Optional[str], typer.Option("--rows", metavar="SPEC", callback=rows_spec, help="Rows to use, e.g. 0,3,7-9 (default: all).")]
 LabelColumn = Annotated[Optional[str], typer.Option("--label-column", metavar="NAME", help="CSV column holding the labels.")]
 Labels = Annotated[Optional[Path], typer.Option("--labels", metavar="FILE.npy", help="Labels for an NPY data file.")]
 OutPoints = Annotated[Optional[Path], typer.Option("--out", metavar="PATH", help="Write the answers' rows to PATH (.csv in the input's own columns, or .npy), atomically.")]
@@ -755,24 +800,35 @@ def check_label_column(label_column: Optional[str], *paths) -> None:
     column is read without labels; but a name that no file has is a typo, and reading on would
     drop the labels and feed the column to nobody: refused. Files that cannot be read, or are not
     CSV, are left to the loader to report."""
-    if label_column is None:
+    _check_column("--label-column", label_column, paths)
+
+
+def check_id_column(id_column: Optional[str], data) -> None:
+    """An ``--id-column`` must be a column of the run's primary CSV file (DATA; influence's TEST),
+    whose rows it names: refused before the model loads, with the nearest names (a --train file
+    without it keeps its row numbers, so only DATA is asked)."""
+    _check_column("--id-column", id_column, (data,))
+
+
+def _check_column(flag: str, column: Optional[str], paths) -> None:
+    if column is None:
         return
     from invaudit.io.data import _csv_header
 
     headers = [(Path(p), _csv_header(Path(p))) for p in paths
                if p is not None and Path(p).suffix.lower() == ".csv" and Path(p).is_file()]
     headers = [(p, h) for p, h in headers if h]
-    if not headers or any(label_column in h for _, h in headers):
+    if not headers or any(column in h for _, h in headers):
         return
     import difflib
 
     names = list(dict.fromkeys(c for _, h in headers for c in h))
-    close = difflib.get_close_matches(label_column, names, n=3, cutoff=0.6)
+    close = difflib.get_close_matches(column, names, n=3, cutoff=0.6)
     hint = (f"did you mean {' or '.join(repr(c) for c in close)}?" if close
             else "its columns: " + ", ".join(names[:8]) + (", ..." if len(names) > 8 else ""))
     files = (f"{headers[0][0]} has no" if len(headers) == 1
              else "neither " + " nor ".join(str(q) for q, _ in headers) + " has a")
-    raise InputError(f"--label-column '{label_column}': {files} column of that name ({hint}).")
+    raise InputError(f"{flag} '{column}': {files} column of that name ({hint}).")
 
 
 def resolve_labels(form, spec: str, what: str) -> int:

@@ -39,10 +39,23 @@ def audit(
     Interrupted (SIGTERM from a CI timeout, or Ctrl-C), it still writes every report for the checks
     finished so far, the rest marked not run, and exits 143 (SIGTERM) or 130 (SIGINT)."""
     if init is not None:
+        # --init prints the suite; a SUITE path or a report path next to it would be silently
+        # ignored (`audit --init model.joblib audit.yaml` does not write audit.yaml): refused
+        ignored = [name for name, value in (("SUITE", suite), ("--junit", junit), ("--markdown", markdown),
+                                            ("--json", json)) if value is not None]
+        if ignored:
+            from ._errors import click_exceptions
+
+            raise click_exceptions.UsageError(
+                f"--init prints a starter suite to stdout and runs nothing, so {' and '.join(ignored)} would be "
+                f"ignored; save the suite with: invaudit audit --init {init} > audit.yaml")
         typer.echo(starter_suite(init, trust=trust), nl=False)
         return 0
-    if suite is None:
-        raise InputError("name a suite file (invaudit audit SUITE.yaml) or use --init MODEL.")
+    if suite is None:  # a missing argument: a usage error (exit 2), as for every other command
+        from ._errors import click_exceptions
+
+        raise click_exceptions.UsageError("Missing argument 'SUITE': name a suite file (invaudit audit SUITE.yaml), "
+                                          "or use --init MODEL to print a starter suite.")
     started = time.perf_counter()
     spec = load_suite(suite)
     ctx = Context(warn=warn, trust_all=trust)

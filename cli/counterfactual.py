@@ -14,12 +14,11 @@ import numpy as np
 import typer
 
 from invaudit.errors import InputError
-from invaudit.io import parse_rows
 from invaudit.render import Format
 
 from ._common import (Bounds, ConstraintOpts, FormatOpt, JsonOut, CategoricalCost, IdColumn, IntegerCols, LabelColumn, Labels, OutPoints, ModelArg, Norm,
                       ReportSchema, Rows, Run, Scale, Seed, Sha256, Trust, build_constraints, check_out_path, counterfactual_summary, note, progress,
-                      resolve_labels, write_points, Quiet, RunTimeLimit, TimeLimit, check_label_column)
+                      resolve_labels, select_rows, write_points, Quiet, RunTimeLimit, TimeLimit, check_id_column, check_label_column)
 from ._parallel_opts import Jobs, Scheduler
 
 
@@ -73,8 +72,10 @@ def counterfactual(
 
     from invaudit import parallel
 
+    _check_start(data, start, train)
     check_out_path(out)
     check_label_column(label_column, data, train)
+    check_id_column(id_column, data)
     if scheduler is None:
         parallel.prestart(jobs)  # an explicit --jobs N: workers start while the model and data load
     run = Run("counterfactual", model, trust=trust, sha256=sha256)
@@ -92,18 +93,12 @@ def counterfactual(
     if integer is not None:
         raise InputError("--integer applies to models that read typed rows (a ColumnTransformer pipeline).")
     train_ds = run.data(train, label_column=label_column, id_column=id_column, primary=False) if train is not None else None
-    if start is not None:
-        if data is not None:
-            raise InputError("give either DATA or --from, not both.")
-        if start is Start.mean and train_ds is None:
-            raise InputError("--from mean needs --train TRAIN (the mean is taken over it).")
+    if start is not None:  # DATA and --train as --from needs them (_check_start)
         X = np.zeros((1, form.n_features)) if start is Start.zeros else train_ds.X.mean(axis=0, keepdims=True)
         row_ids = np.array([0])
     else:
-        if data is None:
-            raise InputError("name a DATA file, or use --from zeros|mean for model inversion.")
         ds = run.data(data, label_column=label_column, id_column=id_column, labels=labels, rows=rows)
-        row_ids = parse_rows(rows, ds.n_rows)
+        row_ids = select_rows(rows, ds.n_rows)
         X = np.asarray(ds.X[row_ids], dtype=np.float64)
 
     if target.strip().lower() == "other":
@@ -156,7 +151,7 @@ def _typed_rows(run, data, train, *, target, confidence, norm, scale, immutable,
     train_ds = run.data(train, label_column=label_column, id_column=id_column, primary=False) \
         if train is not None else None
     ds = run.data(data, label_column=label_column, id_column=id_column, rows=rows)
-    row_ids = parse_rows(rows, ds.n_rows)
+    row_ids = select_rows(rows, ds.n_rows)
     tm = run.tabular
     tgt = "other" if target.strip().lower() == "other" else \
         np.full(row_ids.size, resolve_labels(tm, target, "--target"), dtype=np.intp)
@@ -174,6 +169,17 @@ def _typed_rows(run, data, train, *, target, confidence, norm, scale, immutable,
                           "changed categorical column, combined in the same norm"}
     # --schema 2: typed rows keep their short per-column lists (the /2 schema allows them)
     run.emit(params=params, results=results, summary=summary, fmt=format, json_path=json, version=schema)
+
+
+def _check_start(data: Optional[Path], start: Optional[Start], train: Optional[Path]) -> None:
+    """DATA, --from and --train together, checked before the model is loaded (bad input, exit 3,
+    as tests/cli/test_solver_commands.py pins)."""
+    if start is not None and data is not None:
+        raise InputError("give either DATA or --from, not both.")
+    if start is Start.mean and train is None:
+        raise InputError("--from mean needs --train TRAIN (the mean is taken over it).")
+    if start is None and data is None:
+        raise InputError("name a DATA file, or use --from zeros|mean for model inversion.")
 
 
 def _manifold(spec: Optional[str], trust: bool):

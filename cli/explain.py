@@ -10,10 +10,10 @@ import typer
 
 from invaudit.errors import InputError
 from invaudit.explain import DEFAULT_ITERATIONS, DEFAULT_MAX_EXPLANATIONS
-from invaudit.io import parse_rows, write_atomic
+from invaudit.io import write_atomic
 from invaudit.render import Format
 
-from ._common import FormatOpt, JsonOut, IdColumn, LabelColumn, Labels, ModelArg, Quiet, ReportSchemaOne, Rows, Run, Seed, Sha256, Trust, check_label_column, note, progress
+from ._common import FormatOpt, JsonOut, IdColumn, LabelColumn, Labels, ModelArg, Quiet, ReportSchemaOne, Rows, Run, Seed, Sha256, Trust, check_id_column, check_label_column, note, progress, select_rows
 from ._parallel_opts import Jobs, Scheduler
 
 #: ``--time-limit`` / ``--run-time-limit`` as counterfactual and margin take them, in explain's terms.
@@ -28,12 +28,46 @@ def _unit(value: Optional[float]) -> Optional[float]:
     return value
 
 
+def _shape_option(value: Optional[str]) -> Optional[str]:
+    """--shape's syntax (two positive integers, ``HxW``): a usage error otherwise (exit 2). Whether
+    H*W is the model's number of features is checked once the model is loaded (exit 3)."""
+    if value is None:
+        return None
+    parts = value.lower().replace("×", "x").split("x")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        h, w = int(parts[0]), int(parts[1])
+    except ValueError:
+        raise typer.BadParameter(f"{value!r}: expected HxW, two whole numbers like 8x8.") from None
+    if h < 1 or w < 1:
+        raise typer.BadParameter(f"{value!r}: the height and width must be at least 1.")
+    return value
+
+
+_BASELINE_WORDS = ("zero", "mean", "contrast")
+
+
+def _baseline_option(value: Optional[str]) -> Optional[str]:
+    """--baseline: zero, mean, contrast or a finite number (a usage error otherwise, exit 2); which
+    of them this model takes (contrast: typed rows only) is checked once it is loaded (exit 3)."""
+    if value is None or value.strip().lower() in _BASELINE_WORDS:
+        return value
+    try:
+        number = float(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r}: expected zero, mean, contrast (typed rows) or a number.") from None
+    if not np.isfinite(number):
+        raise typer.BadParameter(f"{value!r}: the baseline must be a finite number.")
+    return value
+
+
 def explain(
     model: ModelArg,
     data: Annotated[Path, typer.Argument(metavar="DATA", help="Rows to explain (.csv, .npy, .npz).", show_default=False)],
     rows: Rows = None,
-    shape: Annotated[Optional[str], typer.Option("--shape", metavar="HxW", help="Treat rows as HxW images (spatial windows, heat maps).")] = None,
-    baseline: Annotated[Optional[str], typer.Option("--baseline", help="Value for features outside an explanation: zero (default), mean (of --train) or a number. Typed rows: contrast (default; per row, the typical --train row the model assigns another class), mean or zero.", show_default=False)] = None,
+    shape: Annotated[Optional[str], typer.Option("--shape", metavar="HxW", callback=_shape_option, help="Treat rows as HxW images (spatial windows, heat maps).")] = None,
+    baseline: Annotated[Optional[str], typer.Option("--baseline", callback=_baseline_option, help="Value for features outside an explanation: zero (default), mean (of --train) or a number. Typed rows: contrast (default; per row, the typical --train row the model assigns another class), mean or zero.", show_default=False)] = None,
     train: Annotated[Optional[Path], typer.Option("--train", metavar="TRAIN", help="Training data (for --baseline mean; typed rows: needed for contrast and mean).")] = None,
     confidence: Annotated[Optional[float], typer.Option("--confidence", metavar="P", callback=_unit, help="Sufficient also needs p(label) >= P, 0 < P <= 1.")] = None,
     max_explanations: Annotated[int, typer.Option("--max-explanations", min=1, help="At most N explanations per row.")] = DEFAULT_MAX_EXPLANATIONS,
@@ -60,12 +94,15 @@ def explain(
 
     from invaudit import parallel
 
+    if png is not None and shape is None:  # before the model loads (bad input, exit 3, as before)
+        raise InputError("--png draws images and needs --shape HxW.")
     check_label_column(label_column, data, train)
+    check_id_column(id_column, data)
     if scheduler is None:
         parallel.prestart(jobs)  # an explicit --jobs N: workers start while the model and data load
     run = Run("explain", model, trust=trust, sha256=sha256)
     ds = run.data(data, label_column=label_column, id_column=id_column, labels=labels, rows=rows)
-    row_ids = parse_rows(rows, ds.n_rows)
+    row_ids = select_rows(rows, ds.n_rows)
     columns = None
     if run.tabular is not None:
         # typed rows, coded as numbers: numeric columns as they are, a category as its index
@@ -93,10 +130,11 @@ def explain(
     else:
         form = run.form
         baseline = "zero" if baseline is None else baseline
+        if baseline.strip().lower() == "contrast":
+            raise InputError("--baseline contrast is for models that read typed rows (a ColumnTransformer pipeline); "
+                             "this model takes zero, mean or a number.")
         X = np.asarray(ds.X[row_ids], dtype=np.float64)
         hw = parse_shape(shape, form.n_features)
-        if png is not None and hw is None:
-            raise InputError("--png draws images and needs --shape HxW.")
         X_train = run.data(train, label_column=label_column, id_column=id_column, primary=False).X if train is not None else None
         base = resolve_baseline(baseline, form.n_features, X_train=X_train)
     import time as _time

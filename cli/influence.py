@@ -9,10 +9,9 @@ import numpy as np
 import typer
 
 from invaudit.errors import InputError
-from invaudit.io import parse_rows
 from invaudit.render import Format
 
-from ._common import FormatOpt, JsonOut, IdColumn, LabelColumn, Labels, ModelArg, Quiet, ReportSchemaOne, Run, Sha256, Trust, note, progress, working
+from ._common import FormatOpt, JsonOut, IdColumn, LabelColumn, Labels, ModelArg, Quiet, ReportSchemaOne, Run, Sha256, Trust, check_id_column, note, progress, rows_spec, select_rows, working
 from ._parallel_opts import Jobs, Scheduler
 
 
@@ -39,19 +38,36 @@ def parse_group(spec: str, ds, feature_names=None) -> np.ndarray:
         if rows.size == 0:
             raise InputError(f"--group '{spec}': no training row has {col} = {value}.")
         return rows
-    return parse_rows(spec, ds.n_rows, what="--group")
+    return select_rows(spec, ds.n_rows, what="--group")
+
+
+def _group_spec(value: Optional[str]) -> Optional[str]:
+    """--group's syntax at parse time (a usage error, exit 2): a row spec, or COLUMN=VALUE with a
+    number for VALUE. Whether COLUMN is a feature and any row matches is bad input (exit 3)."""
+    if value is None:
+        return None
+    if "=" not in value:
+        return rows_spec(value)
+    col, _, number = value.partition("=")
+    if not col.strip():
+        raise typer.BadParameter(f"{value!r}: name the column before '=' (COLUMN=VALUE).")
+    try:
+        float(number)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r}: '{number}' is not a number (COLUMN=VALUE).") from None
+    return value
 
 
 def influence(
     model: ModelArg,
     train: Annotated[Path, typer.Argument(metavar="TRAIN", help="The training data the model was fitted on (with labels).", show_default=False)],
     test: Annotated[Path, typer.Argument(metavar="TEST", help="The rows whose predictions to explain.", show_default=False)],
-    test_rows: Annotated[Optional[str], typer.Option("--rows", metavar="SPEC", help="Test rows to explain, e.g. 0-4 (default: all).")] = None,
-    test_rows_alias: Annotated[Optional[str], typer.Option("--test-rows", metavar="SPEC", help="The same as --rows.")] = None,
+    test_rows: Annotated[Optional[str], typer.Option("--rows", metavar="SPEC", callback=rows_spec, help="Test rows to explain, e.g. 0-4 (default: all).")] = None,
+    test_rows_alias: Annotated[Optional[str], typer.Option("--test-rows", metavar="SPEC", callback=rows_spec, help="The same as --rows.")] = None,
     top: Annotated[int, typer.Option("--top", min=1, help="Helpful and harmful training rows listed per test row.")] = 10,
     verify_loo: Annotated[int, typer.Option("--verify-loo", min=0, metavar="N", help="Refit without each of the top N rows and compare.")] = 0,
     features: Annotated[bool, typer.Option("--features", help="Also give each listed row's per-feature gradient (I_pert,loss).")] = False,
-    group: Annotated[Optional[str], typer.Option("--group", metavar="SPEC", help="Predict the effect of removing a set of training rows: a row spec or COLUMN=VALUE.")] = None,
+    group: Annotated[Optional[str], typer.Option("--group", metavar="SPEC", callback=_group_spec, help="Predict the effect of removing a set of training rows: a row spec or COLUMN=VALUE.")] = None,
     estimate: Annotated[str, typer.Option("--estimate", help="auto (the best this model has), first-order or leverage-corrected; k-nearest neighbours, GaussianNB / QDA and trees have one each (exact-loo, leaf-refit).")] = "auto",
     jobs: Jobs = None,
     scheduler: Scheduler = None,
@@ -81,11 +97,12 @@ def influence(
     test_rows = test_rows if test_rows_alias is None else test_rows_alias
     if scheduler is None:
         parallel.prestart(jobs, ("sklearn.base", "invaudit.models", "invaudit.influence"))
+    check_id_column(id_column, test)  # TEST's rows are the ones named (TRAIN's keep their numbers without it)
     run = Run("influence", model, trust=trust, sha256=sha256)
     form = run.form
     tr = run.data(train, label_column=label_column, id_column=id_column, labels=labels, require_labels=True, primary=False)
     te = run.data(test, label_column=label_column, id_column=id_column)  # --labels belongs to an NPY TRAIN
-    rows = parse_rows(test_rows, te.n_rows, what=rows_flag)  # errors name the flag the user typed
+    rows = select_rows(test_rows, te.n_rows, what=rows_flag)  # errors name the flag the user typed
     yt = None if te.y_index is None else te.y_index[rows]
     if run.tabular is not None:
         # typed rows: the final estimator's parameters, on what the ColumnTransformer makes of the rows

@@ -9,32 +9,42 @@ import numpy as np
 import typer
 
 from invaudit.errors import InputError
-from invaudit.io import parse_rows
 from invaudit.render import Format
 
 from ._common import (Bounds, ConstraintOpts, FormatOpt, JsonOut, CategoricalCost, IdColumn, IntegerCols, LabelColumn, Labels, OutPoints, ModelArg, Norm, ReportSchema, Rows, Run,
                       Scale, Seed, Sha256, Trust, build_constraints, check_out_path, note, progress,
-                      stream_margins, Quiet, RunTimeLimit, TimeLimit, check_label_column)
+                      stream_margins, select_rows, Quiet, RunTimeLimit, TimeLimit, check_id_column, check_label_column)
 from ._parallel_opts import Jobs, Scheduler
 
 
 def parse_eps(spec: Optional[str]) -> Optional[list]:
+    """``"0.1,0.5,1"`` -> ``[0.1, 0.5, 1.0]``; a malformed list is a usage error naming --eps
+    (exit 2), raised by the option's callback before any work is done."""
     if spec is None:
         return None
     try:
         eps = [float(v) for v in spec.split(",") if v.strip()]
     except ValueError:
-        raise InputError(f"--eps '{spec}': expected numbers separated by commas, like 0.1,0.5,1.") from None
-    if not eps or any(not np.isfinite(e) or e < 0 for e in eps):
-        raise InputError(f"--eps '{spec}': every epsilon must be a finite number >= 0.")
+        raise typer.BadParameter(f"{spec!r}: expected numbers separated by commas, like 0.1,0.5,1.",
+                                 param_hint="'--eps'") from None
+    if not eps:
+        raise typer.BadParameter(f"{spec!r} gives no radius: expected numbers separated by commas, like 0.1,0.5,1 "
+                                 "(leave --eps out for radii spread over the margins).", param_hint="'--eps'")
+    if any(not np.isfinite(e) or e < 0 for e in eps):
+        raise typer.BadParameter(f"{spec!r}: every epsilon must be a finite number >= 0.", param_hint="'--eps'")
     return eps
+
+
+def _eps_option(value: Optional[str]) -> Optional[str]:
+    parse_eps(value)
+    return value
 
 
 def margin(
     model: ModelArg,
     data: Annotated[Path, typer.Argument(metavar="DATA", help="Rows to measure (.csv, .npy, .npz).", show_default=False)],
     norm: Annotated[Norm, typer.Option("--norm", help="Distance norm.")] = Norm.l2,
-    eps: Annotated[Optional[str], typer.Option("--eps", metavar="LIST", help="Radii for robust accuracy, e.g. 0.1,0.5,1 (default: spread over the margins).")] = None,
+    eps: Annotated[Optional[str], typer.Option("--eps", metavar="LIST", callback=_eps_option, help="Radii for robust accuracy, e.g. 0.1,0.5,1 (default: spread over the margins).")] = None,
     scale: ConstraintOpts.Scale = Scale.none,
     immutable: ConstraintOpts.Immutable = None,
     increase_only: ConstraintOpts.IncreaseOnly = None,
@@ -66,6 +76,7 @@ def margin(
     eps_list = parse_eps(eps)
     check_out_path(out)
     check_label_column(label_column, data, train)
+    check_id_column(id_column, data)
     if scheduler is None:
         from invaudit import parallel as _parallel
 
@@ -74,7 +85,7 @@ def margin(
     form = run.form
     ds = run.data(data, label_column=label_column, id_column=id_column, labels=labels, rows=rows)
     train_ds = run.data(train, label_column=label_column, id_column=id_column, primary=False) if train is not None else None
-    row_ids = parse_rows(rows, ds.n_rows)
+    row_ids = select_rows(rows, ds.n_rows)
     params = {"norm": norm.value, "scale": scale.value, "immutable": immutable,
               "increase_only": increase_only, "decrease_only": decrease_only, "bounds": bounds.value,
               "train": None if train is None else str(train), "rows": rows, "seed": seed,

@@ -163,7 +163,50 @@ def load_suite(path) -> Suite:
         params = REGISTRY[kind].validate(params, f"{p}: {where}")
         specs.append(CheckSpec(index=i, kind=kind, name=name, params=params, source=src,
                                time_limit=_time_limit(raw, p, where + ".")))
+    _check_named_columns(p, doc, default, checks, specs)
     return Suite(path=p, source=default, checks=specs, time_limit=_time_limit(doc, p, ""))
+
+
+def _check_named_columns(p: Path, doc: dict, default: Source, raws: list, specs: list) -> None:
+    """A ``label_column`` / ``id_column`` the suite writes must be a column of at least one CSV file
+    it applies to, as the commands' ``--label-column`` must (cli/_common.py ``check_label_column``):
+    a name no file has is a typo that would drop the labels (or read the IDs as a feature), so the
+    suite is refused before any check runs. Where the key is written decides the files: a check's
+    own key, that check's ``train`` / ``test``; the top-level key, the suite's files (or, when it
+    names none, those of the checks that inherit the key). A check that only inherits the key may
+    read files without the column (labels are optional where no check needs them)."""
+    for key in ("label_column", "id_column"):
+        if doc.get(key) is not None:
+            files = [default.train, default.test]
+            if not any(_is_csv(f) for f in files):
+                files = [f for raw, spec in zip(raws, specs) if raw.get(key) is None
+                         for f in (spec.source.train, spec.source.test)]
+            _require_column(p, key, doc[key], files)
+        for raw, spec in zip(raws, specs):
+            if raw.get(key) is not None:
+                _require_column(p, f"{spec.where}.{key}", raw[key], [spec.source.train, spec.source.test])
+
+
+def _is_csv(f: Optional[Path]) -> bool:
+    return f is not None and f.suffix.lower() == ".csv"
+
+
+def _require_column(p: Path, entry: str, column: str, files) -> None:
+    from ..io.data import _csv_header
+
+    files = list(dict.fromkeys(f for f in files if _is_csv(f)))
+    headers = [(f, h) for f, h in ((f, _csv_header(f)) for f in files) if h]
+    if not headers or any(column in h for _, h in headers):
+        return  # no CSV to check (NPZ files carry their labels as 'y'), or one has it
+    import difflib
+
+    names = list(dict.fromkeys(c for _, h in headers for c in h))
+    close = difflib.get_close_matches(column, names, n=3, cutoff=0.6)
+    hint = (f"did you mean {' or '.join(repr(c) for c in close)}?" if close
+            else "its columns: " + ", ".join(names[:8]) + (", ..." if len(names) > 8 else ""))
+    where = (f"{headers[0][0]} has no" if len(headers) == 1
+             else "neither " + " nor ".join(str(f) for f, _ in headers) + " has a")
+    raise InputError(f"{p}: {entry}: '{column}': {where} column of that name ({hint}).")
 
 
 def _time_limit(doc: dict, p: Path, prefix: str) -> Optional[float]:
@@ -224,8 +267,12 @@ def number(params: dict, key: str, where: str, *, default: Any = None, lo=None, 
     v = params[key]
     if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
         raise InputError(f"{where}.{key}: expected {'an integer' if integer else 'a number'}, got {_shown(v)}.")
+    if v != v or v in (float("inf"), float("-inf")):  # YAML's .nan and .inf
+        raise InputError(f"{where}.{key}: expected a finite number, got {_shown(v)}.")
     if (lo is not None and v < lo) or (hi is not None and v > hi):
-        raise InputError(f"{where}.{key}: {v} is outside [{lo}, {hi}].")
+        allowed = (f"between {lo} and {hi}" if lo is not None and hi is not None
+                   else f"at least {lo}" if lo is not None else f"at most {hi}")
+        raise InputError(f"{where}.{key}: expected {'an integer' if integer else 'a number'} {allowed}, got {_shown(v)}.")
     return v
 
 

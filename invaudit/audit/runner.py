@@ -90,6 +90,13 @@ class Context:
         if self._deadline is not None and time.perf_counter() >= self._deadline:
             raise TimeLimitExceeded
 
+    def run_deadline(self) -> Optional[float]:
+        """The running check's deadline as a wall-clock time (``time.time()``), for a solver that
+        takes the run-wide limit of its command (explain's ``run_deadline``), or None."""
+        if self._deadline is None:
+            return None
+        return time.time() + (self._deadline - time.perf_counter())
+
     def solver_time_limit(self, default: float) -> float:
         """Seconds a solver with its own limit (a MILP per row) may take: its default, or what is
         left of the check's time when that is less."""
@@ -172,7 +179,12 @@ def iter_suite(suite: Suite, ctx: Optional[Context] = None):
         try:
             result = _run_one(ctx, spec, suite, t0, suite_deadline)
         except InvauditError as exc:  # say which check; keep the error's exit code
-            wrapped = InvauditError(f"{suite.path}: {spec.where} ({spec.name}): {exc}")
+            msg = str(exc)
+            key, _, rest = msg.partition(": ")
+            if key.startswith(spec.where) and rest and " " not in key:  # it names the key: checks[2].target (name): ...
+                wrapped = InvauditError(f"{suite.path}: {key} ({spec.name}): {rest}")
+            else:
+                wrapped = InvauditError(f"{suite.path}: {spec.where} ({spec.name}): {msg}")
             wrapped.exit_code = exc.exit_code
             raise wrapped from None
         finally:
