@@ -18,14 +18,14 @@ Peers: cleanlab's ``find_label_issues`` (ranked by self-confidence, padded with 
 rows in self-confidence order) on 5-fold out-of-fold probabilities of the audited model's class
 and on the probabilities of the same reference invaudit uses (the default: out-of-bag
 probabilities of a 100-tree random forest, each tree on half the rows), in-sample loss, and the
-current default ``pruned-loo-loss``. invaudit's columns: ``combined`` (the five sources -- model,
-knn, reference, extra-trees, kernel -- calibrated by one temperature each, mixed by likelihood,
-rows scored by the posterior that the given label is right under a class-conditional noise
-model), ``knn``, ``reference``, ``extra-trees`` alone (as inside ``combined``) and ``--method
-boosting`` (the bounded HistGradientBoosting, out of fold; not part of ``combined``). ``ok`` says whether ``combined``
-is at least the best peer within one flipped row (the issue's bar for making it the default).
-Then the cost of the whole ranking on 10,000 rows x 50 features x 10 classes for the default and
-for ``combined`` (wall seconds, CPU seconds of every thread, peak RSS, the machine's load average;
+previous default ``pruned-loo-loss``. invaudit's columns: ``combined`` (the default: five sources
+-- model, knn, reference, kernel, mixture -- calibrated by one temperature each, mixed by
+likelihood, rows scored by the posterior that the given label is right under a class-conditional
+noise model), ``knn``, ``reference``, ``mixture`` alone (as inside ``combined``) and ``--method
+boosting`` (the bounded HistGradientBoosting, out of fold; not part of ``combined``). ``ok`` says
+whether ``combined`` is at least the best peer within one flipped row (the issue's bar).
+Then the cost of the whole ranking on 10,000 rows x 50 features x 10 classes for ``pruned-loo-loss``
+and the default ``combined`` (wall seconds, CPU seconds of every thread, peak RSS, the machine's load average;
 ``--cost-only``), and ``--method confidence`` with ``--jobs 1`` and ``--jobs 2`` on the same rows
 (issue 16; ``--jobs-only``). ``--large``: ``combined`` on 100,000 rows x 100 features x 10 classes
 (wall, CPU-s, peak RSS, recall of combined and each source); ``--large-quality``: the bounded
@@ -66,7 +66,7 @@ from invaudit.triage import (DEFAULT_METHOD, default_reference, fold_splits, ran
 DATASETS = ("breast_cancer", "wine", "digits", "clustered", "quantiles", "imbalanced", "asymmetric")
 FRACTION = 0.10
 PEERS = ("cleanlab-model", "cleanlab-reference", "loss", "pruned-loo-loss")
-OURS = ("combined", "knn", "reference", "extra-trees", "boosting")
+OURS = ("combined", "knn", "reference", "mixture", "boosting")
 
 _PEER = r"""
 import json, sys
@@ -152,12 +152,13 @@ def order_of(score):
     return np.lexsort((np.arange(score.size), -score))
 
 
-def cost(n=10_000, d=50, k=10, methods=(("auto", None), ("combined", 1), ("combined", None))):
+def cost(n=10_000, d=50, k=10, methods=(("pruned-loo-loss", None), ("combined", 1), ("auto", None))):
     """The whole ranking of ``n`` rows: wall and CPU seconds, peak RSS.
     ``combined`` twice: ``jobs=1`` (every source in turn in this process, so its CPU seconds are
-    the whole work, comparable on a loaded machine) and the default (the two forests on threads
-    of their own beside the other sources; every source runs in this process, so its CPU
-    seconds count all threads: on a loaded machine read CPU, on a quiet one wall)."""
+    the whole work, comparable on a loaded machine) and the default (``auto``: the forest and the
+    mixture on threads of their own beside the other sources; every source runs in this process,
+    so its CPU seconds count all threads: on a loaded machine read CPU, on a quiet one wall).
+    Then the default through the CLI, as a user runs it (start-up, reading an NPZ, the report)."""
     import os
 
     X, y = make_classification(n_samples=n, n_features=d, n_informative=20, n_classes=k,
@@ -177,6 +178,28 @@ def cost(n=10_000, d=50, k=10, methods=(("auto", None), ("combined", 1), ("combi
               f"{wall:.1f} s wall, {cpu:.1f} CPU-s (all threads of this process), peak RSS so far "
               f"{rss:.0f} MiB ({'target <= 10 s wall on 2 cores; ' if n <= 10_000 else ''}"
               f"load average {load} on {os.cpu_count()} cores)", flush=True)
+    import joblib
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model, train = Path(tmp) / "model.joblib", Path(tmp) / "train.npz"
+        joblib.dump(make_model().fit(X, noisy), model)
+        np.savez(train, X=X, y=noisy)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t = time.perf_counter()
+        exe = Path(sys.executable).with_name("invaudit")  # the console script beside this python
+        done = subprocess.run([str(exe), "mislabel", str(model), str(train),
+                               "--format", "json", "--top", "20", "--quiet"],
+                              capture_output=True, text=True, cwd=ROOT)
+        wall = time.perf_counter() - t
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if done.returncode != 0:
+            raise SystemExit(f"the CLI run failed: {done.stderr.strip()}")
+        cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+        method = json.loads(done.stdout)["summary"]["method"]
+        load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+        print(f"cost through the CLI: invaudit mislabel (default: {method}) on {n:,} rows x {d} features x "
+              f"{k} classes (NPZ): {wall:.1f} s wall, {cpu:.1f} CPU-s, peak RSS {after.ru_maxrss / 1024:.0f} MiB "
+              f"(target <= 10 s wall on 2 cores; load average {load})", flush=True)
 
 
 def jobs_speed(n=10_000, d=50, k=10, folds=5):
@@ -340,7 +363,7 @@ def main(argv=None) -> int:
             comb = rank_mislabels(form, X, noisy, method="combined", objective=objective, seed=seed)
             add(name, "combined", comb.order, wrong)
             # the sources alone (same folds and seed as `--method knn` / `--method reference`)
-            for src in ("knn", "reference", "extra-trees"):
+            for src in ("knn", "reference", "mixture"):
                 p = comb.source_proba[src]
                 add(name, src, order_of(-np.log(np.clip(p[np.arange(y.size), noisy], 1e-300, 1))), wrong)
             add(name, "boosting", rank_mislabels(form, X, noisy, method="boosting", seed=seed).order, wrong)

@@ -14,7 +14,7 @@ from invaudit.errors import InputError
 from invaudit.io import write_atomic
 from invaudit.render import Format
 
-from ._common import FormatOpt, JsonOut, IdColumn, LabelColumn, Labels, ModelArg, Quiet, ReportSchemaOne, Run, Seed, Sha256, Trust, note, progress, warn, working
+from ._common import FormatOpt, JsonOut, IdColumn, LabelColumn, Labels, ModelArg, Quiet, ReportSchemaOne, Run, Seed, Sha256, Trust, check_id_column, check_label_column, note, progress, warn, working
 from ._parallel_opts import Jobs, Scheduler
 
 
@@ -130,7 +130,7 @@ def curve_plot(curve: np.ndarray, width: int = 50, height: int = 10) -> str:
 def mislabel(
     model: ModelArg,
     train: Annotated[Path, typer.Argument(metavar="TRAIN", help="The training data with its (possibly wrong) labels.", show_default=False)],
-    method: Annotated[str, typer.Option("--method", help="auto (= pruned-loo-loss, or confidence without a twice-differentiable loss), combined (model + nearest neighbours + a reference model + extra trees + an RBF-kernel model, calibrated, mixed, and read through an estimated class-to-class noise model), knn, reference, boosting (bounded HistGradientBoosting, out of fold), pruned-loo-loss, loo-loss, self-influence, loss, confidence.")] = "auto",
+    method: Annotated[str, typer.Option("--method", help="auto (= combined: the model + nearest neighbours + a reference forest + an RBF-kernel model + class-wise Gaussian mixtures, calibrated, mixed, and read through an estimated class-to-class noise model), combined, knn, reference, mixture (each class a mixture of Gaussians, leave-one-out), boosting (bounded HistGradientBoosting, out of fold), pruned-loo-loss, loo-loss (exact for KNN, GaussianNB and QDA), self-influence, loss, confidence.")] = "auto",
     reference: Annotated[Optional[Path], typer.Option("--reference", metavar="MODEL.joblib", help="The reference model of --method reference/combined (fitted or not; refitted out of fold; loaded like MODEL, --trust applies). Default: the out-of-bag probabilities of a 100-tree RandomForest (one fit).")] = None,
     neighbours: Annotated[int, typer.Option("--neighbours", min=1, help="Neighbours of --method knn/combined.")] = 15,
     top: Annotated[str, typer.Option("--top", metavar="N|all", help="How many suspects to list.")] = "20",
@@ -154,12 +154,14 @@ def mislabel(
     """Rank training rows by how likely their label is wrong."""
     from invaudit.triage import found_curve, rank_mislabels
 
-    if (fix is None) != (out is None):
-        raise InputError("--fix N and --out PATH go together.")
+    if (fix is None) != (out is None):  # a usage error (exit 2)
+        raise typer.BadParameter("--fix N and --out PATH go together.",
+                                 param_hint="'--fix'" if fix is not None else "'--out'")
     from invaudit.triage import METHODS
 
-    if method != "auto" and method not in METHODS:
-        raise InputError(f"--method '{method}': choose auto or one of {', '.join(METHODS)}.")
+    if method != "auto" and method not in METHODS:  # a usage error (exit 2), as for every other option
+        raise typer.BadParameter(f"{method!r}: choose auto or one of {', '.join(METHODS)}.",
+                                 param_hint="'--method'")
     if top.strip().lower() == "all":
         n_top = None
     else:
@@ -173,6 +175,8 @@ def mislabel(
         from invaudit import parallel as _parallel
 
         _parallel.prestart(jobs, modules=("sklearn.base", "invaudit.models", "invaudit.triage"))
+    check_label_column(label_column, train)
+    check_id_column(id_column, train)
     run = Run("mislabel", model, trust=trust, sha256=sha256)
     ref_est = load_reference(reference, trust) if reference is not None else None
     ds = run.data(train, label_column=label_column, id_column=id_column, labels=labels, require_labels=True)
@@ -183,19 +187,13 @@ def mislabel(
         from invaudit.triage._sources import frame_refit
 
         ref_est = frame_refit(run.tabular, ref_est, fitted=False)  # it reads the rows as the model does
-    if method == "auto" and not form.has_proba and _is_svm(form):
-        # the default (out-of-sample confidence) needs predict_proba; an SVM fitted without
-        # probability=True has none, so the model-free neighbour ranking runs and says so
-        note("this SVM was fitted without probability=True (no predict_proba): ranking with --method knn "
-             "(model-free); refit it with probability=True for out-of-sample confidence")
-        method = "knn"
-    if getattr(form, "kind", None) == "neighbors" and method in ("auto", "loo-loss"):
+    if getattr(form, "kind", None) == "neighbors" and method == "loo-loss":
         # a KNN's own out-of-sample vote for each row is an exact leave-one-out (influence/_neighbors.py)
         from invaudit.influence._neighbors import loo_mislabel_ranking
 
         with working("ranking (leave-one-out votes)"):
             ranking = loo_mislabel_ranking(form, X, ds.y_index)
-    elif getattr(form, "kind", None) == "quadratic" and method in ("auto", "loo-loss") and _closed_form_loo(form):
+    elif getattr(form, "kind", None) == "quadratic" and method == "loo-loss" and _closed_form_loo(form):
         # GaussianNB / QDA refitted without each row in closed form: the exact leave-one-out loss
         from invaudit.influence._quadratic import loo_mislabel_ranking
 
@@ -224,12 +222,6 @@ def mislabel(
               "fix": fix, "out": None if out is None else str(out), "folds": folds, "seed": seed,
               "reference": None if reference is None else str(reference), "neighbours": neighbours}
     run.emit(params=params, results=results, summary=summary, fmt=format, json_path=json)
-
-
-def _is_svm(form) -> bool:
-    from invaudit.influence import supports
-
-    return supports(form) == "kernel"
 
 
 def _encoded_rows(run, ds):

@@ -20,9 +20,23 @@ class ExplainCheck(Check):
         params = super().validate(params, where)
         number(params, "min_multiple", where, lo=0, hi=1, required=True)
         number(params, "rows", where, lo=1, integer=True)
-        number(params, "confidence", where, lo=0, hi=1)
-        number(params, "seed", where, integer=True)
+        _probability(params, where, top=True)
+        number(params, "seed", where, lo=0, integer=True)
         number(params, "max_explanations", where, lo=2, integer=True)
+        _explain_shape(params.get("shape"), where)
+        b = params.get("baseline")
+        if b is not None and not (isinstance(b, str) and b.strip().lower() in ("zero", "mean", "contrast")):
+            from ..errors import InputError
+
+            if isinstance(b, bool) or not isinstance(b, (int, float, str)):
+                raise InputError(f"{where}.baseline: expected zero, mean, contrast (typed rows) or a number, got {b!r}.")
+            try:
+                value = float(b)
+            except ValueError:
+                raise InputError(f"{where}.baseline: expected zero, mean, contrast (typed rows) or a number, "
+                                 f"got {b!r}.") from None
+            if not np.isfinite(value):
+                raise InputError(f"{where}.baseline: expected a finite number, got {b!r}.")
         return params
 
     def run(self, ctx, spec):
@@ -40,24 +54,81 @@ class ExplainCheck(Check):
             ds = ctx.data(spec.source, "test")
             X = np.asarray(ds.X[:min(int(p.get("rows", 20)), ds.n_rows)], dtype=np.float64)
             spec_b = p.get("baseline", "zero")
-            X_train = (ctx.data(spec.source, "train").X if spec.source.train is not None
-                       and str(spec_b).strip().lower() == "mean" else None)
+            word = str(spec_b).strip().lower()
+            if word in ("mean", "contrast") and (word == "contrast" or spec.source.train is None):
+                from ..errors import InputError
+
+                raise InputError(f"{spec.where}.baseline: " + (
+                    "contrast is for models that read typed rows; this model takes zero, mean or a number."
+                    if word == "contrast" else "mean is the mean training row, so it needs a train file "
+                    "(train: in the suite); or use baseline: zero."))
+            X_train = ctx.data(spec.source, "train").X if word == "mean" else None
             baseline = resolve_baseline(spec_b, form.n_features, X_train=X_train)
-            shape = parse_shape(p.get("shape"), form.n_features)
+            hw = _explain_shape(p.get("shape"), spec.where)
+            if hw is not None and hw[0] * hw[1] != int(form.n_features):
+                from ..errors import InputError
+
+                raise InputError(f"{spec.where}.shape: {hw[0]}x{hw[1]} has {hw[0] * hw[1]} cells but the model "
+                                 f"takes {form.n_features} features.")
+            shape = parse_shape(hw, form.n_features)
         n = X.shape[0]
+        # The check's time (its time_limit, or what is left of the suite's) is the search's run-wide
+        # limit, as ``invaudit explain --run-time-limit``: rows still to do then get the quick
+        # verified search and the check is judged on what was found (every explanation counted is
+        # verified with the model, so the share never overstates the truth). The search keeps its
+        # own clock, so no tick stops it: one could only come after its last row, and would throw
+        # all of it away.
+        ctx.tick()
         res = explain_rows(form, X, rows=np.arange(n), baseline=baseline,
                            shape=shape, confidence=p.get("confidence"),
                            max_explanations=int(p.get("max_explanations", 5)), seed=int(p.get("seed", 0)),
-                           progress=ctx.tick)
+                           run_deadline=ctx.run_deadline())
         multiple = sum(sum(e.sufficient for e in r.explanations) >= 2 for r in res)
+        cut = int(sum(r.time_limited for r in res))
         value = multiple / n
         passed = value >= p["min_multiple"]
         details = {"rows": n, "rows_with_multiple": int(multiple)}
+        if cut:
+            details["time_limited"] = cut
         if not passed:
             details["reason"] = (f"{multiple} of {n} rows ({value:.0%}) have two or more disjoint sufficient "
-                                 f"explanations; needs >= {p['min_multiple']}")
+                                 f"explanations; needs >= {p['min_multiple']}"
+                                 + (f" (the time limit cut the search short for {cut} of the {n} rows)" if cut else ""))
         return CheckResult(passed=bool(passed), value=round(value, 6), threshold=f">= {p['min_multiple']}",
                            details=details)
+
+
+def _probability(params, where: str, *, top: bool) -> None:
+    """``confidence:`` as the commands take ``--confidence``: above 0 and below 1 (counterfactual,
+    whose target probability 1 is never reached), or at most 1 (``top``: explain)."""
+    v = number(params, "confidence", where)
+    if v is not None and not (0 < v < 1 or (top and v == 1)):
+        from ..errors import InputError
+
+        span = "above 0 and at most 1" if top else "strictly between 0 and 1"
+        raise InputError(f"{where}.confidence: expected a probability {span}, got {v}.")
+
+
+def _explain_shape(value, where: str):
+    """An explain check's ``shape:`` (``"8x8"``) as ``(H, W)``, or None; a malformed one is refused
+    naming the suite key (the solver's own message names the command's --shape)."""
+    if value is None:
+        return None
+    parts = (list(value) if isinstance(value, (list, tuple))  # shape: [8, 8]
+             else str(value).lower().replace("×", "x").split("x"))
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        if any(isinstance(v, (bool, float)) for v in parts):
+            raise ValueError
+        h, w = int(parts[0]), int(parts[1])
+    except (TypeError, ValueError):
+        h = w = 0
+    if h < 1 or w < 1:
+        from ..errors import InputError
+
+        raise InputError(f"{where}.shape: expected HxW, two whole numbers of at least 1 like 8x8, got {value!r}.")
+    return h, w
 
 
 def _num(v) -> str:
@@ -131,7 +202,7 @@ class MarginCheck(Check):
         number(params, "min_robust_accuracy", where, lo=0, hi=1)
         number(params, "min_margin", where, lo=0)
         number(params, "rows", where, lo=1, integer=True)
-        number(params, "seed", where, integer=True)
+        number(params, "seed", where, lo=0, integer=True)
         if "min_robust_accuracy" in params and "eps" not in params:
             from ..errors import InputError
 
@@ -197,11 +268,11 @@ class CounterfactualCheck(Check):
     def validate(cls, params, where):
         params = super().validate(params, where)
         _validate_constraints(params, where)
-        number(params, "confidence", where, lo=0, hi=1)
+        _probability(params, where, top=False)
         number(params, "rows", where, lo=1, integer=True)
         number(params, "min_feasible", where, lo=0, hi=1)
         number(params, "max_median_distance", where, lo=0)
-        number(params, "seed", where, integer=True)
+        number(params, "seed", where, lo=0, integer=True)
         if "min_feasible" not in params and "max_median_distance" not in params:
             from ..errors import InputError
 
@@ -333,6 +404,20 @@ class InfluenceCheck(Check):
                            details=details)
 
 
+def suite_default_method(form) -> str:
+    """The ranking of a mislabel check that names no ``method``: the one ``mislabel``'s default was
+    when such checks were written (pruned-loo-loss; confidence without a twice-differentiable loss;
+    knn without predict_proba). ``min_score`` is a threshold on that method's scores, so a suite
+    keeps its meaning when the command's default changes (``mislabel`` now defaults to ``combined``,
+    whose scores are ``-log`` of the probability that the label is right); ``invaudit audit --init``
+    writes ``method:`` explicitly."""
+    from ..triage import available_methods
+
+    if "pruned-loo-loss" in available_methods(form):
+        return "pruned-loo-loss"
+    return "confidence" if getattr(form, "has_proba", True) else "knn"
+
+
 @register
 class MislabelCheck(Check):
     """At most ``max_suspects`` training rows score above ``min_score``."""
@@ -345,7 +430,7 @@ class MislabelCheck(Check):
         params = super().validate(params, where)
         number(params, "max_suspects", where, lo=0, integer=True, required=True)
         number(params, "min_score", where, required=True)
-        number(params, "seed", where, integer=True)
+        number(params, "seed", where, lo=0, integer=True)
         if "method" in params and not isinstance(params["method"], str):
             from ..errors import InputError
 
@@ -364,7 +449,8 @@ class MislabelCheck(Check):
         else:
             X = np.asarray(tr.X, dtype=np.float64)
         ranking = rank_mislabels(form, X, tr.y_index,
-                                 method=p.get("method", "auto"), seed=int(p.get("seed", 0)), progress=ctx.tick)
+                                 method=p.get("method") or suite_default_method(form), seed=int(p.get("seed", 0)),
+                                 progress=ctx.tick)
         ctx.tick()
         above = ranking.order[ranking.score[ranking.order] > p["min_score"]]
         passed = bool(above.size <= p["max_suspects"])

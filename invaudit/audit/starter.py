@@ -87,10 +87,15 @@ def starter_suite(model_path, *, trust: bool = False) -> str:
     influence_rows = STARTER_ROWS if influence_form is not None and supports(influence_form) == "logistic" else 3
     # Without a convex objective the methods are in-sample loss and k-fold refits (confidence):
     # the starter takes the one that does not refit the model.
-    mislabel_method = [] if tm is not None or "pruned-loo-loss" in available_methods(form) else [
-        "    method: loss              # in-sample loss; 'confidence' is sharper but refits the model 5 times"
-        if getattr(form, "has_proba", True) else
-        "    method: knn               # no predict_proba: the nearest training rows' labels"]
+    # mislabel's default, combined, scores -log P(the given label is right); where its model source
+    # would refit the model 5 times (no convex loss), the starter takes in-sample loss instead.
+    cheap = tm is not None or "pruned-loo-loss" in available_methods(form) or not getattr(form, "has_proba", True)
+    mislabel_method = ([
+        "    min_score: 2.3            # ... may score above this (-log P(label right): P < 10%)",
+        "    method: combined          # the model, neighbours, a forest, a kernel model, Gaussian mixtures"]
+        if cheap else [
+        "    min_score: 5.0            # ... may score above this",
+        "    method: loss              # in-sample loss; 'combined' is sharper but refits the model 5 times"])
     test_labels = bool(test and test[2])
     train_labels = bool(train and train[2])
     # Typed rows: numeric columns in their own units (income next to age) make one epsilon
@@ -115,8 +120,7 @@ def starter_suite(model_path, *, trust: bool = False) -> str:
                       "    max_share: 0.5            # of a test row's total absolute influence",
                       f"    test_rows: {influence_rows}"],
         "mislabel": ["  - kind: mislabel            # suspicious training labels",
-                     "    max_suspects: 10          # at most this many rows ...",
-                     "    min_score: 5.0            # ... may score above this"] + mislabel_method,
+                     "    max_suspects: 10          # at most this many rows ..."] + mislabel_method,
         "explain": ["  - kind: explain             # several sufficient explanations per row",
                     f"    rows: {STARTER_ROWS}"] + typed_baseline
         + (["    confidence: 0.5"] if has_proba else [])

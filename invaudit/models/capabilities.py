@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 COMMANDS = ("counterfactual", "margin", "influence", "mislabel", "explain")
+#: mislabel's default (issue 18), as each model's capability line names it
+_COMBINED = "combined (default: model + neighbours + forest + kernel + Gaussian mixtures)"
+_COMBINED_NO_MODEL = "combined (default, without a model source: neighbours + forest + kernel + Gaussian mixtures)"
+_OTHERS = (f"{_COMBINED}; out-of-sample confidence, loss, knn, reference, mixture, boosting (no "
+           "twice-differentiable loss)")
 
 
 @dataclass(frozen=True)
@@ -58,23 +63,24 @@ def capabilities(form) -> list:
                                "exact leave-one-out: each test row's votes re-counted without each of its k "
                                "nearest training rows (the only rows whose removal changes it)"))
         caps.append(Capability("mislabel", "yes", "yes",
-                               "exact leave-one-out loss: each row's vote among its k nearest other rows "
-                               "(default); loss, confidence, combined, knn, reference, boosting"))
+                               f"{_COMBINED}; loss, confidence, knn, reference, mixture, boosting; --method loo-loss: "
+                               "exact leave-one-out loss (each row's vote among its k nearest other rows)"))
     elif supports(form) == "kernel":
         caps.append(Capability("influence", "yes", "no",
                                "Koh & Liang influence on a smoothed-hinge surrogate of the SVM in its kernel feature "
                                "space (sec. 4.1) with a leverage correction; --verify-loo refits the surrogate"))
         caps.append(Capability("mislabel", "yes", "-",
-                               "out-of-sample confidence (default), loss; combined, knn, reference, boosting (no self-influence "
-                               "for SVMs yet)" if form.has_proba else
-                               "knn (default: fitted without probability=True, so no predict_proba), combined, "
-                               "reference"))
+                               f"{_COMBINED}; out-of-sample confidence, loss, knn, reference, mixture, boosting (no "
+                               "self-influence for SVMs yet)" if form.has_proba else
+                               f"{_COMBINED_NO_MODEL} (fitted without probability=True); knn, reference, mixture, boosting"))
     elif supports(form) is not None:
         exact = "yes" if k in ("linear", "invertible-linear") else "no"
         caps.append(Capability("influence", "yes", exact,
                                "Koh & Liang influence with a leverage correction, one solve per test row"))
-        caps.append(Capability("mislabel", "yes", "-", "pruned approximate leave-one-out loss (default), self-influence, loss, confidence; combined, knn, reference, boosting"
-                               if k != "differentiable" else "loss and out-of-sample confidence (no self-influence for networks)"))
+        caps.append(Capability("mislabel", "yes", "-", f"{_COMBINED}; pruned-loo-loss, self-influence, loss, "
+                               "confidence, knn, reference, mixture, boosting"
+                               if k != "differentiable" else f"{_COMBINED}; loss and out-of-sample confidence (no "
+                               "self-influence for networks), knn, reference, mixture, boosting"))
     elif k == "quadratic":
         why = _quadratic_refusal(form)
         caps.append(Capability("influence", "yes", "yes",
@@ -82,22 +88,20 @@ def capabilities(form) -> list:
                                "(rank-one updates of the class means and (co)variances; GaussianNB's var_smoothing "
                                "recomputed)") if why is None else Capability("influence", "no", "-", why))
         caps.append(Capability("mislabel", "yes", "yes",
-                               "exact leave-one-out loss (default: each row scored by the model refitted without it "
-                               "in closed form); loss, confidence, combined, knn, reference, boosting") if why is None else
-                    Capability("mislabel", "yes", "-", "out-of-sample confidence (default), loss; combined, knn, reference, boosting"))
+                               f"{_COMBINED}; loss, confidence, knn, reference, mixture, boosting; --method loo-loss: exact "
+                               "leave-one-out loss (each row scored by the model refitted without it in closed form)")
+                    if why is None else Capability("mislabel", "yes", "-", _OTHERS))
     elif k == "trees" and _tree_influence(form):
         caps.append(Capability("influence", "yes", "no",
                                f"{_tree_influence(form)}: leaf values recomputed without each row (Sharchilev et al. "
                                "2018); --verify-loo refits"))
-        caps.append(Capability("mislabel", "yes", "-", "out-of-sample confidence (default), loss; combined, knn, reference, boosting (no twice-differentiable loss)"))
+        caps.append(Capability("mislabel", "yes", "-", _OTHERS))
     else:
         caps.append(Capability("influence", "no", "-", _tree_refusal(form) if k == "trees" else
                                "needs a twice-differentiable loss (LogisticRegression, MLPClassifier), an SVM, a "
                                "tree model, k-nearest neighbours, GaussianNB or QDA"))
-        caps.append(Capability("mislabel", "yes", "-", "out-of-sample confidence (default), loss; combined, knn, reference, boosting (no twice-differentiable loss)"
-                               if form.has_proba else  # e.g. LinearSVC, RidgeClassifier: cli/mislabel.py falls back
-                               "knn (default: no predict_proba, so no out-of-sample confidence; model-free), reference, "
-                               "combined (without a model source)"))
+        caps.append(Capability("mislabel", "yes", "-", _OTHERS if form.has_proba else  # e.g. LinearSVC, RidgeClassifier
+                               f"{_COMBINED_NO_MODEL} (no predict_proba); knn, reference, mixture, boosting"))
     caps.append(Capability("explain", "yes", "no", "causal responsibility and multiple sufficient explanations (MultiReX); sufficiency verified"))
     if k == "black-box" and _predict_only(form):
         caps = _predict_only_capabilities(caps, prefix=not getattr(form, "composite", None))
@@ -133,9 +137,8 @@ def _predict_only_capabilities(caps: list, prefix: bool = True) -> list:
                                 f"{PREDICT_ONLY}: the model exposes no scores, probabilities or loss to attribute "
                                 "to training rows"),
         "mislabel": Capability("mislabel", "yes", "-",
-                               f"{po}knn (default: labels of the nearest rows outside each row's fold, "
-                               "model-free), reference, combined (without a model source); loss and confidence need "
-                               "predict_proba"),
+                               f"{po}{_COMBINED_NO_MODEL}; knn, reference, mixture, boosting; loss and confidence "
+                               "need predict_proba"),
         "explain": Capability("explain", "yes", "no",
                               "MultiReX on the predicted class (no --confidence: no probabilities); sufficiency "
                               "verified with predict"),
@@ -244,15 +247,16 @@ def tabular_capabilities(tm, typed_commands=("counterfactual", "margin")) -> lis
     if getattr(tm, "native_categorical", False) and (getattr(tm, "array_input", False)
                                                      or getattr(tm, "category_dtypes", None)):
         caps.append(Capability("mislabel", "yes", "-",
-                               "out-of-sample confidence from refits on the model's own input (an array, or a "
-                               "DataFrame with its category dtypes) (default); "
-                               "loss, combined, knn, reference, boosting"))
+                               f"{_COMBINED}, its model source out-of-sample confidence from refits on the model's "
+                               "own input (an array, or a DataFrame with its category dtypes); confidence, loss, knn, "
+                               "reference, mixture, boosting"))
     elif encoded:
         caps.append(Capability("mislabel", "yes", "-",
                                "the final estimator's rankings on the ColumnTransformer's output (it stays fixed): "
-                               + ("pruned approximate leave-one-out loss (default)" if kind == "logistic"
-                                  else "exact leave-one-out loss (default)" if kind == "neighbors"
-                                  else "out-of-sample confidence (default)") + "; combined, knn, reference, boosting"))
+                               f"{_COMBINED}; "
+                               + ("pruned-loo-loss, self-influence, " if kind == "logistic"
+                                  else "loo-loss (exact leave-one-out), " if kind == "neighbors"
+                                  else "") + "confidence, loss, knn, reference, mixture, boosting"))
     for cmd in COMMANDS:
         if cmd in ("counterfactual", "margin", "explain") or (cmd == "influence" and kind is not None) \
                 or (cmd == "mislabel" and any(c.command == "mislabel" for c in caps)):

@@ -1023,9 +1023,10 @@ def composite_capabilities(form, caps: list, Capability) -> list:
                                   "(folds, bootstrap samples, a calibrator on held-out scores), so no single "
                                   "twice-differentiable objective stands behind the model"))
         elif c.command == "mislabel" and not form.has_proba:  # hard voting
-            out.append(Capability("mislabel", "yes", "-", "knn (default: model-free; out-of-sample confidence needs "
-                                  "predict_proba, which hard voting lacks), reference, combined (without a model "
-                                  "source)"))
+            from invaudit.models.capabilities import _COMBINED_NO_MODEL
+
+            out.append(Capability("mislabel", "yes", "-", f"{_COMBINED_NO_MODEL}; knn, reference, mixture, boosting "
+                                  "(out-of-sample confidence needs predict_proba, which hard voting lacks)"))
         else:
             out.append(c)
     return out

@@ -121,6 +121,10 @@ def _summary_items(report: dict) -> list:
             continue
         if isinstance(v, list) and v and isinstance(v[0], dict):
             continue
+        if isinstance(v, list) and v and isinstance(v[0], (list, tuple)):
+            # a matrix (mislabel's noise_transition): its shape here, its numbers in the JSON report
+            items.append((k.replace("_", " "), f"{len(v)} x {len(v[0])} (in the JSON report)"))
+            continue
         if isinstance(v, dict):
             prefix = "eps " if k == "robust_accuracy" else ""
             v = ", ".join(f"{prefix}{kk}: {_fmt_value(vv)}" for kk, vv in v.items()

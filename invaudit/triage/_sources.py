@@ -37,7 +37,7 @@ __all__ = ["Evidence", "mixture_weights", "fold_splits", "knn_proba", "reference
            "oob_proba", "is_oob_reference", "forest_rows", "model_space", "combine", "DEFAULT_K",
            "FrameRefit", "coded_rows", "frame_form", "frame_refit", "temperature", "tempered",
            "confident_joint", "noise_transition", "flip_posterior", "kernel_model", "kernel_proba",
-           "kernel_features", "kernel_landmarks", "KERNEL_COMPONENTS", "extra_trees", "TREES",
+           "kernel_features", "kernel_landmarks", "KERNEL_COMPONENTS", "TREES",
            "FOREST_ROWS", "forest_sample", "KNN_ROWS", "knn_reference", "KERNEL_ROWS",
            "kernel_fit_rows", "BOOSTING", "BOOSTING_WORK", "BOOSTING_MIN_ROUNDS", "boosting_plan",
            "boosting_model", "boosting_categories", "boosting_proba"]
@@ -81,8 +81,10 @@ def model_space(form, X: np.ndarray) -> tuple[np.ndarray, str]:
     """Rows in the space the model measures distance in: its own folded affine preprocessing
     where it has one, else standardised features (constant features left at 0)."""
     pre_A = getattr(form, "pre_A", None)
-    if pre_A is not None:
-        return form.preprocess(X), "the model's own scaling"
+    if pre_A is not None:  # every form with pre_A folds it the same way (a KNN form has no preprocess())
+        from invaudit.models.base import apply_folded
+
+        return apply_folded(X, pre_A, getattr(form, "pre_c", None)), "the model's own scaling"
     cat = categorical_mask(form)
     num = np.ones(X.shape[1], dtype=bool) if cat is None else ~cat
     Xn = X[:, num]
@@ -192,8 +194,8 @@ def knn_proba(Z: np.ndarray, y: np.ndarray, K: int, splits, *, k: int = DEFAULT_
     return (counts + prior / K) / (counts.sum(axis=1, keepdims=True) + prior)
 
 
-#: Trees of each default forest (the ``reference`` random forest and ``combined``'s extra trees).
-TREES = {"reference": 100, "extra-trees": 200}
+#: Trees of the default forest (the ``reference`` random forest).
+TREES = {"reference": 100}
 
 #: Rows each tree of a default forest is grown on, at most (half the rows up to 10,000 rows).
 FOREST_ROWS = 5_000
@@ -220,36 +222,13 @@ def default_reference(n_rows: int, seed: int = 0, n_jobs: int = -1):
     it lands in. Category-index columns are read one-hot (:func:`forest_rows`). Chosen over
     gradient boosting refitted on 5 folds, the first default: on every development set (not the
     benchmark's) it found more flipped labels, at a fraction of the cost (README, issue 18).
-    It had 200 trees until ``combined`` gained :func:`extra_trees`: half the trees cost about
-    0.01 recall alone and half the time (10,000 x 50 rows, 10 classes: ~10 CPU-s for 200)."""
+    It had 200 trees until ``combined`` gained a second forest (extremely randomised trees, since
+    replaced by the ``mixture`` source): half the trees cost about 0.01 recall alone and half the
+    time (10,000 x 50 rows, 10 classes: ~10 CPU-s for 200)."""
     from sklearn.ensemble import RandomForestClassifier
 
     return RandomForestClassifier(n_estimators=TREES["reference"], max_samples=forest_sample(n_rows),
                                   bootstrap=True, oob_score=True, n_jobs=n_jobs, random_state=seed)
-
-
-def extra_trees(n_rows: int, seed: int = 0, n_jobs: int = -1):
-    """The ``extra-trees`` source of ``combined``: out-of-bag probabilities (:func:`oob_proba`)
-    of ``TREES["extra-trees"]`` (200) fully grown extremely randomised trees (Geurts, Ernst &
-    Wehenkel 2006), each on a bootstrap sample of half the rows, on the same rows as the
-    reference forest (:func:`forest_rows`).
-
-    Why a second forest: a random forest cuts each feature at the best threshold, so its trees
-    agree with each other and with the noisy labels near a boundary; extremely randomised trees
-    cut at a random threshold, which averages into smoother probabilities and makes errors unlike
-    the forest's. The mixture weighs the two by how well each predicts the given labels. Why it
-    is cheap: a random threshold needs no sort, so at 10,000 x 50 rows and 10 classes a tree
-    costs about a third of a random-forest tree (200 trees ~4 CPU-s). On the development sets
-    (the benchmark's synthetic sets with other ``random_state``s, iris, two moons; 3 seeds)
-    ``combined``'s mean recall in the top 10% was .749 with a 200-tree forest and 300 kernel
-    landmarks, .744 with 100 trees and 200 landmarks (half the cost), .754 with those and the
-    extra trees (clustered classes .472 -> .492, one-way noise .867 -> .887; no set lower by as
-    much as one flipped row per seed). Every setting is scikit-learn's default or a size, none
-    tuned."""
-    from sklearn.ensemble import ExtraTreesClassifier
-
-    return ExtraTreesClassifier(n_estimators=TREES["extra-trees"], max_samples=forest_sample(n_rows),
-                                bootstrap=True, oob_score=True, n_jobs=n_jobs, random_state=seed)
 
 
 #: Landmark rows of the ``kernel`` source's Nystroem feature map (at most half the rows). Was 300:

@@ -107,6 +107,9 @@ def test_init_prints_a_suite_that_loads(invaudit, suite_dir):
                     .replace("breast_cancer_logreg_test.csv", "breast_cancer_test.csv"))
     suite = load_suite(path)
     assert {c.kind for c in suite.checks} == set(REGISTRY)
+    # the mislabel check names its method: min_score is a threshold on that method's scores
+    ml = next(c for c in suite.checks if c.kind == "mislabel")
+    assert ml.params["method"] == "combined" and ml.params["min_score"] == 2.3
 
 
 def test_bundled_suite_passes(invaudit, samples, validate):

@@ -73,8 +73,11 @@ def test_suite_checks_match_the_commands_on_typed_rows(invaudit, credit, validat
     data, train, rows = credit / "credit_test.csv", credit / "credit_train.csv", f"0-{ROWS - 1}"
     model = credit / "credit_logreg.joblib"
 
-    # mislabel: the rows scoring above min_score are the command's own ranking's
-    ml = invaudit("mislabel", model, train, "--top", "all", *common).json()
+    # mislabel: the rows scoring above min_score are the command's own ranking's; a check naming
+    # no method ranks as such checks always did (pruned-loo-loss: min_score is on its scale), not
+    # by the command's default (combined)
+    assert checks["mislabel"]["details"]["method"] == "pruned-loo-loss"
+    ml = invaudit("mislabel", model, train, "--top", "all", "--method", "pruned-loo-loss", *common).json()
     above = [r["train_row"] for r in ml["results"] if r["score"] > 5.0]
     assert checks["mislabel"]["value"] == len(above) and checks["mislabel"]["details"]["suspects"] == above[:20]
 

@@ -1,5 +1,6 @@
-"""``invaudit mislabel`` on GaussianNB / QDA: the exact leave-one-out loss by default (issue 15),
-checked against scikit-learn refits without each row."""
+"""``invaudit mislabel --method loo-loss`` on GaussianNB / QDA: the exact leave-one-out loss
+(issue 15; the default was until ``combined`` became it, issue 18), checked against scikit-learn
+refits without each row."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from conftest import validate
 
 @pytest.mark.parametrize("make", [lambda: GaussianNB(), lambda: QuadraticDiscriminantAnalysis(reg_param=0.1)],
                          ids=["gnb", "qda"])
-def test_mislabel_default_is_the_exact_leave_one_out_loss(tmp_path, invaudit, make):
+def test_mislabel_loo_loss_is_the_exact_leave_one_out_loss(tmp_path, invaudit, make):
     rng = np.random.default_rng(3)
     n, names = 48, ["a", "b", "c"]
     y = rng.integers(0, 3, n)
@@ -35,7 +36,7 @@ def test_mislabel_default_is_the_exact_leave_one_out_loss(tmp_path, invaudit, ma
     mis = [c for c in info["results"] if c["command"] == "mislabel"][0]
     assert mis["available"] == "yes" and mis["exact"] == "yes"
     r = invaudit("mislabel", tmp_path / "m.joblib", tmp_path / "train.csv", "--label-column", "label",
-                 "--id-column", "id", "--top", "all", "--format", "json")
+                 "--id-column", "id", "--top", "all", "--format", "json", "--method", "loo-loss")
     assert r.code == 0, r.err
     rep = validate(r.json())
     assert rep["params"]["method"] == "loo-loss"

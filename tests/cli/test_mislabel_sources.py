@@ -56,9 +56,9 @@ def test_sources_in_the_json_report(invaudit, validate, noisy_set, method, ref):
     assert rep["summary"]["found_after_checking"]["0.1"] >= 0.4
     if method == "combined":
         for x in rep["results"]:
-            assert set(x["sources"]) == {"model", "knn", "reference", "extra-trees", "kernel"}
+            assert set(x["sources"]) == {"model", "knn", "reference", "kernel", "mixture"}
             assert all(np.isfinite(v) and v >= 0 for v in x["sources"].values())
-        assert set(rep["summary"]["source_weights"]) == {"model", "knn", "reference", "extra-trees", "kernel"}
+        assert set(rep["summary"]["source_weights"]) == {"model", "knn", "reference", "kernel", "mixture"}
     else:
         assert all("sources" not in x for x in rep["results"])
     again = invaudit(*args)
@@ -155,9 +155,46 @@ def test_mislabel_on_a_from_dtype_categorical_hgb(invaudit, validate, tmp_path):
     assert c.code == 0, c.err
     rep = validate(c.json())
     assert rep["summary"]["found_after_checking"]["0.1"] >= 0.5
-    assert all(set(x["sources"]) == {"model", "knn", "reference", "extra-trees", "kernel"} for x in rep["results"])
+    assert all(set(x["sources"]) == {"model", "knn", "reference", "kernel", "mixture"} for x in rep["results"])
     import pandas as pd
 
     fixed = pd.read_csv(tmp_path / "fixed.csv", keep_default_na=False)
     changed = np.flatnonzero(fixed["label"].to_numpy() != noisy)
     assert 0 < changed.size <= 20 and np.mean(np.isin(changed, wrong)) >= 0.5
+
+
+def test_default_is_combined_and_fix_writes_the_mixtures_suggestions(noisy_set, invaudit, tmp_path):
+    """No --method: combined (issue 18's default); the suggestions --fix writes are the most probable
+    class under the calibrated mixture, and most flipped rows found get their true label back."""
+    d, noisy = noisy_set
+    out = tmp_path / "fixed.csv"
+    r = invaudit("mislabel", d / "model.joblib", d / "train.csv", "--label-column", "target",
+                 "--format", "json", "--top", "30", "--fix", "30", "--out", out)
+    assert r.code == 0, r.err
+    rep = r.json()
+    assert rep["params"]["method"] == rep["summary"]["method"] == "combined"
+    assert "mixture source:" in r.err
+    truth = {int(v) for v in (d / "truth.txt").read_text().split()}
+    found = [x for x in rep["results"] if x["train_row"] in truth]
+    assert len(found) >= 20
+    with open(out, newline="") as fh:
+        fixed = [int(row["target"]) for row in csv.DictReader(fh)]
+    for x in rep["results"]:
+        assert fixed[x["train_row"]] == x["suggested_label"]
+    # a flipped row's suggestion differs from its given label (the posterior's argmax kept it)
+    assert sum(x["suggested_label"] != x["given_label"] for x in found) >= 0.9 * len(found)
+
+
+def test_method_mixture_and_usage_errors(noisy_set, invaudit, tmp_path):
+    d, _ = noisy_set
+    r = invaudit("mislabel", d / "model.joblib", d / "train.csv", "--label-column", "target",
+                 "--method", "mixture", "--format", "json", "--top", "5")
+    assert r.code == 0, r.err
+    rep = r.json()
+    assert rep["summary"]["method"] == "mixture" and "sources" not in rep["results"][0]
+    bad = [(("--method", "foo"), 2, "--method"),
+           (("--fix", "3"), 2, "--fix"),
+           (("--id-column", "idd"), 3, "idd")]
+    for extra, code, word in bad:
+        r = invaudit("mislabel", d / "model.joblib", d / "train.csv", "--label-column", "target", *extra)
+        assert r.code == code and word in r.err and "Traceback" not in r.err, (extra, r.err)

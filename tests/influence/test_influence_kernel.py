@@ -139,4 +139,6 @@ def test_cli_influence_and_mislabel_on_an_svm(tmp_path, invaudit):
     assert r.code == 3 and "not available for SVMs" in r.err
     r = invaudit("mislabel", tmp_path / "svc.joblib", tmp_path / "train.npz", "--top", "5", "--format", "json")
     assert r.code == 0, r.err
-    assert r.json()["params"]["method"] == "knn" and "probability=True" in r.err
+    # the default (combined) without a model source: this SVM has no predict_proba
+    assert r.json()["params"]["method"] == "combined" and "no predict_proba" in r.err
+    assert "model" not in r.json()["summary"]["source_weights"]

@@ -117,6 +117,14 @@ def test_cli_influence_and_mislabel(tmp_path, invaudit):
     d = r.json()
     assert d["summary"]["verification"]["pearson"] == pytest.approx(1.0)
     assert "exact change" in d["summary"]["exact_means"]
-    r = invaudit("mislabel", tmp_path / "knn.joblib", tmp_path / "train.npz", "--format", "json", "--top", "3")
+    r = invaudit("mislabel", tmp_path / "knn.joblib", tmp_path / "train.npz", "--format", "json", "--top", "3",
+                 "--method", "loo-loss")
     assert r.code == 0, r.err
     assert r.json()["params"]["method"] == "loo-loss"
+    # the default (combined) reads the KNN's own scaling for its neighbour and mixture sources
+    # (it stopped with an internal error on a KNN pipeline: NeighborsForm has no preprocess())
+    r = invaudit("mislabel", tmp_path / "knn.joblib", tmp_path / "train.npz", "--format", "json", "--top", "3")
+    assert r.code == 0, r.err
+    d = r.json()
+    assert d["params"]["method"] == "combined"
+    assert any("the model's own scaling" in n for n in d["summary"]["notes"])

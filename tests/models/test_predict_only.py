@@ -89,7 +89,7 @@ def test_predict_only_models_are_black_boxes_with_one_hot_scores(make, classes, 
     assert caps["influence"].available == "no"
     assert caps["margin"].exact == "no" and "no lower bound" in caps["margin"].method
     assert caps["counterfactual"].available == caps["explain"].available == caps["mislabel"].available == "yes"
-    assert "knn (default" in caps["mislabel"].method
+    assert "combined (default, without a model source" in caps["mislabel"].method
 
 
 def test_a_meta_estimators_own_estimator_attribute_is_not_the_forms():
@@ -153,7 +153,9 @@ def test_what_needs_scores_refuses_in_one_sentence_and_mislabel_ranks_without_th
     r = invaudit("mislabel", d / "hard.joblib", d / "train.npz", "--top", "5", "--format", "json")
     assert r.code == 0, r.err
     rep = validate(r.json())
-    assert rep["summary"]["method"] == "knn" and "no predict_proba" in r.err
+    # the default (combined) ranks without a model source: the model has no predict_proba
+    assert rep["summary"]["method"] == "combined" and "no predict_proba" in r.err
+    assert set(rep["summary"]["source_weights"]) == {"knn", "reference", "kernel", "mixture"}
     r = invaudit("info", d / "ecoc.joblib", "--format", "json")
     assert r.code == 0, r.err
     rep = validate(r.json())

@@ -189,10 +189,10 @@ def test_combined_reports_each_source_and_is_deterministic():
     assert a.method == "combined" and not a.exact  # its model source is approximate leave-one-out
     np.testing.assert_array_equal(a.order, b.order)
     np.testing.assert_array_equal(a.score, b.score)
-    assert a.weights == b.weights and set(a.weights) == {"model", "knn", "reference", "extra-trees", "kernel"}
+    assert a.weights == b.weights and set(a.weights) == {"model", "knn", "reference", "kernel", "mixture"}
     assert np.isclose(sum(a.weights.values()), 1.0)
     rec = a.records(top=3)
-    assert set(rec[0]["sources"]) == {"model", "knn", "reference", "extra-trees", "kernel"}
+    assert set(rec[0]["sources"]) == {"model", "knn", "reference", "kernel", "mixture"}
     i = rec[0]["train_row"]
     for s, v in rec[0]["sources"].items():
         assert v == pytest.approx(a.sources[s][i])
@@ -266,13 +266,13 @@ def test_default_reference_is_out_of_bag_of_one_forest():
     assert any("out-of-bag" in n for n in r.notes)
 
 
-def test_default_forests_grow_each_tree_on_a_bounded_sample():
+def test_default_forest_grows_each_tree_on_a_bounded_sample():
     """Half the rows up to 10,000 rows, then 5,000 rows a tree: a tree's cost stays flat as the
     data grow, and every row is out of bag for more trees, not fewer."""
     from invaudit.triage import default_reference
-    from invaudit.triage._sources import FOREST_ROWS, extra_trees
+    from invaudit.triage._sources import FOREST_ROWS
 
-    for make in (default_reference, extra_trees):
+    for make in (default_reference,):
         assert make(10).max_samples is None
         assert make(20).max_samples == 0.5 and make(10_000).max_samples == 0.5
         assert make(10_001).max_samples == FOREST_ROWS == 5_000
@@ -281,7 +281,7 @@ def test_default_forests_grow_each_tree_on_a_bounded_sample():
     rng = np.random.default_rng(0)
     for n, drawn in ((12_000, 5_000), (9_000, 4_500)):
         X, y = rng.random((n, 1)), rng.integers(0, 2, n)
-        for make in (default_reference, extra_trees):
+        for make in (default_reference,):
             f = make(n, seed=1).set_params(n_estimators=2, n_jobs=1, oob_score=False, max_depth=1)
             roots = [t.tree_.weighted_n_node_samples[0] for t in f.fit(X, y).estimators_]
             assert roots == [drawn, drawn]

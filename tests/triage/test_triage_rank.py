@@ -126,7 +126,8 @@ def test_every_method_ranks_every_row_once_and_finds_flipped_labels(method):
 def test_default_method_and_refit_reuse():
     X, y, noisy, wrong = _data(n=150, k=3, seed=8)
     est, form = _fit(LogisticRegression(), X, noisy)
-    assert DEFAULT_METHOD == "pruned-loo-loss"
+    assert DEFAULT_METHOD == "combined"
+    assert rank_mislabels(form, X, noisy).method == "combined"
     r = rank_mislabels(form, X, noisy, method="pruned-loo-loss")
     assert r.method == "pruned-loo-loss" and not r.exact
     assert any("set aside" in n for n in r.notes)
@@ -148,7 +149,7 @@ def test_models_without_a_twice_differentiable_loss_get_loss_and_confidence():
     r = rank_mislabels(form, X, noisy, method="confidence")
     assert r.method == "confidence"
     assert any("only loss, confidence" in n for n in r.notes)
-    assert rank_mislabels(form, X, noisy).method == "confidence"  # the default without a convex loss
+    assert rank_mislabels(form, X, noisy).method == "combined"  # the default, every model
     r = rank_mislabels(form, X, noisy, method="combined",
                        reference=DecisionTreeClassifier(max_depth=3, random_state=0))
     assert r.method == "combined" and any("model source: out-of-fold" in n for n in r.notes) and r.exact
