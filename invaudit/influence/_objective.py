@@ -1793,12 +1793,28 @@ def _inverse(H: np.ndarray) -> tuple[np.ndarray, bool]:
         out = inv + inv.T
         out *= 0.5
         return out, False
-    lam, V = np.linalg.eigh(H)
+    # Features at scales 1e-5 and 1e5 give a penalised (non-singular) Hessian a pivot ratio far
+    # below 1e-12: judged on its symmetric diagonal scaling D^-1 H D^-1, which does not depend on
+    # the units, and inverted there (H^-1 = D^-1 (D^-1 H D^-1)^-1 D^-1).
+    d = np.sqrt(np.abs(np.diag(H)))
+    d[~(d > 0.0)] = 1.0
+    Hs = H / d[:, None] / d[None, :]
+    if H.shape[0] <= _NUMPY_INVERSE_MAX and _well_conditioned_spd(Hs):
+        inv = np.linalg.inv(Hs) / d[:, None] / d[None, :]
+        return 0.5 * (inv + inv.T), False
+    lam, V = np.linalg.eigh(Hs)
     top = float(lam.max()) if lam.size else 0.0
     if top <= 0.0:
         raise SolverError("the Hessian of the training objective is zero; influence is not defined.")
     keep = lam > 1e-10 * top
-    Hinv = (V[:, keep] / lam[keep]) @ V[:, keep].T
+    Hinv = (V[:, keep] / lam[keep]) @ V[:, keep].T / d[:, None] / d[None, :]
+    if not keep.all():
+        # a singular H: the scaled pseudo-inverse is a generalised inverse G of H; projected onto
+        # the range of H (P G P, P = I - N N^T with N the null directions D^-1 V, orthonormalised)
+        # it is the Moore-Penrose pseudo-inverse
+        N = np.linalg.qr(V[:, ~keep] / d[:, None])[0]
+        Hinv = Hinv - N @ (N.T @ Hinv)
+        Hinv = Hinv - (Hinv @ N) @ N.T
     return 0.5 * (Hinv + Hinv.T), bool(np.any(~keep))
 
 

@@ -50,7 +50,8 @@ class Dataset:
     columns: Optional[list]
     ids: Optional[np.ndarray] = None          # --id-column values (strings), one per row
     frame: Any = None                         # typed rows (pandas DataFrame) for a schema'd model
-    column_match: Optional[str] = None        # "name" or "position" (CSV); None for NPY/NPZ
+    column_match: Optional[str] = None        # "name" or "position" (CSV); "name" for an NPZ whose
+    #                                           feature_names were matched; else None for NPY/NPZ
     file_columns: Optional[list] = None       # the CSV's feature columns in file order
     n_rows_in_file: Optional[int] = None      # a CSV read only up to the last --rows row: its row count
 
@@ -157,8 +158,10 @@ def _read_checked(p: Path, suffix: str, hashing, *, n_features, feature_names, c
             if labels_path is not None:
                 y_raw = _read_labels_npy(Path(labels_path), X.shape[0])
         else:
-            X, y_raw = _read_npz(p)
+            X, y_raw, npz_names = _read_npz(p)
             columns = None
+            if npz_names is not None:
+                X, column_match = _npz_by_name(X, npz_names, p, feature_names, schema)
     except OSError as exc:
         raise InputError(f"cannot read data file {p}: {exc.strerror or exc}.") from None
     except UnicodeDecodeError as exc:
@@ -539,6 +542,8 @@ def _typed_frame(cells: np.ndarray, p: Path, schema):
                 # model knows that very string as a category
                 if v == "" or (v.lower() in _MISSING_NUMBER and v not in known):
                     out[i] = np.nan
+                elif not numeric_cats and cells[i, j] in known:
+                    out[i] = str(cells[i, j])  # the model's own category, spaces and all (" Male")
                 elif numeric_cats:
                     try:
                         f = float(v)
@@ -658,13 +663,37 @@ def _read_npz(p: Path):
                 raise InputError(f"data file {p} has no array 'X' (it has: {', '.join(z.files) or 'none'}).")
             X = _numeric_2d(z["X"], p, "array 'X'").astype(np.float64, copy=False)
             y = np.ravel(z["y"]) if "y" in z.files else None
+            names = [str(n) for n in np.ravel(z["feature_names"])] if "feature_names" in z.files else None
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
         if isinstance(exc, InputError):
             raise
         raise InputError(f"data file {p} is not a readable NPZ archive ({exc}).") from None
     if y is not None and y.shape[0] != X.shape[0]:
         raise InputError(f"data file {p} has {y.shape[0]} labels in 'y' for {X.shape[0]} rows in 'X'.")
-    return X, y
+    if names is not None and len(names) != X.shape[1]:
+        raise InputError(f"data file {p} has {len(names)} names in 'feature_names' for {X.shape[1]} columns in 'X'.")
+    return X, y, names
+
+
+def _npz_by_name(X: np.ndarray, names: list, p: Path, feature_names, schema):
+    """An NPZ's ``feature_names`` member names the columns of ``X``: matched to the model's names
+    (reordered into the model's order) when it has them; a name it lacks is an error, never a
+    silent positional read. ``(X, column_match)``."""
+    if feature_names is None:  # a model without names reads columns by position
+        return X, None
+    model = [str(n) for n in feature_names] if schema is None else [str(c[0]) for c in schema]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise InputError(f"data file {p} repeats the name '{dup[0]}' in 'feature_names'.")
+    missing = [n for n in model if n not in names]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise InputError(f"data file {p} lacks the model's feature column '{missing[0]}'{more} in 'feature_names'.")
+    extra = [n for n in names if n not in model]
+    if extra:
+        raise InputError(f"data file {p} has a column '{extra[0]}' in 'feature_names' that the model does not read.")
+    order = [names.index(n) for n in model]
+    return (X if order == list(range(len(order))) else X[:, order]), "name"
 
 
 def _check_npz_sizes(p: Path) -> None:
@@ -762,9 +791,10 @@ def _match_labels(y_raw, classes, p: Path):
         else:
             y = yf
     else:
-        y = np.array([str(v).strip() if not isinstance(v, (bytes, np.bytes_)) else v.decode() for v in y_raw],
-                     dtype=object)
         classes = np.array([str(c) for c in classes], dtype=object)
+        names = set(classes.tolist())  # a class the model names with spaces (" >50K") is kept as it is
+        y = np.array([v.decode() if isinstance(v, (bytes, np.bytes_)) else
+                      (str(v) if str(v) in names else str(v).strip()) for v in y_raw], dtype=object)
     known = np.isin(y, classes)
     if not known.all():
         i = int(np.argmax(~known))
