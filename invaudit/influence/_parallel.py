@@ -43,10 +43,12 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _controller():
-    """A cached threadpoolctl controller (scikit-learn depends on threadpoolctl), or None."""
+def _controller(refresh: bool = False):
+    """A cached threadpoolctl controller (scikit-learn depends on threadpoolctl), or None;
+    ``refresh``: made again (it knows only the thread pools loaded when it was made: SciPy's
+    OpenBLAS arrives with SciPy)."""
     with _lock:
-        if "controller" not in _state:
+        if refresh or "controller" not in _state:
             try:
                 from threadpoolctl import ThreadpoolController
 
@@ -70,9 +72,10 @@ def n_workers() -> int:
     return max(1, min(cores, _MAX_WORKERS))
 
 
-def single_threaded_blas():
-    """A context in which BLAS runs on one thread (a no-op without threadpoolctl)."""
-    ctl = _controller()
+def single_threaded_blas(refresh: bool = False):
+    """A context in which BLAS runs on one thread (a no-op without threadpoolctl); ``refresh``:
+    every BLAS loaded by now, not only those loaded when the first such context was made."""
+    ctl = _controller(refresh)
     if ctl is None:  # pragma: no cover
         return nullcontext()
     return ctl.limit(limits=1, user_api="blas")

@@ -162,14 +162,6 @@ def _eigen(S: np.ndarray):
     return V, np.maximum(lam, 0.0)
 
 
-def _comp_log_density(X, mu, V, ev):
-    """log N(x; mu, V diag(ev) V^T) for every row of ``X``."""
-    d = X.shape[1]
-    z = (X - mu) @ V
-    maha = (z * z) @ (1.0 / ev)
-    return -0.5 * (maha + np.sum(np.log(ev)) + d * np.log(2 * np.pi))
-
-
 def _lse(logp: np.ndarray) -> np.ndarray:
     top = logp.max(axis=1, keepdims=True)
     top = np.where(np.isfinite(top), top, 0.0)
@@ -205,11 +197,15 @@ def class_mixture(X: np.ndarray, m: int, rng: np.random.Generator, *, tol: Optio
 
 
 def log_density(cm: ClassMixture, X: np.ndarray) -> np.ndarray:
-    """Log-density of each row of ``X`` under the fitted mixture (rows not in its fit)."""
-    n_tot = cm.N.sum()
-    return _lse(np.column_stack([np.log(cm.N[k] / n_tot)
-                                 + _comp_log_density(X, cm.mu[k], cm.V[k], cm.lam[k] / cm.N[k] + REG)
-                                 for k in range(cm.N.size)]))
+    """Log-density of each row of ``X`` under the fitted mixture (rows not in its fit): every
+    component's whitened coordinates ``(x - mu_k) V_k ev_k^(-1/2)`` from one product."""
+    m, d = cm.mu.shape
+    ev = cm.lam / cm.N[:, None] + REG                      # (m, d) covariance eigenvalues
+    W = cm.V / np.sqrt(ev)[:, None, :]                     # (m, d, d): whitening per component
+    z = (X @ W.transpose(1, 0, 2).reshape(d, m * d)).reshape(-1, m, d)
+    z -= np.einsum("kd,kde->ke", cm.mu, W)[None, :, :]
+    logp = -0.5 * (np.einsum("nkd,nkd->nk", z, z) + np.log(ev).sum(axis=1)[None, :] + d * np.log(2 * np.pi))
+    return _lse(logp + np.log(cm.N / cm.N.sum())[None, :])
 
 
 def loo_log_density(cm: ClassMixture, X: np.ndarray) -> np.ndarray:

@@ -99,6 +99,7 @@ Methods
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
@@ -276,9 +277,17 @@ def rank_mislabels(form: ModelForm, X, y, *, method: str = "auto", objective=Non
                      "(combined, knn, reference, boosting, mixture) are available")
 
     if method in _MODEL_FREE_METHODS:
-        return _rank_with_sources(form, X, y, method, objective=objective, n_folds=n_folds,
-                                  seed=seed, reference=reference, k=k, progress=progress,
-                                  notes=notes, jobs=jobs, scheduler=scheduler)
+        from contextlib import nullcontext
+
+        from invaudit.influence._parallel import single_threaded_blas
+
+        # combined: BLAS on one thread for every source, whether they run in turn or beside each
+        # other (a source that limits BLAS itself, on another thread, would otherwise change the
+        # thread count under the one running here, and its rounding with it)
+        with single_threaded_blas() if method == "combined" else nullcontext():
+            return _rank_with_sources(form, X, y, method, objective=objective, n_folds=n_folds,
+                                      seed=seed, reference=reference, k=k, progress=progress,
+                                      notes=notes, jobs=jobs, scheduler=scheduler)
     if method in _OBJECTIVE_METHODS:
         if objective is None:
             from invaudit.influence import build_objective
@@ -354,45 +363,52 @@ def _rank_with_sources(form, X, y, method, *, objective, n_folds, seed, referenc
     """``knn``, ``reference``, ``boosting`` and ``combined`` (see the module docstring)."""
     n, K = X.shape[0], len(form.classes)
     classes = np.asarray(form.classes)
-    splits = _sources.fold_splits(y, K, n_folds, seed)
-    # ``combined`` fits its forests on threads of their own beside the other sources (their tree
-    # building releases the GIL), each forest on one thread; ``--jobs 1``: all in turn here.
-    # Each source is the same computation wherever it runs, so the answer is too.
+    # ``combined`` computes the default forest and the mixture on threads of their own beside the
+    # other sources (tree building and BLAS release the GIL), each on one core; ``--jobs 1``: all
+    # in turn here. Each source is the same computation wherever it runs, so the answer is too.
     beside = method == "combined" and scheduler is None and _threads(jobs) != 1
-    forest_jobs = 1 if beside else _threads(jobs)
-    ref = reference if reference is not None else _sources.default_reference(n, seed, n_jobs=forest_jobs)
-    oob = reference is None  # the default forest: out-of-bag, one fit
-    use_model = method == "combined"
-    use_mixture = method in ("combined", "mixture")
-    refits = 0 if method in ("knn", "mixture") else (1 if oob and method != "boosting" else len(splits))
-    done = [0]
-    total = refits + (n_folds if use_model and "pruned-loo-loss" not in available_methods(form)
-                      and form.has_proba else 0) + (len(splits) + 1 if use_model else 0)
     Z = space = None
     if method in ("combined", "knn", "mixture"):
         Z, space = _sources.model_space(form, X)
-        total += 2 * len(_mixture.component_counts(y, K, n_features=Z.shape[1])) if use_mixture else 0
-
-    def tick(*_):
-        done[0] += 1
-        if progress is not None:
-            progress(min(done[0], max(total, 1)), max(total, 1))
-
-    forests: dict = {}  # name -> estimator whose out-of-bag probabilities are a source
-    if method in ("combined", "reference") and oob:
-        forests["reference"] = ref
     pool = None
     pending: dict = {}
-    Xf = _sources.forest_rows(form, X) if forests else None
+    stack = ExitStack()
     if beside:
         from concurrent.futures import ThreadPoolExecutor
 
-        pool = ThreadPoolExecutor(max_workers=len(forests) + 1, thread_name_prefix="invaudit-source")
-        pending = {name: pool.submit(_forest_source, est, Xf, y, classes)
-                   for name, est in forests.items()}
-        # the mixture (numpy, BLAS on one thread) beside the forests and the other sources
+        pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="invaudit-source")
+        # the mixture first: numpy alone, it runs while this thread imports scikit-learn
         pending["mixture"] = pool.submit(_mixture.mixture_proba, Z, y, K, seed=seed, suspects=_suspects)
     try:
+        splits = _sources.fold_splits(y, K, n_folds, seed)  # imports scikit-learn, and SciPy with it
+        if method == "combined":  # SciPy's own BLAS on one thread too, until this ranking ends
+            from invaudit.influence._parallel import single_threaded_blas
+
+            stack.enter_context(single_threaded_blas(refresh=True))
+        forest_jobs = 1 if beside else _threads(jobs)
+        ref = reference if reference is not None else _sources.default_reference(n, seed, n_jobs=forest_jobs)
+        oob = reference is None  # the default forest: out-of-bag, one fit
+        use_model = method == "combined"
+        use_mixture = method in ("combined", "mixture")
+        refits = 0 if method in ("knn", "mixture") else (1 if oob and method != "boosting" else len(splits))
+        done = [0]
+        total = refits + (n_folds if use_model and "pruned-loo-loss" not in available_methods(form)
+                          and form.has_proba else 0) + (len(splits) + 1 if use_model else 0)
+        if use_mixture:
+            total += 2 * len(_mixture.component_counts(y, K, n_features=Z.shape[1]))
+
+        def tick(*_):
+            done[0] += 1
+            if progress is not None:
+                progress(min(done[0], max(total, 1)), max(total, 1))
+
+        forests: dict = {}  # name -> estimator whose out-of-bag probabilities are a source
+        if method in ("combined", "reference") and oob:
+            forests["reference"] = ref
+        Xf = _sources.forest_rows(form, X) if forests else None
+        if pool is not None:
+            pending.update({name: pool.submit(_forest_source, est, Xf, y, classes)
+                            for name, est in forests.items()})
         probas = _gather_sources(form, X, y, method, objective=objective, n_folds=n_folds, seed=seed,
                                  ref=ref, oob=oob, k=k, splits=splits, forests=forests,
                                  pending=pending, Xf=Xf, Z=Z, space=space, tick=tick, notes=notes,
@@ -400,6 +416,7 @@ def _rank_with_sources(form, X, y, method, *, objective, n_folds, seed, referenc
     finally:
         if pool is not None:
             pool.shutdown(wait=True)
+        stack.close()
     weights: dict = {}
     temperatures: dict = {}
     transition = None
