@@ -813,22 +813,11 @@ def check_id_column(id_column: Optional[str], data) -> None:
 def _check_column(flag: str, column: Optional[str], paths) -> None:
     if column is None:
         return
-    from invaudit.io.data import _csv_header
+    from invaudit.io.data import missing_column
 
-    headers = [(Path(p), _csv_header(Path(p))) for p in paths
-               if p is not None and Path(p).suffix.lower() == ".csv" and Path(p).is_file()]
-    headers = [(p, h) for p, h in headers if h]
-    if not headers or any(column in h for _, h in headers):
-        return
-    import difflib
-
-    names = list(dict.fromkeys(c for _, h in headers for c in h))
-    close = difflib.get_close_matches(column, names, n=3, cutoff=0.6)
-    hint = (f"did you mean {' or '.join(repr(c) for c in close)}?" if close
-            else "its columns: " + ", ".join(names[:8]) + (", ..." if len(names) > 8 else ""))
-    files = (f"{headers[0][0]} has no" if len(headers) == 1
-             else "neither " + " nor ".join(str(q) for q, _ in headers) + " has a")
-    raise InputError(f"{flag} '{column}': {files} column of that name ({hint}).")
+    why = missing_column(column, paths)
+    if why is not None:
+        raise InputError(f"{flag} {why}.")
 
 
 def resolve_labels(form, spec: str, what: str) -> int:

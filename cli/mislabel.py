@@ -159,9 +159,8 @@ def mislabel(
                                  param_hint="'--fix'" if fix is not None else "'--out'")
     from invaudit.triage import METHODS
 
-    if method != "auto" and method not in METHODS:  # a usage error (exit 2), as for every other option
-        raise typer.BadParameter(f"{method!r}: choose auto or one of {', '.join(METHODS)}.",
-                                 param_hint="'--method'")
+    if method != "auto" and method not in METHODS:  # bad input (exit 3), as influence --estimate
+        raise InputError(f"--method '{method}': choose auto or one of {', '.join(METHODS)}.")
     if top.strip().lower() == "all":
         n_top = None
     else:

@@ -192,21 +192,11 @@ def _is_csv(f: Optional[Path]) -> bool:
 
 
 def _require_column(p: Path, entry: str, column: str, files) -> None:
-    from ..io.data import _csv_header
+    from ..io.data import missing_column
 
-    files = list(dict.fromkeys(f for f in files if _is_csv(f)))
-    headers = [(f, h) for f, h in ((f, _csv_header(f)) for f in files) if h]
-    if not headers or any(column in h for _, h in headers):
-        return  # no CSV to check (NPZ files carry their labels as 'y'), or one has it
-    import difflib
-
-    names = list(dict.fromkeys(c for _, h in headers for c in h))
-    close = difflib.get_close_matches(column, names, n=3, cutoff=0.6)
-    hint = (f"did you mean {' or '.join(repr(c) for c in close)}?" if close
-            else "its columns: " + ", ".join(names[:8]) + (", ..." if len(names) > 8 else ""))
-    where = (f"{headers[0][0]} has no" if len(headers) == 1
-             else "neither " + " nor ".join(str(f) for f, _ in headers) + " has a")
-    raise InputError(f"{p}: {entry}: '{column}': {where} column of that name ({hint}).")
+    why = missing_column(column, [f for f in files if _is_csv(f)])
+    if why is not None:  # no CSV to check (NPZ files carry their labels as 'y'), or one has it: None
+        raise InputError(f"{p}: {entry}: {why}.")
 
 
 def _time_limit(doc: dict, p: Path, prefix: str) -> Optional[float]:

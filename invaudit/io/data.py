@@ -254,6 +254,27 @@ def _csv_header(p: Path) -> list:
         return []  # the full read reports what is wrong
 
 
+def missing_column(column: str, paths) -> Optional[str]:
+    """``None`` when a named column is in at least one of the CSV files ``paths`` (or none of
+    them is a readable CSV with a header), else the sentence's tail saying which files lack it
+    and the nearest names: ``"'{column}': {file} has no column of that name (did you mean ...?)"``.
+    One wording for --label-column / --id-column and a suite's label_column / id_column."""
+    headers = [(Path(q), _csv_header(Path(q))) for q in dict.fromkeys(paths)
+               if q is not None and Path(q).suffix.lower() == ".csv" and Path(q).is_file()]
+    headers = [(q, h) for q, h in headers if h]
+    if not headers or any(column in h for _, h in headers):
+        return None
+    import difflib
+
+    names = list(dict.fromkeys(c for _, h in headers for c in h))
+    close = difflib.get_close_matches(column, names, n=3, cutoff=0.6)
+    hint = (f"did you mean {' or '.join(repr(c) for c in close)}?" if close
+            else "its columns: " + ", ".join(names[:8]) + (", ..." if len(names) > 8 else ""))
+    where = (f"{headers[0][0]} has no" if len(headers) == 1
+             else "neither " + " nor ".join(str(q) for q, _ in headers) + " has a")
+    return f"'{column}': {where} column of that name ({hint})"
+
+
 _MISSING_NUMBER = frozenset({"", "na", "n/a", "nan", "null", "none"})
 
 

@@ -192,7 +192,7 @@ def test_method_mixture_and_usage_errors(noisy_set, invaudit, tmp_path):
     assert r.code == 0, r.err
     rep = r.json()
     assert rep["summary"]["method"] == "mixture" and "sources" not in rep["results"][0]
-    bad = [(("--method", "foo"), 2, "--method"),
+    bad = [(("--method", "foo"), 3, "--method"),
            (("--fix", "3"), 2, "--fix"),
            (("--id-column", "idd"), 3, "idd")]
     for extra, code, word in bad:
