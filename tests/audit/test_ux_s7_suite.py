@@ -101,8 +101,8 @@ def test_an_explain_check_s_time_limit_bounds_the_search_which_keeps_what_it_fou
         f"model: {samples / 'digits_logreg.joblib'}\ntest: {samples / 'digits_test.npz'}\nchecks:\n"
         + EXPLAIN.format(name="warm", rows=1, min=0.0)           # loads the model: not on the clock below
         + EXPLAIN.format(name="full", rows=32, min=0.0)
-        + EXPLAIN.format(name="limited", rows=32, min=0.0) + "    time_limit: 0.15\n"
-        + EXPLAIN.format(name="limited-gate", rows=32, min=0.9) + "    time_limit: 0.15\n")
+        + EXPLAIN.format(name="limited", rows=32, min=0.0) + "    time_limit: 0.001\n"
+        + EXPLAIN.format(name="limited-gate", rows=32, min=0.9) + "    time_limit: 0.001\n")
     r = invaudit("audit", suite, "--format", "json")
     res = {x["name"]: x for x in validate(r.json())["results"]}
     assert res["full"]["passed"] is True and "time_limited" not in res["full"]["details"]
