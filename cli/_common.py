@@ -86,25 +86,6 @@ def rows_spec(value: Optional[str]) -> Optional[str]:
     return value
 
 
-def select_rows(spec: Optional[str], n: int, *, what: str = "--rows") -> np.ndarray:
-    """The rows a row spec picks out of ``n`` (:func:`invaudit.io.parse_rows`), with a row past the
-    end refused first, by the same message, before any range is expanded: a typo like ``--rows
-    0-999999999`` on a 100-row file would otherwise build a list of a billion numbers to say so."""
-    from invaudit.io import parse_rows
-
-    if spec is not None and spec.strip().lower() not in ("", "all"):
-        try:
-            for part in (q.strip() for q in spec.split(",")):
-                if not part:
-                    continue
-                lo, hi = ([int(v) for v in part.split("-", 1)] if "-" in part[1:] else [int(part)] * 2)
-                if lo <= hi and hi >= n >= 0:
-                    raise InputError(f"{what}: row {max(lo, n)} is out of range (the data has {n} rows, 0-{n - 1}).")
-        except ValueError:
-            pass  # a malformed spec: parse_rows says what is wrong with it
-    return parse_rows(spec, n, what=what)
-
-
 Rows = Annotated[Optional[str], typer.Option("--rows", metavar="SPEC", callback=rows_spec, help="Rows to use, e.g. 0,3,7-9 (default: all).")]
 LabelColumn = Annotated[Optional[str], typer.Option("--label-column", metavar="NAME", help="CSV column holding the labels.")]
 Labels = Annotated[Optional[Path], typer.Option("--labels", metavar="FILE.npy", help="Labels for an NPY data file.")]

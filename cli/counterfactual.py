@@ -14,11 +14,12 @@ import numpy as np
 import typer
 
 from invaudit.errors import InputError
+from invaudit.io import parse_rows
 from invaudit.render import Format
 
 from ._common import (Bounds, ConstraintOpts, FormatOpt, JsonOut, CategoricalCost, IdColumn, IntegerCols, LabelColumn, Labels, OutPoints, ModelArg, Norm,
                       ReportSchema, Rows, Run, Scale, Seed, Sha256, Trust, build_constraints, check_out_path, counterfactual_summary, note, progress,
-                      resolve_labels, select_rows, write_points, Quiet, RunTimeLimit, TimeLimit, check_id_column, check_label_column)
+                      resolve_labels, write_points, Quiet, RunTimeLimit, TimeLimit, check_id_column, check_label_column)
 from ._parallel_opts import Jobs, Scheduler
 
 
@@ -98,7 +99,7 @@ def counterfactual(
         row_ids = np.array([0])
     else:
         ds = run.data(data, label_column=label_column, id_column=id_column, labels=labels, rows=rows)
-        row_ids = select_rows(rows, ds.n_rows)
+        row_ids = parse_rows(rows, ds.n_rows)
         X = np.asarray(ds.X[row_ids], dtype=np.float64)
 
     if target.strip().lower() == "other":
@@ -151,7 +152,7 @@ def _typed_rows(run, data, train, *, target, confidence, norm, scale, immutable,
     train_ds = run.data(train, label_column=label_column, id_column=id_column, primary=False) \
         if train is not None else None
     ds = run.data(data, label_column=label_column, id_column=id_column, rows=rows)
-    row_ids = select_rows(rows, ds.n_rows)
+    row_ids = parse_rows(rows, ds.n_rows)
     tm = run.tabular
     tgt = "other" if target.strip().lower() == "other" else \
         np.full(row_ids.size, resolve_labels(tm, target, "--target"), dtype=np.intp)

@@ -10,10 +10,10 @@ import typer
 
 from invaudit.errors import InputError
 from invaudit.explain import DEFAULT_ITERATIONS, DEFAULT_MAX_EXPLANATIONS
-from invaudit.io import write_atomic
+from invaudit.io import parse_rows, write_atomic
 from invaudit.render import Format
 
-from ._common import FormatOpt, JsonOut, IdColumn, LabelColumn, Labels, ModelArg, Quiet, ReportSchemaOne, Rows, Run, Seed, Sha256, Trust, check_id_column, check_label_column, note, progress, select_rows
+from ._common import FormatOpt, JsonOut, IdColumn, LabelColumn, Labels, ModelArg, Quiet, ReportSchemaOne, Rows, Run, Seed, Sha256, Trust, check_id_column, check_label_column, note, progress
 from ._parallel_opts import Jobs, Scheduler
 
 #: ``--time-limit`` / ``--run-time-limit`` as counterfactual and margin take them, in explain's terms.
@@ -102,7 +102,7 @@ def explain(
         parallel.prestart(jobs)  # an explicit --jobs N: workers start while the model and data load
     run = Run("explain", model, trust=trust, sha256=sha256)
     ds = run.data(data, label_column=label_column, id_column=id_column, labels=labels, rows=rows)
-    row_ids = select_rows(rows, ds.n_rows)
+    row_ids = parse_rows(rows, ds.n_rows)
     columns = None
     if run.tabular is not None:
         # typed rows, coded as numbers: numeric columns as they are, a category as its index

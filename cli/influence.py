@@ -9,9 +9,10 @@ import numpy as np
 import typer
 
 from invaudit.errors import InputError
+from invaudit.io import parse_rows
 from invaudit.render import Format
 
-from ._common import FormatOpt, JsonOut, IdColumn, LabelColumn, Labels, ModelArg, Quiet, ReportSchemaOne, Run, Sha256, Trust, check_id_column, note, progress, rows_spec, select_rows, working
+from ._common import FormatOpt, JsonOut, IdColumn, LabelColumn, Labels, ModelArg, Quiet, ReportSchemaOne, Run, Sha256, Trust, check_id_column, note, progress, rows_spec, working
 from ._parallel_opts import Jobs, Scheduler
 
 
@@ -38,7 +39,7 @@ def parse_group(spec: str, ds, feature_names=None) -> np.ndarray:
         if rows.size == 0:
             raise InputError(f"--group '{spec}': no training row has {col} = {value}.")
         return rows
-    return select_rows(spec, ds.n_rows, what="--group")
+    return parse_rows(spec, ds.n_rows, what="--group")
 
 
 def _group_spec(value: Optional[str]) -> Optional[str]:
@@ -102,7 +103,7 @@ def influence(
     form = run.form
     tr = run.data(train, label_column=label_column, id_column=id_column, labels=labels, require_labels=True, primary=False)
     te = run.data(test, label_column=label_column, id_column=id_column)  # --labels belongs to an NPY TRAIN
-    rows = select_rows(test_rows, te.n_rows, what=rows_flag)  # errors name the flag the user typed
+    rows = parse_rows(test_rows, te.n_rows, what=rows_flag)  # errors name the flag the user typed
     yt = None if te.y_index is None else te.y_index[rows]
     if run.tabular is not None:
         # typed rows: the final estimator's parameters, on what the ColumnTransformer makes of the rows

@@ -9,11 +9,12 @@ import numpy as np
 import typer
 
 from invaudit.errors import InputError
+from invaudit.io import parse_rows
 from invaudit.render import Format
 
 from ._common import (Bounds, ConstraintOpts, FormatOpt, JsonOut, CategoricalCost, IdColumn, IntegerCols, LabelColumn, Labels, OutPoints, ModelArg, Norm, ReportSchema, Rows, Run,
                       Scale, Seed, Sha256, Trust, build_constraints, check_out_path, note, progress,
-                      stream_margins, select_rows, Quiet, RunTimeLimit, TimeLimit, check_id_column, check_label_column)
+                      stream_margins, Quiet, RunTimeLimit, TimeLimit, check_id_column, check_label_column)
 from ._parallel_opts import Jobs, Scheduler
 
 
@@ -85,7 +86,7 @@ def margin(
     form = run.form
     ds = run.data(data, label_column=label_column, id_column=id_column, labels=labels, rows=rows)
     train_ds = run.data(train, label_column=label_column, id_column=id_column, primary=False) if train is not None else None
-    row_ids = select_rows(rows, ds.n_rows)
+    row_ids = parse_rows(rows, ds.n_rows)
     params = {"norm": norm.value, "scale": scale.value, "immutable": immutable,
               "increase_only": increase_only, "decrease_only": decrease_only, "bounds": bounds.value,
               "train": None if train is None else str(train), "rows": rows, "seed": seed,

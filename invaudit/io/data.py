@@ -844,10 +844,12 @@ def _show(classes) -> str:
 # --- row and column selections ------------------------------------------------------------------
 
 def parse_rows(spec: Optional[str], n: int, *, what: str = "--rows") -> np.ndarray:
-    """``"0,3,7-9"`` -> ``array([0, 3, 7, 8, 9])``; ``None``/``"all"`` -> every row."""
+    """``"0,3,7-9"`` -> ``array([0, 3, 7, 8, 9])``; ``None``/``"all"`` -> every row. A row past
+    the end is refused before any range is expanded (``0-999999999`` on 100 rows would otherwise
+    list a billion numbers to say so); the row named is the first one out of range, in order."""
     if spec is None or spec.strip().lower() in ("", "all"):
         return np.arange(n)
-    out: list[int] = []
+    parts: list[tuple[int, int]] = []
     for part in spec.split(","):
         part = part.strip()
         if not part:
@@ -858,17 +860,18 @@ def parse_rows(spec: Optional[str], n: int, *, what: str = "--rows") -> np.ndarr
                 lo, hi = int(a), int(b)
                 if hi < lo:
                     raise InputError(f"{what} '{part}': the range ends before it starts.")
-                out.extend(range(lo, hi + 1))
+                parts.append((lo, hi))
             else:
-                out.append(int(part))
+                parts.append((int(part), int(part)))
         except ValueError:
             raise InputError(f"{what} '{spec}': '{part}' is not a row number or range like 7-9.") from None
-    if not out:
+    if not parts:
         raise InputError(f"{what} '{spec}' selects no rows.")
-    arr = np.array(out, dtype=np.intp)
-    bad = arr[(arr < 0) | (arr >= n)]
-    if bad.size:
-        raise InputError(f"{what}: row {bad[0]} is out of range (the data has {n} rows, 0-{n - 1}).")
+    for lo, hi in parts:
+        if lo < 0 or hi >= n:
+            raise InputError(f"{what}: row {lo if lo < 0 or lo >= n else n} is out of range "
+                             f"(the data has {n} rows, 0-{n - 1}).")
+    arr = np.concatenate([np.arange(lo, hi + 1, dtype=np.intp) for lo, hi in parts])
     _, first = np.unique(arr, return_index=True)
     return arr[np.sort(first)]
 
