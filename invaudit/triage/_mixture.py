@@ -72,8 +72,7 @@ class ClassMixture:
     mu: np.ndarray       # (m, d)
     V: np.ndarray        # (m, d, d)
     lam: np.ndarray      # (m, d)
-    R: np.ndarray        # (n_fit, m)
-    n_fit: int
+    R: np.ndarray        # (rows fitted, m)
 
 
 def _standardise(Z: np.ndarray) -> np.ndarray:
@@ -139,21 +138,26 @@ def _moments(X: np.ndarray, R: np.ndarray):
     return R, N, mu, S
 
 
+def _weighted_log_densities(X, N, mu, W, logdet):
+    """``log(N_k / sum N) + log N(x; mu_k, Sigma_k)`` for every row and component: ``W_k`` whitens
+    ``Sigma_k`` (``z = (x - mu_k) W_k`` has identity covariance), ``logdet_k = log det Sigma_k``;
+    every component's ``z`` from one product."""
+    m, d = mu.shape
+    z = (X @ W.transpose(1, 0, 2).reshape(d, m * d)).reshape(-1, m, d)
+    z -= np.einsum("kd,kde->ke", mu, W)[None, :, :]
+    out = -0.5 * (np.einsum("nkd,nkd->nk", z, z) + logdet[None, :] + d * np.log(2 * np.pi))
+    return out + np.log(N / N.sum())[None, :]
+
+
 def _log_weighted_densities(X, N, mu, S):
-    """``log(N_k / sum N) + log N(x; mu_k, S_k / N_k + REG I)`` for every row and component, by
-    Cholesky factors (the EM steps)."""
+    """:func:`_weighted_log_densities` of covariances ``S_k / N_k + REG I``, by Cholesky factors
+    (the EM steps)."""
     d = X.shape[1]
     cov = S / N[:, None, None]
     cov[:, np.arange(d), np.arange(d)] += REG
     L = np.linalg.cholesky(cov)
-    Linv = np.linalg.inv(L)
     logdet = 2.0 * np.log(np.diagonal(L, axis1=1, axis2=2)).sum(axis=1)
-    m = N.size
-    W = Linv.transpose(0, 2, 1)                        # z_k = (x - mu_k) W_k
-    z = (X @ W.transpose(1, 0, 2).reshape(d, m * d)).reshape(-1, m, d)
-    z -= np.einsum("kd,kde->ke", mu, W)[None, :, :]
-    out = -0.5 * (np.einsum("nkd,nkd->nk", z, z) + logdet[None, :] + d * np.log(2 * np.pi))
-    return out + np.log(N / N.sum())
+    return _weighted_log_densities(X, N, mu, np.linalg.inv(L).transpose(0, 2, 1), logdet)
 
 
 def _eigen(S: np.ndarray):
@@ -193,19 +197,14 @@ def class_mixture(X: np.ndarray, m: int, rng: np.random.Generator, *, tol: Optio
             break
         prev = ll
     V, lam = _eigen(S)
-    return ClassMixture(N=N, mu=mu, V=V, lam=lam, R=R, n_fit=n)
+    return ClassMixture(N=N, mu=mu, V=V, lam=lam, R=R)
 
 
 def log_density(cm: ClassMixture, X: np.ndarray) -> np.ndarray:
-    """Log-density of each row of ``X`` under the fitted mixture (rows not in its fit): every
-    component's whitened coordinates ``(x - mu_k) V_k ev_k^(-1/2)`` from one product."""
-    m, d = cm.mu.shape
+    """Log-density of each row of ``X`` under the fitted mixture (rows not in its fit)."""
     ev = cm.lam / cm.N[:, None] + REG                      # (m, d) covariance eigenvalues
-    W = cm.V / np.sqrt(ev)[:, None, :]                     # (m, d, d): whitening per component
-    z = (X @ W.transpose(1, 0, 2).reshape(d, m * d)).reshape(-1, m, d)
-    z -= np.einsum("kd,kde->ke", cm.mu, W)[None, :, :]
-    logp = -0.5 * (np.einsum("nkd,nkd->nk", z, z) + np.log(ev).sum(axis=1)[None, :] + d * np.log(2 * np.pi))
-    return _lse(logp + np.log(cm.N / cm.N.sum())[None, :])
+    return _lse(_weighted_log_densities(X, cm.N, cm.mu, cm.V / np.sqrt(ev)[:, None, :],
+                                        np.log(ev).sum(axis=1)))
 
 
 def loo_log_density(cm: ClassMixture, X: np.ndarray) -> np.ndarray:

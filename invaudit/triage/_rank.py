@@ -277,17 +277,9 @@ def rank_mislabels(form: ModelForm, X, y, *, method: str = "auto", objective=Non
                      "(combined, knn, reference, boosting, mixture) are available")
 
     if method in _MODEL_FREE_METHODS:
-        from contextlib import nullcontext
-
-        from invaudit.influence._parallel import single_threaded_blas
-
-        # combined: BLAS on one thread for every source, whether they run in turn or beside each
-        # other (a source that limits BLAS itself, on another thread, would otherwise change the
-        # thread count under the one running here, and its rounding with it)
-        with single_threaded_blas() if method == "combined" else nullcontext():
-            return _rank_with_sources(form, X, y, method, objective=objective, n_folds=n_folds,
-                                      seed=seed, reference=reference, k=k, progress=progress,
-                                      notes=notes, jobs=jobs, scheduler=scheduler)
+        return _rank_with_sources(form, X, y, method, objective=objective, n_folds=n_folds,
+                                  seed=seed, reference=reference, k=k, progress=progress,
+                                  notes=notes, jobs=jobs, scheduler=scheduler)
     if method in _OBJECTIVE_METHODS:
         if objective is None:
             from invaudit.influence import build_objective
@@ -373,17 +365,23 @@ def _rank_with_sources(form, X, y, method, *, objective, n_folds, seed, referenc
     pool = None
     pending: dict = {}
     stack = ExitStack()
-    if beside:
-        from concurrent.futures import ThreadPoolExecutor
-
-        pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="invaudit-source")
-        # the mixture first: numpy alone, it runs while this thread imports scikit-learn
-        pending["mixture"] = pool.submit(_mixture.mixture_proba, Z, y, K, seed=seed, suspects=_suspects)
     try:
-        splits = _sources.fold_splits(y, K, n_folds, seed)  # imports scikit-learn, and SciPy with it
-        if method == "combined":  # SciPy's own BLAS on one thread too, until this ranking ends
+        if method == "combined":
+            # BLAS on one thread for every source, whether they run in turn or beside each other
+            # (a source that limits BLAS itself, on another thread, would otherwise change the
+            # thread count under the one running here, and its rounding with it); made again once
+            # SciPy, which brings a BLAS of its own, is imported (below)
             from invaudit.influence._parallel import single_threaded_blas
 
+            stack.enter_context(single_threaded_blas())
+        if beside:
+            from concurrent.futures import ThreadPoolExecutor
+
+            pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="invaudit-source")
+            # the mixture first: numpy alone, it runs while this thread imports scikit-learn
+            pending["mixture"] = pool.submit(_mixture.mixture_proba, Z, y, K, seed=seed, suspects=_suspects)
+        splits = _sources.fold_splits(y, K, n_folds, seed)  # imports scikit-learn, and SciPy with it
+        if method == "combined":  # SciPy's own BLAS on one thread too, until this ranking ends
             stack.enter_context(single_threaded_blas(refresh=True))
         forest_jobs = 1 if beside else _threads(jobs)
         ref = reference if reference is not None else _sources.default_reference(n, seed, n_jobs=forest_jobs)
@@ -548,8 +546,10 @@ def _gather_sources(form, X, y, method, *, objective, n_folds, seed, ref, oob, k
         big = int(np.bincount(y, minlength=K).max()) > _mixture.MIXTURE_CLASS_ROWS
         notes.append(f"mixture source: each class a mixture of {ms[0]} to {ms[-1]} full-covariance Gaussians "
                      f"on {space}, scored by approximate leave-one-out, the "
-                     f"{len(ms)} calibrated probabilities averaged; fitted again without the {aside} suspects "
-                     f"(confident learning's estimate) of that first pass (seed {seed})"
+                     f"{len(ms)} calibrated probabilities averaged; "
+                     + (f"fitted again without the {aside} suspects (confident learning's estimate) of that "
+                        "first pass" if aside > 0 else "no suspects to set aside")
+                     + f" (seed {seed})"
                      + (f"; each class fitted on at most {_mixture.MIXTURE_CLASS_ROWS:,} random rows, "
                         "the others scored out of sample" if big else ""))
     return probas
