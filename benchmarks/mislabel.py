@@ -152,6 +152,23 @@ def order_of(score):
     return np.lexsort((np.arange(score.size), -score))
 
 
+def _load() -> str:
+    """The load averages, as the timing lines print them."""
+    import os
+
+    return ", ".join(f"{v:.1f}" for v in os.getloadavg())
+
+
+def _timed_rank(form, X, y, **kw):
+    """``(ranking, wall s, CPU s of this process, peak RSS MiB so far)`` of one ``rank_mislabels``.
+    No tracemalloc while timing: it costs this workload ~50% more CPU (the trees allocate per
+    node); peak memory is the process's peak RSS so far (it only grows)."""
+    t, c = time.perf_counter(), time.process_time()
+    r = rank_mislabels(form, X, y, **kw)
+    wall, cpu = time.perf_counter() - t, time.process_time() - c
+    return r, wall, cpu, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def cost(n=10_000, d=50, k=10, methods=(("pruned-loo-loss", None), ("combined", 1), ("auto", None))):
     """The whole ranking of ``n`` rows: wall and CPU seconds, peak RSS.
     ``combined`` twice: ``jobs=1`` (every source in turn in this process, so its CPU seconds are
@@ -167,13 +184,8 @@ def cost(n=10_000, d=50, k=10, methods=(("pruned-loo-loss", None), ("combined", 
     noisy, _ = flip(y, k, rng)
     form = adapt(make_model().fit(X, noisy))
     for method, jobs in methods:
-        # no tracemalloc while timing: it costs this workload ~50% more CPU (the trees allocate
-        # per node); peak memory is the process's peak RSS so far (it only grows)
-        t, c = time.perf_counter(), time.process_time()
-        r = rank_mislabels(form, X, noisy, method=method, seed=0, jobs=jobs)
-        wall, cpu = time.perf_counter() - t, time.process_time() - c
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+        r, wall, cpu, rss = _timed_rank(form, X, noisy, method=method, seed=0, jobs=jobs)
+        load = _load()
         print(f"cost: {r.method} (jobs {jobs or 'default'}) on {n:,} rows x {d} features x {k} classes: "
               f"{wall:.1f} s wall, {cpu:.1f} CPU-s (all threads of this process), peak RSS so far "
               f"{rss:.0f} MiB ({'target <= 10 s wall on 2 cores; ' if n <= 10_000 else ''}"
@@ -202,7 +214,7 @@ def cost(n=10_000, d=50, k=10, methods=(("pruned-loo-loss", None), ("combined", 
             raise SystemExit(f"the CLI run failed: {done.stderr.strip()}")
         cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
         method = json.loads(done.stdout)["summary"]["method"]
-        load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+        load = _load()
         print(f"cost through the CLI: invaudit mislabel (default: {method}) on {n:,} rows x {d} features x "
               f"{k} classes (NPZ): {wall:.1f} s wall, {cpu:.1f} CPU-s, peak RSS {after.ru_maxrss / 1024:.0f} MiB "
               f"(target <= 10 s wall on 2 cores; load average {load})", flush=True)
@@ -227,7 +239,7 @@ def jobs_speed(n=10_000, d=50, k=10, folds=5):
         runs[jobs] = (r, time.perf_counter() - t, time.process_time() - c, dict(parallel.last_run))
     (r1, w1, c1, _), (r2, w2, c2, who) = runs[1], runs[2]
     same = np.array_equal(r1.order, r2.order) and np.array_equal(r1.score, r2.score)
-    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    load = _load()
     print(f"jobs: confidence ({folds} refits) on {n:,} rows x {d} x {k}: --jobs 1 {w1:.1f} s wall "
           f"({c1:.1f} s CPU here), --jobs 2 {w2:.1f} s wall ({c2:.1f} s CPU here; folds: {who['here']} here, "
           f"{who['pool']} in the worker), speed-up {w1 / w2:.2f}x, identical rankings: {same} "
@@ -252,12 +264,9 @@ def large(n=100_000, d=100, k=10, jobs=None):
     form = adapt(make_model().fit(X, noisy))
     print(f"[audited model fitted in {time.perf_counter() - t:.0f} s; not timed]", file=sys.stderr,
           flush=True)
-    load0 = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    t, c = time.perf_counter(), time.process_time()
-    r = rank_mislabels(form, X, noisy, method="combined", seed=0, jobs=jobs)
-    wall, cpu = time.perf_counter() - t, time.process_time() - c
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    load0 = _load()
+    r, wall, cpu, rss = _timed_rank(form, X, noisy, method="combined", seed=0, jobs=jobs)
+    load = _load()
     print(f"large: combined (jobs {jobs or 'default'}) on {n:,} rows x {d} features x {k} classes: "
           f"{wall:.1f} s wall, {cpu:.1f} CPU-s (all threads of this process), peak RSS {rss:.0f} MiB "
           f"(target <= 60 s wall on 2 cores; knn among {S.KNN_ROWS:,} reference rows past {S.KNN_ROWS:,}, "
