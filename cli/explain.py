@@ -31,34 +31,26 @@ def _unit(value: Optional[float]) -> Optional[float]:
 def _shape_option(value: Optional[str]) -> Optional[str]:
     """--shape's syntax (two positive integers, ``HxW``): a usage error otherwise (exit 2). Whether
     H*W is the model's number of features is checked once the model is loaded (exit 3)."""
-    if value is None:
-        return None
-    parts = value.lower().replace("×", "x").split("x")
-    try:
-        if len(parts) != 2:
-            raise ValueError
-        h, w = int(parts[0]), int(parts[1])
-    except ValueError:
-        raise typer.BadParameter(f"{value!r}: expected HxW, two whole numbers like 8x8.") from None
-    if h < 1 or w < 1:
-        raise typer.BadParameter(f"{value!r}: the height and width must be at least 1.")
+    if value is not None:
+        from invaudit.explain._multirex import shape_hw
+
+        try:
+            shape_hw(value)
+        except ValueError as exc:
+            raise typer.BadParameter(f"{value!r}: {exc}.") from None
     return value
-
-
-_BASELINE_WORDS = ("zero", "mean", "contrast")
 
 
 def _baseline_option(value: Optional[str]) -> Optional[str]:
     """--baseline: zero, mean, contrast or a finite number (a usage error otherwise, exit 2); which
     of them this model takes (contrast: typed rows only) is checked once it is loaded (exit 3)."""
-    if value is None or value.strip().lower() in _BASELINE_WORDS:
-        return value
-    try:
-        number = float(value)
-    except ValueError:
-        raise typer.BadParameter(f"{value!r}: expected zero, mean, contrast (typed rows) or a number.") from None
-    if not np.isfinite(number):
-        raise typer.BadParameter(f"{value!r}: the baseline must be a finite number.")
+    if value is not None:
+        from invaudit.explain._multirex import baseline_syntax
+
+        try:
+            baseline_syntax(value)
+        except ValueError as exc:
+            raise typer.BadParameter(f"{value!r}: {exc}.") from None
     return value
 
 

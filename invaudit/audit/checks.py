@@ -25,18 +25,14 @@ class ExplainCheck(Check):
         number(params, "max_explanations", where, lo=2, integer=True)
         _explain_shape(params.get("shape"), where)
         b = params.get("baseline")
-        if b is not None and not (isinstance(b, str) and b.strip().lower() in ("zero", "mean", "contrast")):
+        if b is not None:
             from ..errors import InputError
+            from ..explain._multirex import baseline_syntax
 
-            if isinstance(b, bool) or not isinstance(b, (int, float, str)):
-                raise InputError(f"{where}.baseline: expected zero, mean, contrast (typed rows) or a number, got {b!r}.")
             try:
-                value = float(b)
-            except ValueError:
-                raise InputError(f"{where}.baseline: expected zero, mean, contrast (typed rows) or a number, "
-                                 f"got {b!r}.") from None
-            if not np.isfinite(value):
-                raise InputError(f"{where}.baseline: expected a finite number, got {b!r}.")
+                baseline_syntax(b)
+            except ValueError as exc:
+                raise InputError(f"{where}.baseline: {exc}, got {b!r}.") from None
         return params
 
     def run(self, ctx, spec):
@@ -114,21 +110,13 @@ def _explain_shape(value, where: str):
     naming the suite key (the solver's own message names the command's --shape)."""
     if value is None:
         return None
-    parts = (list(value) if isinstance(value, (list, tuple))  # shape: [8, 8]
-             else str(value).lower().replace("×", "x").split("x"))
-    try:
-        if len(parts) != 2:
-            raise ValueError
-        if any(isinstance(v, (bool, float)) for v in parts):
-            raise ValueError
-        h, w = int(parts[0]), int(parts[1])
-    except (TypeError, ValueError):
-        h = w = 0
-    if h < 1 or w < 1:
-        from ..errors import InputError
+    from ..errors import InputError
+    from ..explain._multirex import shape_hw
 
-        raise InputError(f"{where}.shape: expected HxW, two whole numbers of at least 1 like 8x8, got {value!r}.")
-    return h, w
+    try:
+        return shape_hw(value)
+    except ValueError as exc:
+        raise InputError(f"{where}.shape: {exc}, got {value!r}.") from None
 
 
 def _num(v) -> str:

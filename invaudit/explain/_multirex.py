@@ -216,25 +216,47 @@ def resolve_baseline(spec, n_features: int, X_train=None) -> np.ndarray:
     return b.copy()
 
 
+def shape_hw(spec) -> tuple:
+    """``"8x8"`` (``"8×8"``, ``[8, 8]``) -> ``(8, 8)``; otherwise a ValueError saying what is wrong
+    (the one syntax of --shape and an audit check's ``shape:``)."""
+    parts = list(spec) if isinstance(spec, (list, tuple)) else str(spec).lower().replace("×", "x").split("x")
+    try:
+        if len(parts) != 2 or any(isinstance(v, (bool, float)) for v in parts):
+            raise ValueError
+        h, w = int(parts[0]), int(parts[1])
+    except (TypeError, ValueError):
+        raise ValueError("expected HxW, two whole numbers like 8x8") from None
+    if h < 1 or w < 1:
+        raise ValueError("the height and width must be at least 1")
+    return h, w
+
+
+def baseline_syntax(value) -> None:
+    """A ValueError saying what is wrong unless ``value`` is zero, mean, contrast or a finite
+    number (the one syntax of --baseline and an audit check's ``baseline:``; which of them a model
+    takes is decided once it is loaded)."""
+    from invaudit.explain._typed import TYPED_BASELINES
+
+    if isinstance(value, str) and value.strip().lower() in TYPED_BASELINES:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError("expected zero, mean, contrast (typed rows) or a number")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError("expected zero, mean, contrast (typed rows) or a number") from None
+    if not np.isfinite(number):
+        raise ValueError("expected a finite number")
+
+
 def parse_shape(spec, n_features: int) -> Optional[tuple]:
     """``"8x8"`` (or ``(8, 8)``) -> ``(8, 8)``, checked against the number of features."""
     if spec is None:
         return None
-    if isinstance(spec, str):
-        parts = spec.lower().replace("×", "x").split("x")
-        try:
-            if len(parts) != 2:
-                raise ValueError
-            H, W = int(parts[0]), int(parts[1])
-        except ValueError:
-            raise InputError(f"--shape must look like HxW (e.g. 8x8), got {spec!r}.") from None
-    else:
-        try:
-            H, W = (int(v) for v in spec)
-        except (TypeError, ValueError):
-            raise InputError(f"shape must be two integers (H, W), got {spec!r}.") from None
-    if H < 1 or W < 1:
-        raise InputError(f"--shape must be positive, got {H}x{W}.")
+    try:
+        H, W = shape_hw(spec)
+    except ValueError as exc:
+        raise InputError(f"--shape {spec!r}: {exc}.") from None
     if H * W != int(n_features):
         raise InputError(
             f"--shape {H}x{W} has {H * W} cells but the model takes {n_features} features.")
